@@ -1,0 +1,531 @@
+//! The transport conformance suite: the same behaviour tests for every transport.
+//!
+//! A transport crate runs it with
+//! `fragnet_core::transport_conformance!(make_transports, "tcp://127.0.0.1:0");`
+//! where `make_transports(&Identity) -> Transports` builds the transport(s) for one
+//! node. Every test starts real nodes on real sockets and bounds every wait.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tempfile::TempDir;
+use tokio_util::sync::CancellationToken;
+
+use crate::addr::PeerAddr;
+use crate::fetch::{FetchError, FetchObserver, FetchOptions, FetchReport, FetchRequest, Fetcher, PeerPool};
+use crate::identity::Identity;
+use crate::ids::{Digest, FragmentIndex, NodeId, VideoId};
+use crate::manifest::Manifest;
+use crate::node::{ServeHandle, ServeLimits, serve};
+use crate::protocol::{ErrorCode, PeerClient, ProtocolError, Request, Response, ServerSession, Timeouts, read_opening};
+use crate::ratelimit::RateLimiter;
+use crate::serve::{ServeContext, ServeStats};
+use crate::split::{SplitOptions, split};
+use crate::store::FragmentStore;
+use crate::transport::Transports;
+
+/// Builds one node's transports from its identity.
+pub type MakeTransports = fn(&Identity) -> Transports;
+
+/// Awaits `f`, failing the test if it takes longer than `secs`.
+pub async fn within<T>(secs: u64, what: &str, f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(secs), f).await.unwrap_or_else(|_| panic!("timed out after {secs}s: {what}"))
+}
+
+/// The sample clip shipped beside the project (`../shared/media`), or
+/// `$FRAGNET_MEDIA_DIR`.
+pub fn sample_media(name: &str) -> PathBuf {
+    let dir = std::env::var_os("FRAGNET_MEDIA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/media"));
+    let p = dir.join(name);
+    assert!(p.is_file(), "sample media {} not found; set FRAGNET_MEDIA_DIR", p.display());
+    p
+}
+
+/// Deterministic pseudo-random bytes (not compressible, not repetitive).
+pub fn generated_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 8);
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A video split into a directory.
+pub struct TestVideo {
+    /// Holds the files.
+    pub dir: TempDir,
+    /// The original file.
+    pub input: PathBuf,
+    /// The split directory.
+    pub split_dir: PathBuf,
+    /// Its manifest.
+    pub manifest: Manifest,
+}
+
+impl TestVideo {
+    /// Splits `bytes` (written as `name`) into `fragments` with `chunk_size` chunks.
+    pub fn from_bytes(name: &str, bytes: &[u8], fragments: u32, chunk_size: u32) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join(name);
+        std::fs::write(&input, bytes).unwrap();
+        Self::split(dir, input, fragments, chunk_size)
+    }
+
+    /// Splits the sample clip into the seed's 10 fragments.
+    pub fn sample() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("sample-480p.mp4");
+        std::fs::copy(sample_media("sample-480p.mp4"), &input).unwrap();
+        Self::split(dir, input, 10, crate::manifest::DEFAULT_CHUNK_SIZE)
+    }
+
+    fn split(dir: TempDir, input: PathBuf, fragments: u32, chunk_size: u32) -> Self {
+        let split_dir = dir.path().join("fragments");
+        let manifest = split(&input, &split_dir, &SplitOptions { fragments, chunk_size, force: false }, &mut |_| {}).unwrap();
+        TestVideo { dir, input, split_dir, manifest }
+    }
+
+    /// The video id.
+    pub fn id(&self) -> VideoId {
+        self.manifest.video_id()
+    }
+}
+
+/// A real serving node on a real socket, with its own store and identity.
+pub struct TestNode {
+    /// Its store.
+    pub store: Arc<FragmentStore>,
+    /// Its identity.
+    pub identity: Arc<Identity>,
+    /// Its transports (for dialing out).
+    pub transports: Transports,
+    /// The address it listens on.
+    pub addr: PeerAddr,
+    /// Its serving context (stats).
+    pub ctx: Arc<ServeContext>,
+    handle: Option<ServeHandle>,
+    _dir: TempDir,
+}
+
+/// Options for [`TestNode::start`].
+#[derive(Default, Clone)]
+pub struct NodeOptions {
+    /// Import these fragments of this split directory.
+    pub seed: Option<(PathBuf, Option<Vec<FragmentIndex>>)>,
+    /// Upload limit in bytes per second.
+    pub upload: Option<u64>,
+    /// Connection cap.
+    pub max_connections: Option<usize>,
+    /// Idle timeout for clients.
+    pub idle: Option<Duration>,
+    /// Shutdown grace (default 5 s).
+    pub grace: Option<Duration>,
+}
+
+impl TestNode {
+    /// Starts a node listening on `listen` (port 0).
+    pub async fn start(make: MakeTransports, listen: &str, opts: NodeOptions) -> TestNode {
+        let dir = tempfile::tempdir().unwrap();
+        let identity = Arc::new(Identity::load_or_create(dir.path()).unwrap());
+        let (store, _) = FragmentStore::open(dir.path().join("store")).unwrap();
+        let store = Arc::new(store);
+        if let Some((src, only)) = &opts.seed {
+            store.import_dir(src, only.as_deref()).unwrap();
+        }
+        let transports = make(&identity);
+        let mut timeouts = Timeouts::default();
+        if let Some(idle) = opts.idle {
+            timeouts.idle = idle;
+        }
+        let ctx = Arc::new(ServeContext {
+            store: store.clone(),
+            node_id: identity.node_id(),
+            name: "test".into(),
+            default_video: None,
+            upload: opts.upload.map(|r| Arc::new(RateLimiter::new(r))),
+            timeouts,
+            stats: ServeStats::default(),
+        });
+        let listen = PeerAddr::parse(listen, "tcp").unwrap();
+        let limits = ServeLimits {
+            max_connections: opts.max_connections.unwrap_or(256),
+            shutdown_grace: opts.grace.unwrap_or(Duration::from_secs(5)),
+        };
+        let handle = within(10, "listen", serve(&transports, &[listen], ctx.clone(), limits, CancellationToken::new())).await.unwrap();
+        let mut addr = handle.local_addrs()[0].clone();
+        addr.host = "127.0.0.1".into();
+        TestNode { store, identity, transports, addr, ctx, handle: Some(handle), _dir: dir }
+    }
+
+    /// The address with the node id in it (what a registry would hand out).
+    pub fn addr_with_id(&self) -> PeerAddr {
+        PeerAddr { node_id: Some(self.identity.node_id()), ..self.addr.clone() }
+    }
+
+    /// Fetches from `peers` into this node's store.
+    pub async fn fetch(&self, peers: &[PeerAddr], video: Option<VideoId>, fragments: Option<Vec<FragmentIndex>>, opts: FetchOptions, obs: Arc<dyn FetchObserver>) -> Result<FetchReport, FetchError> {
+        let pool = Arc::new(PeerPool::new(self.transports.clone(), Timeouts { io: Duration::from_secs(5), ..Timeouts::default() }));
+        let fetcher = Fetcher::new(self.store.clone(), pool, opts);
+        fetcher.fetch(FetchRequest { video, fragments, peers: peers.to_vec() }, obs, CancellationToken::new()).await
+    }
+
+    /// Opens a protocol session to `peer`.
+    pub async fn client(&self, peer: &PeerAddr) -> Result<PeerClient, ProtocolError> {
+        crate::protocol::connect(&self.transports, peer, Timeouts { io: Duration::from_secs(5), ..Timeouts::default() }).await
+    }
+
+    /// Stops the node (grace period as configured).
+    pub async fn stop(&mut self) {
+        if let Some(h) = self.handle.take() {
+            within(30, "node shutdown", h.shutdown()).await;
+        }
+    }
+}
+
+/// Counts what a fetch reported.
+#[derive(Default)]
+pub struct Counter {
+    /// Chunks received.
+    pub chunks: AtomicU64,
+    /// Fragments completed.
+    pub fragments: AtomicU64,
+    /// Peer failures, by address.
+    pub failures: std::sync::Mutex<Vec<(PeerAddr, String)>>,
+}
+
+impl FetchObserver for Counter {
+    fn chunk(&self, _: FragmentIndex, _: u64, _: &PeerAddr) {
+        self.chunks.fetch_add(1, Ordering::SeqCst);
+    }
+    fn fragment(&self, _: FragmentIndex, _: u64, _: &[PeerAddr]) {
+        self.fragments.fetch_add(1, Ordering::SeqCst);
+    }
+    fn peer_failed(&self, peer: &PeerAddr, error: &str) {
+        self.failures.lock().unwrap().push((peer.clone(), error.to_string()));
+    }
+}
+
+/// Joins a node's copy of a video and returns the bytes.
+pub fn joined_bytes(node: &TestNode, video: VideoId) -> Vec<u8> {
+    let out = node._dir.path().join("joined.out");
+    crate::split::join(&node.store.video_dir(video), &out, &mut |_| {}).unwrap();
+    std::fs::read(out).unwrap()
+}
+
+// ---------------------------------------------------------------------------------
+// The cases.
+
+/// Hello, listing, manifest, ranges, and error frames that leave the stream usable.
+pub async fn session_basics(make: MakeTransports, listen: &str) {
+    let v = TestVideo::from_bytes("v.mp4", &generated_bytes(300_000, 1), 10, 8192);
+    let server = TestNode::start(make, listen, NodeOptions { seed: Some((v.split_dir.clone(), None)), ..Default::default() }).await;
+    let client = TestNode::start(make, listen, NodeOptions::default()).await;
+    let mut s = within(10, "connect", client.client(&server.addr)).await.unwrap();
+    assert_eq!(s.remote_node_id, server.identity.node_id());
+    let vids = within(5, "videos", s.videos()).await.unwrap();
+    assert_eq!(vids.len(), 1);
+    assert_eq!(vids[0].video, v.id());
+    assert_eq!(vids[0].have, (0..10).collect::<Vec<_>>());
+    let m = within(5, "manifest", s.manifest(v.id())).await.unwrap();
+    assert_eq!(m, v.manifest);
+    let original = std::fs::read(&v.input).unwrap();
+    let f3 = &v.manifest.fragments[3];
+    let got = within(5, "get", s.get(v.id(), 3, 100, 5000)).await.unwrap();
+    assert_eq!(&got[..], &original[f3.offset as usize + 100..f3.offset as usize + 5100]);
+
+    let err = within(5, "get past end", s.get(v.id(), 3, f3.size - 10, 20)).await.unwrap_err();
+    assert!(matches!(err, ProtocolError::Remote { code: ErrorCode::NotAvailable, .. }), "{err}");
+    let err = within(5, "get index 99", s.get(v.id(), 99, 0, 10)).await.unwrap_err();
+    assert!(matches!(err, ProtocolError::Remote { code: ErrorCode::NoSuchFragment, .. }), "{err}");
+    let unknown = VideoId(Digest::of(b"nothing"));
+    let err = within(5, "unknown video", s.manifest(unknown)).await.unwrap_err();
+    assert!(matches!(err, ProtocolError::Remote { code: ErrorCode::UnknownVideo, .. }), "{err}");
+    // After three refusals the same session still works.
+    let again = within(5, "get again", s.get(v.id(), 0, 0, 10)).await.unwrap();
+    assert_eq!(&again[..], &original[..10]);
+}
+
+/// A version the server does not speak gets a typed refusal.
+pub async fn unsupported_version(make: MakeTransports, listen: &str) {
+    let server = TestNode::start(make, listen, NodeOptions::default()).await;
+    let client = TestNode::start(make, listen, NodeOptions::default()).await;
+    let conn = within(10, "dial", client.transports.dial(&server.addr)).await.unwrap();
+    let stream = within(5, "open", conn.open_stream()).await.unwrap();
+    let err = within(5, "hello", PeerClient::handshake_with_version(stream, Timeouts::default(), 99)).await.unwrap_err();
+    assert!(matches!(err, ProtocolError::Remote { code: ErrorCode::UnsupportedVersion, .. }), "{err}");
+}
+
+/// Malformed frames get an error frame; a frame claiming 4 GB is refused without
+/// allocating it; the server keeps serving others.
+pub async fn malformed_and_oversized_frames(make: MakeTransports, listen: &str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let v = TestVideo::from_bytes("v.bin", &generated_bytes(50_000, 2), 10, 4096);
+    let server = TestNode::start(make, listen, NodeOptions { seed: Some((v.split_dir.clone(), None)), ..Default::default() }).await;
+    let client = TestNode::start(make, listen, NodeOptions::default()).await;
+    let conn = within(10, "dial", client.transports.dial(&server.addr)).await.unwrap();
+    let mut stream = within(5, "open", conn.open_stream()).await.unwrap();
+    let mut hello = crate::protocol::MAGIC.to_vec();
+    hello.extend_from_slice(&crate::protocol::PROTOCOL_VERSION.to_be_bytes());
+    stream.send.write_all(&hello).await.unwrap();
+    let mut sess = ServerSession::new(stream); // reuse the framing from the client side
+    let hello_frame = within(5, "hello", futures::StreamExt::next(&mut sess.reader)).await.unwrap().unwrap();
+    assert!(matches!(serde_json::from_slice(&hello_frame).unwrap(), Response::Hello { .. }));
+    for bad in [&b"not json"[..], br#"{"op":"get","video":"../../etc/passwd","index":0,"offset":0,"length":1}"#, br#"{"op":"explode"}"#] {
+        within(5, "send", futures::SinkExt::send(&mut sess.writer, Bytes::copy_from_slice(bad))).await.unwrap();
+        let frame = within(5, "error frame", futures::StreamExt::next(&mut sess.reader)).await.unwrap().unwrap();
+        let resp: Response = serde_json::from_slice(&frame).unwrap();
+        assert!(matches!(resp, Response::Error { code: ErrorCode::BadRequest, .. }), "{resp:?}");
+    }
+    // A length prefix claiming 4 GB: the server must close the stream, not allocate.
+    let raw = sess.writer.get_mut();
+    raw.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+    raw.write_all(b"xxxx").await.unwrap();
+    let mut rest = Vec::new();
+    // `within` fails the test unless the server ends the stream (EOF or reset) promptly.
+    let _ = within(10, "server closes the stream", sess.reader.get_mut().read_to_end(&mut rest)).await;
+    assert!(rest.is_empty(), "no response to an oversized frame: {rest:?}");
+    // Others are still served.
+    let mut s = within(10, "connect", client.client(&server.addr)).await.unwrap();
+    assert_eq!(within(5, "videos", s.videos()).await.unwrap().len(), 1);
+}
+
+/// The original demo: A holds 0–4, B holds 5–9; each fetches the rest from the other;
+/// both end with all 10 and the joined files equal the input byte for byte.
+pub async fn original_scenario(make: MakeTransports, listen: &str) {
+    let v = TestVideo::sample();
+    let a = TestNode::start(make, listen, NodeOptions { seed: Some((v.split_dir.clone(), Some((0..5).collect()))), ..Default::default() }).await;
+    let b = TestNode::start(make, listen, NodeOptions { seed: Some((v.split_dir.clone(), Some((5..10).collect()))), ..Default::default() }).await;
+    let (ra, rb) = within(60, "both fetch", async {
+        tokio::join!(
+            a.fetch(std::slice::from_ref(&b.addr), None, None, FetchOptions::default(), Arc::new(Counter::default())),
+            b.fetch(std::slice::from_ref(&a.addr), None, None, FetchOptions::default(), Arc::new(Counter::default())),
+        )
+    })
+    .await;
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    assert_eq!(ra.fetched.iter().map(|f| f.0).collect::<Vec<_>>(), (5..10).collect::<Vec<_>>());
+    assert_eq!(rb.fetched.iter().map(|f| f.0).collect::<Vec<_>>(), (0..5).collect::<Vec<_>>());
+    assert_eq!(ra.fetched[0].1, vec![b.addr.clone()], "fragments came from B");
+    let original = std::fs::read(&v.input).unwrap();
+    assert_eq!(a.store.have(v.id()).len(), 10);
+    assert_eq!(b.store.have(v.id()).len(), 10);
+    assert!(joined_bytes(&a, v.id()) == original, "A's copy differs from the input");
+    assert!(joined_bytes(&b, v.id()) == original, "B's copy differs from the input");
+}
+
+/// Serves lies: claims every fragment, sends the right manifest and wrong bytes.
+pub async fn spawn_liar(make: MakeTransports, listen: &str, manifest: Manifest) -> (PeerAddr, CancellationToken) {
+    let identity = Identity::generate();
+    let transports = make(&identity);
+    let node_id = identity.node_id();
+    let listener = transports.listen(&PeerAddr::parse(listen, "tcp").unwrap()).await.unwrap();
+    let mut addr = listener.local_addr();
+    addr.host = "127.0.0.1".into();
+    let cancel = CancellationToken::new();
+    let stop = cancel.clone();
+    tokio::spawn(async move {
+        let _identity = identity;
+        loop {
+            let conn = tokio::select! { _ = stop.cancelled() => return, c = listener.accept() => match c { Ok(c) => c, Err(_) => continue } };
+            let manifest = manifest.clone();
+            tokio::spawn(async move {
+                while let Ok(Some(mut stream)) = conn.accept_stream().await {
+                    let manifest = manifest.clone();
+                    tokio::spawn(async move { let _ = lie(&mut stream, node_id, manifest).await; drop(stream); });
+                }
+            });
+        }
+    });
+    (addr, cancel)
+}
+
+async fn lie(stream: &mut crate::transport::BiStream, node_id: NodeId, manifest: Manifest) -> Result<(), ProtocolError> {
+    use tokio::io::AsyncWriteExt;
+    let t = Timeouts::default();
+    read_opening(&mut stream.recv, &t).await?;
+    let taken = std::mem::replace(stream, crate::transport::BiStream { send: Box::pin(tokio::io::sink()), recv: Box::pin(tokio::io::empty()) });
+    let mut s = ServerSession::new(taken);
+    s.send(&Response::Hello { version: crate::protocol::PROTOCOL_VERSION, node_id, name: "liar".into() }, &t).await?;
+    let id = manifest.video_id();
+    while let Some(req) = s.next_request(&t).await? {
+        match req {
+            Ok(Request::Videos) => {
+                let videos = vec![crate::protocol::VideoSummary { video: id, name: manifest.name.clone(), fragment_count: manifest.fragment_count, have: (0..manifest.fragment_count).collect() }];
+                s.send(&Response::Videos { videos }, &t).await?
+            }
+            Ok(Request::Have { video }) => s.send(&Response::Have { video, fragments: (0..manifest.fragment_count).collect() }, &t).await?,
+            Ok(Request::Manifest { .. }) => {
+                let body = manifest.canonical_bytes();
+                s.send(&Response::Manifest { length: body.len() as u64 }, &t).await?;
+                s.writer.get_mut().write_all(&body).await?;
+            }
+            Ok(Request::Get { length, .. }) => {
+                s.send(&Response::Data { length }, &t).await?;
+                s.writer.get_mut().write_all(&vec![0x5A; length as usize]).await?;
+            }
+            Err(_) => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
+/// A peer serving corrupted bytes is caught by verification, banned, and every
+/// fragment comes from the honest peer.
+pub async fn lying_peer_is_caught(make: MakeTransports, listen: &str) {
+    let v = TestVideo::from_bytes("v.bin", &generated_bytes(600_000, 3), 10, 16384);
+    let (liar, stop) = spawn_liar(make, listen, v.manifest.clone()).await;
+    let honest = TestNode::start(make, listen, NodeOptions { seed: Some((v.split_dir.clone(), None)), ..Default::default() }).await;
+    let me = TestNode::start(make, listen, NodeOptions::default()).await;
+    let obs = Arc::new(Counter::default());
+    // The liar first in the list: it is asked early and must be caught.
+    let report = within(60, "fetch", me.fetch(&[liar.clone(), honest.addr.clone()], Some(v.id()), None, FetchOptions::default(), obs.clone())).await.unwrap();
+    assert_eq!(me.store.have(v.id()).len(), 10);
+    assert!(joined_bytes(&me, v.id()) == std::fs::read(&v.input).unwrap());
+    let failures = obs.failures.lock().unwrap().clone();
+    assert!(failures.iter().any(|(p, e)| *p == liar && e.contains("failed verification")), "liar not reported: {failures:?}");
+    assert!(report.fetched.iter().all(|(_, from)| from == std::slice::from_ref(&honest.addr)), "{:?}", report.fetched);
+    stop.cancel();
+}
+
+/// A peer that dies mid-transfer: the fetch fails with what is missing, keeps the
+/// verified chunks, and a restarted fetch from another peer resumes from them.
+pub async fn dying_peer_then_resume(make: MakeTransports, listen: &str) {
+    let size = 2_000_000usize;
+    let v = TestVideo::from_bytes("v.bin", &generated_bytes(size, 4), 4, 16384);
+    let mut dying = TestNode::start(
+        make,
+        listen,
+        NodeOptions { seed: Some((v.split_dir.clone(), None)), upload: Some(1_000_000), grace: Some(Duration::ZERO), ..Default::default() },
+    )
+    .await;
+    let me = TestNode::start(make, listen, NodeOptions::default()).await;
+    let obs = Arc::new(Counter::default());
+    let opts = FetchOptions { max_rounds: 1, ..FetchOptions::default() };
+    let dying_addr = dying.addr.clone();
+    let fetch = me.fetch(std::slice::from_ref(&dying_addr), Some(v.id()), None, opts, obs.clone());
+    let kill = async {
+        while obs.chunks.load(Ordering::SeqCst) < 20 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        dying.stop().await;
+    };
+    let (result, ()) = within(60, "fetch from a dying peer", async { tokio::join!(fetch, kill) }).await;
+    let err = result.expect_err("the only peer died mid-transfer");
+    assert!(matches!(err, FetchError::Incomplete { .. }), "{err}");
+    let before = obs.chunks.load(Ordering::SeqCst);
+    assert!(before >= 20 && (before as usize) < size / 16384, "got {before} chunks before the peer died");
+
+    // Reopen the store from disk, as a restarted process would.
+    let (reopened, scan) = FragmentStore::open(me.store.root()).unwrap();
+    assert!(scan.partial_chunks as u64 + scan.complete as u64 * 31 >= before, "{scan:?} vs {before} chunks");
+    let saved: usize = (0..4).map(|i| reopened.verified_chunks(v.id(), i).unwrap().iter().filter(|b| **b).count()).sum();
+    assert!(saved as u64 >= before, "verified chunks survive a reopen ({saved} < {before})");
+
+    let helper = TestNode::start(make, listen, NodeOptions { seed: Some((v.split_dir.clone(), None)), ..Default::default() }).await;
+    let report = within(60, "resumed fetch", me.fetch(std::slice::from_ref(&helper.addr), Some(v.id()), None, FetchOptions::default(), Arc::new(Counter::default()))).await.unwrap();
+    let resumed_bytes = report.resumed_chunks * 16384 + report.already_complete.len() as u64 * 500_000;
+    assert!(report.resumed_chunks + report.already_complete.len() as u64 > 0, "nothing resumed: {report:?}");
+    assert_eq!(report.bytes + resumed_bytes, size as u64, "only what was missing is fetched again");
+    assert_eq!(helper.ctx.stats.bytes_sent.load(Ordering::SeqCst), report.bytes);
+    assert!(joined_bytes(&me, v.id()) == std::fs::read(&v.input).unwrap());
+}
+
+/// Eight nodes fetch the same video from one seeder at once.
+pub async fn many_concurrent_fetches(make: MakeTransports, listen: &str) {
+    let v = TestVideo::from_bytes("v.bin", &generated_bytes(1_500_000, 5), 10, 32768);
+    let seeder = TestNode::start(make, listen, NodeOptions { seed: Some((v.split_dir.clone(), None)), ..Default::default() }).await;
+    let mut nodes = Vec::new();
+    for _ in 0..8 {
+        nodes.push(TestNode::start(make, listen, NodeOptions::default()).await);
+    }
+    let fetches = nodes.iter().map(|n| n.fetch(std::slice::from_ref(&seeder.addr), None, None, FetchOptions::default(), Arc::new(Counter::default())));
+    let results = within(90, "8 concurrent fetches", futures::future::join_all(fetches)).await;
+    let original = std::fs::read(&v.input).unwrap();
+    for (n, r) in nodes.iter().zip(results) {
+        r.unwrap();
+        assert!(joined_bytes(n, v.id()) == original);
+    }
+}
+
+/// Over the connection cap, a new connection is refused rather than queued forever,
+/// and served once a slot frees up.
+pub async fn connection_limit(make: MakeTransports, listen: &str) {
+    let v = TestVideo::from_bytes("v.bin", &generated_bytes(20_000, 6), 2, 4096);
+    let server = TestNode::start(make, listen, NodeOptions { seed: Some((v.split_dir.clone(), None)), max_connections: Some(1), ..Default::default() }).await;
+    let c1 = TestNode::start(make, listen, NodeOptions::default()).await;
+    let c2 = TestNode::start(make, listen, NodeOptions::default()).await;
+    let mut first = within(10, "first client", c1.client(&server.addr)).await.unwrap();
+    assert!(within(5, "videos", first.videos()).await.is_ok());
+    let second = within(15, "second client refused", c2.client(&server.addr)).await;
+    assert!(second.is_err(), "a second connection over the cap of 1 must be refused");
+    drop(first);
+    c1.transports.get(&server.addr.scheme).unwrap(); // keep c1 alive until here
+    drop(c1);
+    // The slot frees once the first connection is gone.
+    let mut ok = None;
+    for _ in 0..50 {
+        if let Ok(mut s) = c2.client(&server.addr).await {
+            if s.videos().await.is_ok() {
+                ok = Some(());
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok.is_some(), "served again once the first client left");
+}
+
+/// A client that connects and says nothing is disconnected after the idle timeout.
+pub async fn idle_client_times_out(make: MakeTransports, listen: &str) {
+    use tokio::io::AsyncReadExt;
+    let server = TestNode::start(make, listen, NodeOptions { idle: Some(Duration::from_millis(300)), ..Default::default() }).await;
+    let client = TestNode::start(make, listen, NodeOptions::default()).await;
+    let conn = within(10, "dial", client.transports.dial(&server.addr)).await.unwrap();
+    let mut stream = within(5, "open", conn.open_stream()).await.unwrap();
+    // Opening a QUIC stream is lazy: the peer sees it with its first byte. A byte that is
+    // not the magic starts a bare request line, which then idles.
+    tokio::io::AsyncWriteExt::write_all(&mut stream.send, b"f").await.unwrap();
+    let mut buf = Vec::new();
+    // `within` fails the test unless the server ends the stream; the bare line "f"
+    // ends by pause and is refused with a text error first.
+    let _ = within(10, "server closes an idle stream", stream.recv.read_to_end(&mut buf)).await;
+    assert!(String::from_utf8_lossy(&buf).starts_with("ERR"), "{:?}", String::from_utf8_lossy(&buf));
+}
+
+/// Generates one `#[tokio::test]` per conformance case for a transport.
+#[macro_export]
+macro_rules! transport_conformance {
+    ($make:expr, $listen:expr) => {
+        mod conformance {
+            use super::*;
+            macro_rules! case {
+                ($name:ident) => {
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn $name() {
+                        $crate::conformance::$name($make, $listen).await
+                    }
+                };
+            }
+            case!(session_basics);
+            case!(unsupported_version);
+            case!(malformed_and_oversized_frames);
+            case!(original_scenario);
+            case!(lying_peer_is_caught);
+            case!(dying_peer_then_resume);
+            case!(many_concurrent_fetches);
+            case!(connection_limit);
+            case!(idle_client_times_out);
+        }
+    };
+}

@@ -1,0 +1,36 @@
+//! fragnet-core: the data model, store, peer protocol, plugin traits and node of
+//! fragnet, a peer-to-peer video distribution and streaming system.
+//!
+//! - [`manifest`]: what a video is made of; its canonical bytes hash to the [`VideoId`].
+//! - [`store`]: fragments on disk, verified chunk by chunk, resumable.
+//! - [`split`]: split a file into fragments and join them back.
+//! - [`identity`]: a node's key pair and [`NodeId`].
+//! - [`transport`]: the [`Transport`] plugin trait (TCP, QUIC live in their own crates).
+//! - [`protocol`]: the peer wire protocol; [`serve`] answers it from a store.
+//! - [`fetch`]: parallel, verified, resumable download from several peers.
+//! - [`node`]: accept loops, connection limits and orderly shutdown.
+//!
+//! Core opens no concrete socket and knows no HTTP framework and no CLI.
+
+pub mod addr;
+pub mod fetch;
+pub mod fsutil;
+pub mod identity;
+pub mod ids;
+pub mod manifest;
+pub mod node;
+pub mod protocol;
+pub mod ratelimit;
+pub mod serve;
+pub mod split;
+pub mod store;
+pub mod transport;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+pub use addr::PeerAddr;
+pub use ids::{FragmentIndex, NodeId, VideoId};
+pub use manifest::Manifest;
+pub use store::FragmentStore;
+pub use transport::{Connection, Listener, Transport, Transports};
