@@ -1,0 +1,1 @@
+//! fragnet-broker: fragnet's pub/sub broker server and pub/sub clients (work in progress).

@@ -1,0 +1,1 @@
+//! fragnet-manager: fragnet's REST manager (registry) and its HTTP client (work in progress).

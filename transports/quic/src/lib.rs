@@ -1,0 +1,1 @@
+//! fragnet-quic: QUIC transport plugin for fragnet (work in progress).
