@@ -37,13 +37,13 @@ pub async fn within<T>(secs: u64, what: &str, f: impl Future<Output = T>) -> T {
 }
 
 /// The sample clip shipped beside the project (`../shared/media`), or
-/// `$FRAGNET_MEDIA_DIR`.
+/// `$SHARED_MEDIA_DIR`.
 pub fn sample_media(name: &str) -> PathBuf {
-    let dir = std::env::var_os("FRAGNET_MEDIA_DIR")
+    let dir = std::env::var_os("SHARED_MEDIA_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/media"));
     let p = dir.join(name);
-    assert!(p.is_file(), "sample media {} not found; set FRAGNET_MEDIA_DIR", p.display());
+    assert!(p.is_file(), "sample media {} not found; set SHARED_MEDIA_DIR", p.display());
     p
 }
 

@@ -22,14 +22,14 @@ pub struct Identity {
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
     /// Reading, writing or setting permissions failed.
-    #[error("{action} {path}: {source}")]
+    #[error("{action} {path}: {error}")]
     Io {
         /// What was being done.
         action: &'static str,
         /// The key file.
         path: PathBuf,
         /// The OS error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The key file exists but is not a key this build can use.
     #[error("{path} is not a valid node key ({reason}); move it away to make a new identity")]
@@ -71,13 +71,13 @@ impl Identity {
                 let id = Self::generate();
                 let io = |action, path: &Path| {
                     let path = path.to_path_buf();
-                    move |source| IdentityError::Io { action, path, source }
+                    move |error| IdentityError::Io { action, path, error }
                 };
                 std::fs::create_dir_all(dir).map_err(io("creating the directory of", &path))?;
                 crate::fsutil::write_atomic_private(&path, id.key_pem.as_bytes()).map_err(io("writing", &path))?;
                 Ok(id)
             }
-            Err(source) => Err(IdentityError::Io { action: "reading", path, source }),
+            Err(error) => Err(IdentityError::Io { action: "reading", path, error }),
         }
     }
 

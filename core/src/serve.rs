@@ -233,7 +233,14 @@ impl ServeContext {
                             Ok(()) => {
                                 let r = self.send_body(s.writer.get_mut(), video, index, offset, length).await;
                                 if r.is_ok() {
-                                    *sent.entry((video, index)).or_default() += length;
+                                    // Log once a whole fragment's worth went to this peer.
+                                    let total = sent.entry((video, index)).or_default();
+                                    *total += length;
+                                    let size = self.store.manifest(video).and_then(|m| m.fragment(index).map(|f| f.size)).unwrap_or(u64::MAX);
+                                    if *total >= size {
+                                        sent.remove(&(video, index));
+                                        info!("[✓] Fragment '{}' of {} sent to {who} ({})", fragment_file_name(index), video.short(), human_bytes(size));
+                                    }
                                 }
                                 r
                             }
@@ -247,7 +254,7 @@ impl ServeContext {
             }
         };
         for ((video, index), bytes) in sent {
-            info!("[✓] Fragment '{}' of {} sent to {who} ({})", fragment_file_name(index), video.short(), human_bytes(bytes));
+            info!("[~] Part of fragment '{}' of {} sent to {who} ({})", fragment_file_name(index), video.short(), human_bytes(bytes));
         }
         result
     }

@@ -17,14 +17,14 @@ use crate::store::{MANIFEST_FILE, fragment_file_name};
 #[derive(Debug, thiserror::Error)]
 pub enum SplitError {
     /// Input missing, unreadable, or output unwritable.
-    #[error("{action} {path}: {source}")]
+    #[error("{action} {path}: {error}")]
     Io {
         /// What was being done.
         action: &'static str,
         /// Which path.
         path: PathBuf,
         /// OS error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The input is not a regular file.
     #[error("{0} is not a regular file; give the path of a video file")]
@@ -67,7 +67,7 @@ pub enum SplitError {
 type Result<T, E = SplitError> = std::result::Result<T, E>;
 
 fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> SplitError + 'a {
-    move |source| SplitError::Io { action, path: path.to_path_buf(), source }
+    move |error| SplitError::Io { action, path: path.to_path_buf(), error }
 }
 
 /// Options for [`split`].
@@ -175,7 +175,7 @@ pub fn split(input: &Path, out_dir: &Path, opts: &SplitOptions, progress: Progre
                 let n = left.min(opts.chunk_size as u64) as usize;
                 file.read_exact(&mut buf[..n]).map_err(|e| match e.kind() {
                     std::io::ErrorKind::UnexpectedEof => SplitError::InputChanged(input.to_path_buf()),
-                    _ => SplitError::Io { action: "reading", path: input.to_path_buf(), source: e },
+                    _ => SplitError::Io { action: "reading", path: input.to_path_buf(), error: e },
                 })?;
                 let chunk = &buf[..n];
                 // One hashing pass per level; all three are BLAKE3 (several GB/s).
@@ -230,7 +230,7 @@ pub fn join(dir: &Path, out: &Path, progress: Progress<'_>) -> Result<Manifest> 
     let bytes = std::fs::read(&mpath).map_err(io_err("reading", &mpath))?;
     let manifest = Manifest::from_bytes(&bytes)?;
     if out.is_dir() {
-        return Err(SplitError::Io { action: "writing", path: out.to_path_buf(), source: std::io::Error::other("is a directory; give a file name") });
+        return Err(SplitError::Io { action: "writing", path: out.to_path_buf(), error: std::io::Error::other("is a directory; give a file name") });
     }
     let tmp = fsutil::temp_path(out);
     let result = (|| -> Result<()> {

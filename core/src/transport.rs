@@ -43,12 +43,12 @@ pub enum TransportError {
         addr: PeerAddr,
     },
     /// Binding a listen address failed.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {error}")]
     Listen {
         /// The address.
         addr: PeerAddr,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// Dialing failed (refused, unreachable, timed out, handshake failed).
     #[error("cannot connect to {addr}: {reason}")]

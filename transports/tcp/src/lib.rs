@@ -85,7 +85,7 @@ impl Transport for TcpTransport {
 
     async fn listen(&self, addr: &PeerAddr) -> Result<Box<dyn Listener>, TransportError> {
         check_scheme(addr)?;
-        let listener = TcpListener::bind(addr.host_port()).await.map_err(|source| TransportError::Listen { addr: addr.clone(), source })?;
+        let listener = TcpListener::bind(addr.host_port()).await.map_err(|source| TransportError::Listen { addr: addr.clone(), error: source })?;
         let bound = listener.local_addr()?;
         Ok(Box::new(TcpListenerHandle { listener, local: addr.with_socket(bound), nodelay: self.config.nodelay }))
     }

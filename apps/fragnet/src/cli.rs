@@ -1,0 +1,189 @@
+//! The command line: one subcommand per role.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// fragnet: peer-to-peer video distribution and streaming.
+///
+/// A video is split into fragments; nodes exchange verified fragments directly over
+/// TCP. Configuration comes from built-in defaults, `--config FILE`, `FRAGNET_*`
+/// environment variables (`__` nests: FRAGNET_LIMITS__CONCURRENCY=4) and flags, later
+/// winning.
+#[derive(Debug, Parser)]
+#[command(name = "fragnet", version, propagate_version = true)]
+pub struct Cli {
+    /// More log output (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Less log output (-q warnings only, -qq errors only).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "verbose")]
+    pub quiet: u8,
+    /// A TOML configuration file (keys as in README's configuration table).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Split a video into fragments plus a manifest (default: 10 fragments in ./fragments).
+    Split(SplitArgs),
+    /// Reassemble a video from its fragments and check the whole-file hash.
+    Join(JoinArgs),
+    /// Run a peer: serve fragments, fetch from other peers, read the console.
+    Peer(PeerArgs),
+    /// Download a video's missing fragments from peers, in parallel, then reassemble it.
+    Fetch(FetchArgs),
+}
+
+/// `fragnet split`.
+#[derive(Debug, Args)]
+pub struct SplitArgs {
+    /// The video file.
+    pub video: PathBuf,
+    /// Number of fragments.
+    #[arg(long, short = 'n', default_value_t = 10)]
+    pub fragments: u64,
+    /// Output directory.
+    #[arg(long, short, default_value = "fragments")]
+    pub out: PathBuf,
+    /// Chunk size, the unit of verification and resume (e.g. 1MiB, 256KiB).
+    #[arg(long, default_value = "1MiB")]
+    pub chunk_size: String,
+    /// Replace another video's fragments in the output directory.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `fragnet join`.
+#[derive(Debug, Args)]
+pub struct JoinArgs {
+    /// A video id (looked up in the node's store) or a directory with manifest.json.
+    pub source: String,
+    /// The node's data directory, for a video id.
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// The reassembled file.
+    #[arg(long, short)]
+    pub out: PathBuf,
+}
+
+/// Flags shared by roles that run a node.
+#[derive(Debug, Args, Default)]
+pub struct NodeFlags {
+    /// Data directory (store and node key). Default: one per listen port.
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Transport for bare addresses: tcp.
+    #[arg(long)]
+    pub transport: Option<String>,
+    /// Display name of this node.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Upload limit for what this node serves, per second (e.g. 10MB, 512KiB).
+    #[arg(long, value_name = "RATE")]
+    pub max_upload_rate: Option<String>,
+    /// Concurrent connections served.
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Chunk requests in flight while fetching.
+    #[arg(long, value_name = "N")]
+    pub concurrency: Option<usize>,
+}
+
+/// `fragnet peer`.
+#[derive(Debug, Args)]
+pub struct PeerArgs {
+    /// Listen address: PORT (all interfaces), HOST:PORT or tcp://HOST:PORT. Repeats.
+    #[arg(long, short, value_name = "ADDR")]
+    pub listen: Vec<String>,
+    /// A peer to fetch from: HOST:PORT or tcp://HOST:PORT. Repeats.
+    #[arg(long, short, value_name = "ADDR")]
+    pub peer: Vec<String>,
+    /// Import a split directory (from `fragnet split`) into the store on start.
+    #[arg(long, value_name = "DIR")]
+    pub seed: Option<PathBuf>,
+    /// With --seed, import only these fragments (e.g. 0-4, or 0,2,5-7).
+    #[arg(long, value_name = "LIST", requires = "seed")]
+    pub have: Option<String>,
+    /// The video a bare fragment name refers to (a video id).
+    #[arg(long, value_name = "ID")]
+    pub default_video: Option<String>,
+    /// Do not read commands from stdin (daemons, containers).
+    #[arg(long)]
+    pub no_console: bool,
+    #[command(flatten)]
+    pub node: NodeFlags,
+}
+
+/// `fragnet fetch`.
+#[derive(Debug, Args)]
+pub struct FetchArgs {
+    /// A peer to fetch from. Repeats; fragments come from all of them in parallel.
+    #[arg(long, short, value_name = "ADDR", required = true)]
+    pub peer: Vec<String>,
+    /// The video id; default: the only video the peers offer.
+    #[arg(long, value_name = "ID")]
+    pub video: Option<String>,
+    /// Which fragments (e.g. 0-9, 0,2,5-7); default: all.
+    #[arg(long, value_name = "LIST")]
+    pub fragments: Option<String>,
+    /// Where to write the reassembled video once complete (default: ./<name>).
+    #[arg(long, short, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Overwrite --out if it exists.
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub node: NodeFlags,
+}
+
+/// Parses `0-4`, `5`, `0,2,5-7` into a sorted list of indices.
+pub fn parse_fragment_list(s: &str) -> Result<Vec<u32>, String> {
+    let mut out = std::collections::BTreeSet::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let num = |x: &str| x.trim().parse::<u32>().map_err(|_| format!("{x:?} in {s:?} is not a fragment index"));
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (num(a)?, num(b)?);
+                if a > b || b - a > 100_000 {
+                    return Err(format!("bad range {part:?}"));
+                }
+                out.extend(a..=b);
+            }
+            None => {
+                out.insert(num(part)?);
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(format!("{s:?} names no fragments"));
+    }
+    Ok(out.into_iter().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fragment_lists() {
+        assert_eq!(parse_fragment_list("0-4").unwrap(), vec![0, 1, 2, 3, 4]);
+        assert_eq!(parse_fragment_list("5").unwrap(), vec![5]);
+        assert_eq!(parse_fragment_list("0,2,5-7,2").unwrap(), vec![0, 2, 5, 6, 7]);
+        assert!(parse_fragment_list("4-1").is_err());
+        assert!(parse_fragment_list("x").is_err());
+        assert!(parse_fragment_list("").is_err());
+        assert!(parse_fragment_list("-1").is_err());
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,258 @@
+//! Configuration: one path, layered by figment. Later wins:
+//! built-in defaults < `--config FILE` < `FRAGNET_*` environment (`__` nests) < flags.
+//! Unknown keys are errors that name the key and where it came from.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use fragnet_core::{PeerAddr, VideoId};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// The whole configuration of a fragnet process. Every key has a default.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Display name of the node (default: host and first listen port).
+    pub name: Option<String>,
+    /// The node's store and key (default: `fragnet-data/node-<port>`, one per listen port).
+    pub data_dir: Option<PathBuf>,
+    /// `tcp` (or, once available, `quic`): the scheme of bare addresses and listen entries.
+    pub transport: String,
+    /// Listen addresses: `PORT`, `HOST:PORT` or `scheme://HOST:PORT`.
+    #[serde(deserialize_with = "string_or_seq")]
+    pub listen: Vec<String>,
+    /// Peers to dial without a registry.
+    #[serde(deserialize_with = "string_or_seq")]
+    pub peers: Vec<String>,
+    /// The video a bare fragment name refers to.
+    pub default_video: Option<VideoId>,
+    /// Read the interactive console on stdin.
+    pub console: bool,
+    /// Rates, connections, concurrency, timeouts.
+    pub limits: Limits,
+}
+
+/// `limits.*` keys.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Upload limit for everything this node serves, e.g. `10MB` (per second); unset = none.
+    pub max_upload_rate: Option<String>,
+    /// Concurrent connections served.
+    pub max_connections: usize,
+    /// Chunk requests in flight when fetching, across peers.
+    pub concurrency: usize,
+    /// Chunk requests in flight to one peer.
+    pub per_peer: usize,
+    /// Seconds a client may stay silent before the node closes its stream.
+    pub idle_timeout_secs: u64,
+    /// Seconds a read or write may make no progress.
+    pub io_timeout_secs: u64,
+    /// Seconds in-flight transfers get to finish on shutdown.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_upload_rate: None, max_connections: 256, concurrency: 8, per_peer: 4, idle_timeout_secs: 60, io_timeout_secs: 20, shutdown_grace_secs: 5 }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            name: None,
+            data_dir: None,
+            transport: "tcp".into(),
+            listen: vec!["6001".into()],
+            peers: Vec::new(),
+            default_video: None,
+            console: true,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Accepts `"6001"`, `6001`, `"a, b"` or `["a", 6001]` for list keys, so environment
+/// variables (`FRAGNET_LISTEN=6001`) and TOML both read naturally.
+fn string_or_seq<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Item {
+        S(String),
+        N(u64),
+    }
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(Item),
+        Many(Vec<Item>),
+    }
+    let items = match OneOrMany::deserialize(d)? {
+        OneOrMany::One(i) => vec![i],
+        OneOrMany::Many(v) => v,
+    };
+    Ok(items
+        .into_iter()
+        .flat_map(|i| match i {
+            Item::S(s) => s.split(',').map(|p| p.trim().to_string()).filter(|p| !p.is_empty()).collect::<Vec<_>>(),
+            Item::N(n) => vec![n.to_string()],
+        })
+        .collect())
+}
+
+/// Loads the configuration: defaults < `file` < environment < `flags` (a JSON object of
+/// the keys the command line set).
+pub fn load(file: Option<&Path>, flags: serde_json::Value) -> Result<Config> {
+    load_with_env(file, flags, Env::prefixed("FRAGNET_").split("__"))
+}
+
+fn load_with_env(file: Option<&Path>, flags: serde_json::Value, env: Env) -> Result<Config> {
+    let mut fig = Figment::from(Serialized::defaults(Config::default()));
+    if let Some(path) = file {
+        if !path.is_file() {
+            bail!("configuration file {} does not exist", path.display());
+        }
+        fig = fig.merge(Toml::file_exact(path));
+    }
+    fig = fig.merge(env).merge(Serialized::defaults(flags));
+    let cfg: Config = fig.extract().map_err(|e| anyhow::anyhow!(describe(e)))?;
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// figment errors name the key and the source; make the first line say so plainly.
+fn describe(e: figment::Error) -> String {
+    let all: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();
+    format!("invalid configuration: {}", all.join("; "))
+}
+
+impl Config {
+    fn validate(&self) -> Result<()> {
+        if !crate::assemble::SCHEMES.contains(&self.transport.as_str()) {
+            bail!("transport = {:?} is not available; use one of {:?}", self.transport, crate::assemble::SCHEMES);
+        }
+        for l in &self.listen {
+            self.addr(l).with_context(|| format!("in listen = {l:?}"))?;
+        }
+        for p in &self.peers {
+            self.addr(p).with_context(|| format!("in peers = {p:?}"))?;
+        }
+        if let Some(r) = &self.limits.max_upload_rate {
+            fragnet_core::ratelimit::parse_bytes(r).map_err(|e| anyhow::anyhow!("limits.max_upload_rate: {e}"))?;
+        }
+        if self.limits.max_connections == 0 || self.limits.concurrency == 0 || self.limits.per_peer == 0 {
+            bail!("limits.max_connections, limits.concurrency and limits.per_peer must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// Parses an address with this configuration's default scheme.
+    pub fn addr(&self, s: &str) -> Result<PeerAddr> {
+        Ok(PeerAddr::parse(s, &self.transport)?)
+    }
+
+    /// Listen addresses, parsed.
+    pub fn listen_addrs(&self) -> Result<Vec<PeerAddr>> {
+        self.listen.iter().map(|s| self.addr(s)).collect()
+    }
+
+    /// Peer addresses, parsed.
+    pub fn peer_addrs(&self) -> Result<Vec<PeerAddr>> {
+        self.peers.iter().map(|s| self.addr(s)).collect()
+    }
+
+    /// Upload limit in bytes per second, if set.
+    pub fn upload_rate(&self) -> Option<u64> {
+        self.limits.max_upload_rate.as_deref().and_then(|r| fragnet_core::ratelimit::parse_bytes(r).ok())
+    }
+
+    /// The data directory: configured, else one per listen port so two peers started in
+    /// one folder never share a store or a key.
+    pub fn data_dir_or_default(&self, role: &str) -> PathBuf {
+        if let Some(d) = &self.data_dir {
+            return d.clone();
+        }
+        let port = self.listen_addrs().ok().and_then(|a| a.first().map(|a| a.port));
+        match port {
+            Some(0) => PathBuf::from(format!("fragnet-data/{role}-ephemeral-{}", std::process::id())),
+            Some(p) => PathBuf::from(format!("fragnet-data/node-{p}")),
+            None => PathBuf::from(format!("fragnet-data/{role}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn env() -> Env {
+        Env::prefixed("FRAGNET_").split("__")
+    }
+
+    #[test]
+    fn environment_sits_between_file_and_flags() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("c.toml", "transport = \"tcp\"\nlisten = [7001]\n")?;
+            jail.set_env("FRAGNET_LISTEN", "7002");
+            jail.set_env("FRAGNET_LIMITS__CONCURRENCY", "4");
+            let cfg = load_with_env(Some(Path::new("c.toml")), json!({}), env()).unwrap();
+            assert_eq!(cfg.listen, vec!["7002"], "env beats the file");
+            assert_eq!(cfg.limits.concurrency, 4, "__ nests");
+            let cfg = load_with_env(Some(Path::new("c.toml")), json!({"listen": ["7003"]}), env()).unwrap();
+            assert_eq!(cfg.listen, vec!["7003"], "flags beat env");
+            jail.set_env("FRAGNET_LISTEN", "tcp://127.0.0.1:1, 2");
+            let cfg = load_with_env(None, json!({}), env()).unwrap();
+            assert_eq!(cfg.listen, vec!["tcp://127.0.0.1:1", "2"]);
+            jail.set_env("FRAGNET_NOPE", "1");
+            let e = load_with_env(None, json!({}), env()).unwrap_err().to_string();
+            assert!(e.contains("nope") || e.contains("NOPE"), "{e}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn layers_in_order_defaults_file_env_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "name = \"from-file\"\nlisten = [7001]\n[limits]\nconcurrency = 3\nper_peer = 2\n").unwrap();
+        let base = load_with_env(None, json!({}), env()).unwrap();
+        assert_eq!(base.listen, vec!["6001"]);
+        assert_eq!(base.limits.concurrency, 8);
+        let from_file = load_with_env(Some(&file), json!({}), env()).unwrap();
+        assert_eq!(from_file.name.as_deref(), Some("from-file"));
+        assert_eq!(from_file.listen, vec!["7001"]);
+        assert_eq!(from_file.limits.concurrency, 3);
+        let flags = load_with_env(Some(&file), json!({"name": "from-flag", "limits": {"concurrency": 5}}), env()).unwrap();
+        assert_eq!(flags.name.as_deref(), Some("from-flag"));
+        assert_eq!(flags.limits.concurrency, 5);
+        assert_eq!(flags.limits.per_peer, 2, "a flag on one nested key keeps the file's siblings");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_naming_the_key_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, "transprot = \"tcp\"\n").unwrap();
+        let e = load_with_env(Some(&file), json!({}), env()).unwrap_err().to_string();
+        assert!(e.contains("transprot"), "{e}");
+        assert!(e.contains("bad.toml"), "{e}");
+        std::fs::write(&file, "[limits]\nmax_speed = 1\n").unwrap();
+        let e = load_with_env(Some(&file), json!({}), env()).unwrap_err().to_string();
+        assert!(e.contains("max_speed"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_clear() {
+        let e = load_with_env(None, json!({"transport": "carrier-pigeon"}), env()).unwrap_err().to_string();
+        assert!(e.contains("carrier-pigeon"), "{e}");
+        let e = load_with_env(None, json!({"listen": ["nonsense"]}), env()).unwrap_err();
+        assert!(format!("{e:#}").contains("nonsense"), "{e:#}");
+        let e = load_with_env(None, json!({"limits": {"max_upload_rate": "fast"}}), env()).unwrap_err().to_string();
+        assert!(e.contains("max_upload_rate"), "{e}");
+        assert!(load_with_env(Some(Path::new("/nonexistent/x.toml")), json!({}), env()).is_err());
+    }
+}
