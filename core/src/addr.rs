@@ -20,7 +20,9 @@ pub struct PeerAddr {
 
 /// Why a string is not a peer address.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid peer address {input:?}: {reason} (expected PORT, HOST:PORT or SCHEME://HOST:PORT)")]
+#[error(
+    "invalid peer address {input:?}: {reason} (expected PORT, HOST:PORT or SCHEME://HOST:PORT)"
+)]
 pub struct BadAddr {
     /// What was given.
     pub input: String,
@@ -32,7 +34,10 @@ impl PeerAddr {
     /// Parses `PORT`, `HOST:PORT`, `[V6]:PORT` or `scheme://[node-id@]HOST:PORT`.
     /// `default_scheme` applies when none is written; a bare `PORT` binds all interfaces.
     pub fn parse(input: &str, default_scheme: &str) -> Result<Self, BadAddr> {
-        let bad = |reason: &str| BadAddr { input: input.to_string(), reason: reason.to_string() };
+        let bad = |reason: &str| BadAddr {
+            input: input.to_string(),
+            reason: reason.to_string(),
+        };
         let s = input.trim();
         let (scheme, rest) = match s.split_once("://") {
             Some((scheme, rest)) => (scheme.to_ascii_lowercase(), rest),
@@ -42,23 +47,40 @@ impl PeerAddr {
             return Err(bad("bad scheme"));
         }
         let (node_id, hostport) = match rest.split_once('@') {
-            Some((id, hp)) => (Some(id.parse::<NodeId>().map_err(|e| bad(&e.to_string()))?), hp),
+            Some((id, hp)) => (
+                Some(id.parse::<NodeId>().map_err(|e| bad(&e.to_string()))?),
+                hp,
+            ),
             None => (None, rest),
         };
         if let Ok(port) = hostport.parse::<u16>() {
-            return Ok(PeerAddr { scheme, node_id, host: "0.0.0.0".into(), port });
+            return Ok(PeerAddr {
+                scheme,
+                node_id,
+                host: "0.0.0.0".into(),
+                port,
+            });
         }
         let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
-            let (h, p) = v6.split_once("]:").ok_or_else(|| bad("unterminated IPv6 literal"))?;
+            let (h, p) = v6
+                .split_once("]:")
+                .ok_or_else(|| bad("unterminated IPv6 literal"))?;
             (h, p)
         } else {
-            hostport.rsplit_once(':').ok_or_else(|| bad("missing port"))?
+            hostport
+                .rsplit_once(':')
+                .ok_or_else(|| bad("missing port"))?
         };
         if host.is_empty() || host.contains(['/', ' ', '@']) {
             return Err(bad("bad host"));
         }
         let port = port.parse::<u16>().map_err(|_| bad("bad port"))?;
-        Ok(PeerAddr { scheme, node_id, host: host.to_string(), port })
+        Ok(PeerAddr {
+            scheme,
+            node_id,
+            host: host.to_string(),
+            port,
+        })
     }
 
     /// `host:port` as a socket address string (brackets around IPv6).
@@ -72,7 +94,11 @@ impl PeerAddr {
 
     /// The same address with another host and port (e.g. the one actually bound).
     pub fn with_socket(&self, sa: std::net::SocketAddr) -> Self {
-        PeerAddr { host: sa.ip().to_string(), port: sa.port(), ..self.clone() }
+        PeerAddr {
+            host: sa.ip().to_string(),
+            port: sa.port(),
+            ..self.clone()
+        }
     }
 }
 
@@ -120,13 +146,19 @@ mod tests {
     #[test]
     fn parses_every_form() {
         let a = PeerAddr::parse("6001", "tcp").unwrap();
-        assert_eq!((a.scheme.as_str(), a.host.as_str(), a.port), ("tcp", "0.0.0.0", 6001));
+        assert_eq!(
+            (a.scheme.as_str(), a.host.as_str(), a.port),
+            ("tcp", "0.0.0.0", 6001)
+        );
         let a = PeerAddr::parse("localhost:6002", "quic").unwrap();
         assert_eq!(a.to_string(), "quic://localhost:6002");
         let a = PeerAddr::parse("tcp://127.0.0.1:0", "quic").unwrap();
         assert_eq!(a.to_string(), "tcp://127.0.0.1:0");
         let a = PeerAddr::parse("tcp://[::1]:7", "tcp").unwrap();
-        assert_eq!((a.host.as_str(), a.host_port()), ("::1", "[::1]:7".to_string()));
+        assert_eq!(
+            (a.host.as_str(), a.host_port()),
+            ("::1", "[::1]:7".to_string())
+        );
         let id = "ab".repeat(32);
         let a = PeerAddr::parse(&format!("quic://{id}@h:1"), "tcp").unwrap();
         assert_eq!(a.node_id.unwrap().to_string(), id);
@@ -135,8 +167,19 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        for s in ["", "host", "host:99999", "tcp://:5", "x y:1", "quic://zz@h:1", "ht!p://h:1"] {
-            assert!(PeerAddr::parse(s, "tcp").is_err(), "{s:?} should be refused");
+        for s in [
+            "",
+            "host",
+            "host:99999",
+            "tcp://:5",
+            "x y:1",
+            "quic://zz@h:1",
+            "ht!p://h:1",
+        ] {
+            assert!(
+                PeerAddr::parse(s, "tcp").is_err(),
+                "{s:?} should be refused"
+            );
         }
     }
 }

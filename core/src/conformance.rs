@@ -16,12 +16,16 @@ use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 
 use crate::addr::PeerAddr;
-use crate::fetch::{FetchError, FetchObserver, FetchOptions, FetchReport, FetchRequest, Fetcher, PeerPool};
+use crate::fetch::{
+    FetchError, FetchObserver, FetchOptions, FetchReport, FetchRequest, Fetcher, PeerPool,
+};
 use crate::identity::Identity;
 use crate::ids::{Digest, FragmentIndex, NodeId, VideoId};
 use crate::manifest::Manifest;
 use crate::node::{ServeHandle, ServeLimits, serve};
-use crate::protocol::{ErrorCode, PeerClient, ProtocolError, Request, Response, ServerSession, Timeouts, read_opening};
+use crate::protocol::{
+    ErrorCode, PeerClient, ProtocolError, Request, Response, ServerSession, Timeouts, read_opening,
+};
 use crate::ratelimit::RateLimiter;
 use crate::serve::{ServeContext, ServeStats};
 use crate::split::{SplitOptions, split};
@@ -33,7 +37,9 @@ pub type MakeTransports = fn(&Identity) -> Transports;
 
 /// Awaits `f`, failing the test if it takes longer than `secs`.
 pub async fn within<T>(secs: u64, what: &str, f: impl Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(secs), f).await.unwrap_or_else(|_| panic!("timed out after {secs}s: {what}"))
+    tokio::time::timeout(Duration::from_secs(secs), f)
+        .await
+        .unwrap_or_else(|_| panic!("timed out after {secs}s: {what}"))
 }
 
 /// The sample clip shipped beside the project (`../shared/media`), or
@@ -43,7 +49,11 @@ pub fn sample_media(name: &str) -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/media"));
     let p = dir.join(name);
-    assert!(p.is_file(), "sample media {} not found; set SHARED_MEDIA_DIR", p.display());
+    assert!(
+        p.is_file(),
+        "sample media {} not found; set SHARED_MEDIA_DIR",
+        p.display()
+    );
     p
 }
 
@@ -92,8 +102,23 @@ impl TestVideo {
 
     fn split(dir: TempDir, input: PathBuf, fragments: u32, chunk_size: u32) -> Self {
         let split_dir = dir.path().join("fragments");
-        let manifest = split(&input, &split_dir, &SplitOptions { fragments, chunk_size, force: false }, &mut |_| {}).unwrap();
-        TestVideo { dir, input, split_dir, manifest }
+        let manifest = split(
+            &input,
+            &split_dir,
+            &SplitOptions {
+                fragments,
+                chunk_size,
+                force: false,
+            },
+            &mut |_| {},
+        )
+        .unwrap();
+        TestVideo {
+            dir,
+            input,
+            split_dir,
+            manifest,
+        }
     }
 
     /// The video id.
@@ -162,27 +187,81 @@ impl TestNode {
             max_connections: opts.max_connections.unwrap_or(256),
             shutdown_grace: opts.grace.unwrap_or(Duration::from_secs(5)),
         };
-        let handle = within(10, "listen", serve(&transports, &[listen], ctx.clone(), limits, CancellationToken::new())).await.unwrap();
+        let handle = within(
+            10,
+            "listen",
+            serve(
+                &transports,
+                &[listen],
+                ctx.clone(),
+                limits,
+                CancellationToken::new(),
+            ),
+        )
+        .await
+        .unwrap();
         let mut addr = handle.local_addrs()[0].clone();
         addr.host = "127.0.0.1".into();
-        TestNode { store, identity, transports, addr, ctx, handle: Some(handle), _dir: dir }
+        TestNode {
+            store,
+            identity,
+            transports,
+            addr,
+            ctx,
+            handle: Some(handle),
+            _dir: dir,
+        }
     }
 
     /// The address with the node id in it (what a registry would hand out).
     pub fn addr_with_id(&self) -> PeerAddr {
-        PeerAddr { node_id: Some(self.identity.node_id()), ..self.addr.clone() }
+        PeerAddr {
+            node_id: Some(self.identity.node_id()),
+            ..self.addr.clone()
+        }
     }
 
     /// Fetches from `peers` into this node's store.
-    pub async fn fetch(&self, peers: &[PeerAddr], video: Option<VideoId>, fragments: Option<Vec<FragmentIndex>>, opts: FetchOptions, obs: Arc<dyn FetchObserver>) -> Result<FetchReport, FetchError> {
-        let pool = Arc::new(PeerPool::new(self.transports.clone(), Timeouts { io: Duration::from_secs(5), ..Timeouts::default() }));
+    pub async fn fetch(
+        &self,
+        peers: &[PeerAddr],
+        video: Option<VideoId>,
+        fragments: Option<Vec<FragmentIndex>>,
+        opts: FetchOptions,
+        obs: Arc<dyn FetchObserver>,
+    ) -> Result<FetchReport, FetchError> {
+        let pool = Arc::new(PeerPool::new(
+            self.transports.clone(),
+            Timeouts {
+                io: Duration::from_secs(5),
+                ..Timeouts::default()
+            },
+        ));
         let fetcher = Fetcher::new(self.store.clone(), pool, opts);
-        fetcher.fetch(FetchRequest { video, fragments, peers: peers.to_vec() }, obs, CancellationToken::new()).await
+        fetcher
+            .fetch(
+                FetchRequest {
+                    video,
+                    fragments,
+                    peers: peers.to_vec(),
+                },
+                obs,
+                CancellationToken::new(),
+            )
+            .await
     }
 
     /// Opens a protocol session to `peer`.
     pub async fn client(&self, peer: &PeerAddr) -> Result<PeerClient, ProtocolError> {
-        crate::protocol::connect(&self.transports, peer, Timeouts { io: Duration::from_secs(5), ..Timeouts::default() }).await
+        crate::protocol::connect(
+            &self.transports,
+            peer,
+            Timeouts {
+                io: Duration::from_secs(5),
+                ..Timeouts::default()
+            },
+        )
+        .await
     }
 
     /// Stops the node (grace period as configured).
@@ -212,7 +291,10 @@ impl FetchObserver for Counter {
         self.fragments.fetch_add(1, Ordering::SeqCst);
     }
     fn peer_failed(&self, peer: &PeerAddr, error: &str) {
-        self.failures.lock().unwrap().push((peer.clone(), error.to_string()));
+        self.failures
+            .lock()
+            .unwrap()
+            .push((peer.clone(), error.to_string()));
     }
 }
 
@@ -229,9 +311,19 @@ pub fn joined_bytes(node: &TestNode, video: VideoId) -> Vec<u8> {
 /// Hello, listing, manifest, ranges, and error frames that leave the stream usable.
 pub async fn session_basics(make: MakeTransports, listen: &str) {
     let v = TestVideo::from_bytes("v.mp4", &generated_bytes(300_000, 1), 10, 8192);
-    let server = TestNode::start(make, listen, NodeOptions { seed: Some((v.split_dir.clone(), None)), ..Default::default() }).await;
+    let server = TestNode::start(
+        make,
+        listen,
+        NodeOptions {
+            seed: Some((v.split_dir.clone(), None)),
+            ..Default::default()
+        },
+    )
+    .await;
     let client = TestNode::start(make, listen, NodeOptions::default()).await;
-    let mut s = within(10, "connect", client.client(&server.addr)).await.unwrap();
+    let mut s = within(10, "connect", client.client(&server.addr))
+        .await
+        .unwrap();
     assert_eq!(s.remote_node_id, server.identity.node_id());
     let vids = within(5, "videos", s.videos()).await.unwrap();
     assert_eq!(vids.len(), 1);
@@ -242,17 +334,55 @@ pub async fn session_basics(make: MakeTransports, listen: &str) {
     let original = std::fs::read(&v.input).unwrap();
     let f3 = &v.manifest.fragments[3];
     let got = within(5, "get", s.get(v.id(), 3, 100, 5000)).await.unwrap();
-    assert_eq!(&got[..], &original[f3.offset as usize + 100..f3.offset as usize + 5100]);
+    assert_eq!(
+        &got[..],
+        &original[f3.offset as usize + 100..f3.offset as usize + 5100]
+    );
 
-    let err = within(5, "get past end", s.get(v.id(), 3, f3.size - 10, 20)).await.unwrap_err();
-    assert!(matches!(err, ProtocolError::Remote { code: ErrorCode::NotAvailable, .. }), "{err}");
-    let err = within(5, "get index 99", s.get(v.id(), 99, 0, 10)).await.unwrap_err();
-    assert!(matches!(err, ProtocolError::Remote { code: ErrorCode::NoSuchFragment, .. }), "{err}");
+    let err = within(5, "get past end", s.get(v.id(), 3, f3.size - 10, 20))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ProtocolError::Remote {
+                code: ErrorCode::NotAvailable,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = within(5, "get index 99", s.get(v.id(), 99, 0, 10))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ProtocolError::Remote {
+                code: ErrorCode::NoSuchFragment,
+                ..
+            }
+        ),
+        "{err}"
+    );
     let unknown = VideoId(Digest::of(b"nothing"));
-    let err = within(5, "unknown video", s.manifest(unknown)).await.unwrap_err();
-    assert!(matches!(err, ProtocolError::Remote { code: ErrorCode::UnknownVideo, .. }), "{err}");
+    let err = within(5, "unknown video", s.manifest(unknown))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ProtocolError::Remote {
+                code: ErrorCode::UnknownVideo,
+                ..
+            }
+        ),
+        "{err}"
+    );
     // After three refusals the same session still works.
-    let again = within(5, "get again", s.get(v.id(), 0, 0, 10)).await.unwrap();
+    let again = within(5, "get again", s.get(v.id(), 0, 0, 10))
+        .await
+        .unwrap();
     assert_eq!(&again[..], &original[..10]);
 }
 
@@ -260,10 +390,27 @@ pub async fn session_basics(make: MakeTransports, listen: &str) {
 pub async fn unsupported_version(make: MakeTransports, listen: &str) {
     let server = TestNode::start(make, listen, NodeOptions::default()).await;
     let client = TestNode::start(make, listen, NodeOptions::default()).await;
-    let conn = within(10, "dial", client.transports.dial(&server.addr)).await.unwrap();
+    let conn = within(10, "dial", client.transports.dial(&server.addr))
+        .await
+        .unwrap();
     let stream = within(5, "open", conn.open_stream()).await.unwrap();
-    let err = within(5, "hello", PeerClient::handshake_with_version(stream, Timeouts::default(), 99)).await.unwrap_err();
-    assert!(matches!(err, ProtocolError::Remote { code: ErrorCode::UnsupportedVersion, .. }), "{err}");
+    let err = within(
+        5,
+        "hello",
+        PeerClient::handshake_with_version(stream, Timeouts::default(), 99),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ProtocolError::Remote {
+                code: ErrorCode::UnsupportedVersion,
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 /// Malformed frames get an error frame; a frame claiming 4 GB is refused without
@@ -271,21 +418,59 @@ pub async fn unsupported_version(make: MakeTransports, listen: &str) {
 pub async fn malformed_and_oversized_frames(make: MakeTransports, listen: &str) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let v = TestVideo::from_bytes("v.bin", &generated_bytes(50_000, 2), 10, 4096);
-    let server = TestNode::start(make, listen, NodeOptions { seed: Some((v.split_dir.clone(), None)), ..Default::default() }).await;
+    let server = TestNode::start(
+        make,
+        listen,
+        NodeOptions {
+            seed: Some((v.split_dir.clone(), None)),
+            ..Default::default()
+        },
+    )
+    .await;
     let client = TestNode::start(make, listen, NodeOptions::default()).await;
-    let conn = within(10, "dial", client.transports.dial(&server.addr)).await.unwrap();
+    let conn = within(10, "dial", client.transports.dial(&server.addr))
+        .await
+        .unwrap();
     let mut stream = within(5, "open", conn.open_stream()).await.unwrap();
     let mut hello = crate::protocol::MAGIC.to_vec();
     hello.extend_from_slice(&crate::protocol::PROTOCOL_VERSION.to_be_bytes());
     stream.send.write_all(&hello).await.unwrap();
     let mut sess = ServerSession::new(stream); // reuse the framing from the client side
-    let hello_frame = within(5, "hello", futures::StreamExt::next(&mut sess.reader)).await.unwrap().unwrap();
-    assert!(matches!(serde_json::from_slice(&hello_frame).unwrap(), Response::Hello { .. }));
-    for bad in [&b"not json"[..], br#"{"op":"get","video":"../../etc/passwd","index":0,"offset":0,"length":1}"#, br#"{"op":"explode"}"#] {
-        within(5, "send", futures::SinkExt::send(&mut sess.writer, Bytes::copy_from_slice(bad))).await.unwrap();
-        let frame = within(5, "error frame", futures::StreamExt::next(&mut sess.reader)).await.unwrap().unwrap();
+    let hello_frame = within(5, "hello", futures::StreamExt::next(&mut sess.reader))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(
+        serde_json::from_slice(&hello_frame).unwrap(),
+        Response::Hello { .. }
+    ));
+    for bad in [
+        &b"not json"[..],
+        br#"{"op":"get","video":"../../etc/passwd","index":0,"offset":0,"length":1}"#,
+        br#"{"op":"explode"}"#,
+    ] {
+        within(
+            5,
+            "send",
+            futures::SinkExt::send(&mut sess.writer, Bytes::copy_from_slice(bad)),
+        )
+        .await
+        .unwrap();
+        let frame = within(5, "error frame", futures::StreamExt::next(&mut sess.reader))
+            .await
+            .unwrap()
+            .unwrap();
         let resp: Response = serde_json::from_slice(&frame).unwrap();
-        assert!(matches!(resp, Response::Error { code: ErrorCode::BadRequest, .. }), "{resp:?}");
+        assert!(
+            matches!(
+                resp,
+                Response::Error {
+                    code: ErrorCode::BadRequest,
+                    ..
+                }
+            ),
+            "{resp:?}"
+        );
     }
     // A length prefix claiming 4 GB: the server must close the stream, not allocate.
     let raw = sess.writer.get_mut();
@@ -293,10 +478,20 @@ pub async fn malformed_and_oversized_frames(make: MakeTransports, listen: &str) 
     raw.write_all(b"xxxx").await.unwrap();
     let mut rest = Vec::new();
     // `within` fails the test unless the server ends the stream (EOF or reset) promptly.
-    let _ = within(10, "server closes the stream", sess.reader.get_mut().read_to_end(&mut rest)).await;
-    assert!(rest.is_empty(), "no response to an oversized frame: {rest:?}");
+    let _ = within(
+        10,
+        "server closes the stream",
+        sess.reader.get_mut().read_to_end(&mut rest),
+    )
+    .await;
+    assert!(
+        rest.is_empty(),
+        "no response to an oversized frame: {rest:?}"
+    );
     // Others are still served.
-    let mut s = within(10, "connect", client.client(&server.addr)).await.unwrap();
+    let mut s = within(10, "connect", client.client(&server.addr))
+        .await
+        .unwrap();
     assert_eq!(within(5, "videos", s.videos()).await.unwrap().len(), 1);
 }
 
@@ -304,32 +499,83 @@ pub async fn malformed_and_oversized_frames(make: MakeTransports, listen: &str) 
 /// both end with all 10 and the joined files equal the input byte for byte.
 pub async fn original_scenario(make: MakeTransports, listen: &str) {
     let v = TestVideo::sample();
-    let a = TestNode::start(make, listen, NodeOptions { seed: Some((v.split_dir.clone(), Some((0..5).collect()))), ..Default::default() }).await;
-    let b = TestNode::start(make, listen, NodeOptions { seed: Some((v.split_dir.clone(), Some((5..10).collect()))), ..Default::default() }).await;
+    let a = TestNode::start(
+        make,
+        listen,
+        NodeOptions {
+            seed: Some((v.split_dir.clone(), Some((0..5).collect()))),
+            ..Default::default()
+        },
+    )
+    .await;
+    let b = TestNode::start(
+        make,
+        listen,
+        NodeOptions {
+            seed: Some((v.split_dir.clone(), Some((5..10).collect()))),
+            ..Default::default()
+        },
+    )
+    .await;
     let (ra, rb) = within(60, "both fetch", async {
         tokio::join!(
-            a.fetch(std::slice::from_ref(&b.addr), None, None, FetchOptions::default(), Arc::new(Counter::default())),
-            b.fetch(std::slice::from_ref(&a.addr), None, None, FetchOptions::default(), Arc::new(Counter::default())),
+            a.fetch(
+                std::slice::from_ref(&b.addr),
+                None,
+                None,
+                FetchOptions::default(),
+                Arc::new(Counter::default())
+            ),
+            b.fetch(
+                std::slice::from_ref(&a.addr),
+                None,
+                None,
+                FetchOptions::default(),
+                Arc::new(Counter::default())
+            ),
         )
     })
     .await;
     let (ra, rb) = (ra.unwrap(), rb.unwrap());
-    assert_eq!(ra.fetched.iter().map(|f| f.0).collect::<Vec<_>>(), (5..10).collect::<Vec<_>>());
-    assert_eq!(rb.fetched.iter().map(|f| f.0).collect::<Vec<_>>(), (0..5).collect::<Vec<_>>());
-    assert_eq!(ra.fetched[0].1, vec![b.addr.clone()], "fragments came from B");
+    assert_eq!(
+        ra.fetched.iter().map(|f| f.0).collect::<Vec<_>>(),
+        (5..10).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        rb.fetched.iter().map(|f| f.0).collect::<Vec<_>>(),
+        (0..5).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        ra.fetched[0].1,
+        vec![b.addr.clone()],
+        "fragments came from B"
+    );
     let original = std::fs::read(&v.input).unwrap();
     assert_eq!(a.store.have(v.id()).len(), 10);
     assert_eq!(b.store.have(v.id()).len(), 10);
-    assert!(joined_bytes(&a, v.id()) == original, "A's copy differs from the input");
-    assert!(joined_bytes(&b, v.id()) == original, "B's copy differs from the input");
+    assert!(
+        joined_bytes(&a, v.id()) == original,
+        "A's copy differs from the input"
+    );
+    assert!(
+        joined_bytes(&b, v.id()) == original,
+        "B's copy differs from the input"
+    );
 }
 
 /// Serves lies: claims every fragment, sends the right manifest and wrong bytes.
-pub async fn spawn_liar(make: MakeTransports, listen: &str, manifest: Manifest) -> (PeerAddr, CancellationToken) {
+pub async fn spawn_liar(
+    make: MakeTransports,
+    listen: &str,
+    manifest: Manifest,
+) -> (PeerAddr, CancellationToken) {
     let identity = Identity::generate();
     let transports = make(&identity);
     let node_id = identity.node_id();
-    let listener = transports.listen(&PeerAddr::parse(listen, "tcp").unwrap()).await.unwrap();
+    let listener = transports
+        .listen(&PeerAddr::parse(listen, "tcp").unwrap())
+        .await
+        .unwrap();
     let mut addr = listener.local_addr();
     addr.host = "127.0.0.1".into();
     let cancel = CancellationToken::new();
@@ -342,7 +588,10 @@ pub async fn spawn_liar(make: MakeTransports, listen: &str, manifest: Manifest) 
             tokio::spawn(async move {
                 while let Ok(Some(mut stream)) = conn.accept_stream().await {
                     let manifest = manifest.clone();
-                    tokio::spawn(async move { let _ = lie(&mut stream, node_id, manifest).await; drop(stream); });
+                    tokio::spawn(async move {
+                        let _ = lie(&mut stream, node_id, manifest).await;
+                        drop(stream);
+                    });
                 }
             });
         }
@@ -350,29 +599,70 @@ pub async fn spawn_liar(make: MakeTransports, listen: &str, manifest: Manifest) 
     (addr, cancel)
 }
 
-async fn lie(stream: &mut crate::transport::BiStream, node_id: NodeId, manifest: Manifest) -> Result<(), ProtocolError> {
+async fn lie(
+    stream: &mut crate::transport::BiStream,
+    node_id: NodeId,
+    manifest: Manifest,
+) -> Result<(), ProtocolError> {
     use tokio::io::AsyncWriteExt;
     let t = Timeouts::default();
     read_opening(&mut stream.recv, &t).await?;
-    let taken = std::mem::replace(stream, crate::transport::BiStream { send: Box::pin(tokio::io::sink()), recv: Box::pin(tokio::io::empty()) });
+    let taken = std::mem::replace(
+        stream,
+        crate::transport::BiStream {
+            send: Box::pin(tokio::io::sink()),
+            recv: Box::pin(tokio::io::empty()),
+        },
+    );
     let mut s = ServerSession::new(taken);
-    s.send(&Response::Hello { version: crate::protocol::PROTOCOL_VERSION, node_id, name: "liar".into() }, &t).await?;
+    s.send(
+        &Response::Hello {
+            version: crate::protocol::PROTOCOL_VERSION,
+            node_id,
+            name: "liar".into(),
+        },
+        &t,
+    )
+    .await?;
     let id = manifest.video_id();
     while let Some(req) = s.next_request(&t).await? {
         match req {
             Ok(Request::Videos) => {
-                let videos = vec![crate::protocol::VideoSummary { video: id, name: manifest.name.clone(), fragment_count: manifest.fragment_count, have: (0..manifest.fragment_count).collect() }];
+                let videos = vec![crate::protocol::VideoSummary {
+                    video: id,
+                    name: manifest.name.clone(),
+                    fragment_count: manifest.fragment_count,
+                    have: (0..manifest.fragment_count).collect(),
+                }];
                 s.send(&Response::Videos { videos }, &t).await?
             }
-            Ok(Request::Have { video }) => s.send(&Response::Have { video, fragments: (0..manifest.fragment_count).collect() }, &t).await?,
+            Ok(Request::Have { video }) => {
+                s.send(
+                    &Response::Have {
+                        video,
+                        fragments: (0..manifest.fragment_count).collect(),
+                    },
+                    &t,
+                )
+                .await?
+            }
             Ok(Request::Manifest { .. }) => {
                 let body = manifest.canonical_bytes();
-                s.send(&Response::Manifest { length: body.len() as u64 }, &t).await?;
+                s.send(
+                    &Response::Manifest {
+                        length: body.len() as u64,
+                    },
+                    &t,
+                )
+                .await?;
                 s.writer.get_mut().write_all(&body).await?;
             }
             Ok(Request::Get { length, .. }) => {
                 s.send(&Response::Data { length }, &t).await?;
-                s.writer.get_mut().write_all(&vec![0x5A; length as usize]).await?;
+                s.writer
+                    .get_mut()
+                    .write_all(&vec![0x5A; length as usize])
+                    .await?;
             }
             Err(_) => return Ok(()),
         }
@@ -385,16 +675,48 @@ async fn lie(stream: &mut crate::transport::BiStream, node_id: NodeId, manifest:
 pub async fn lying_peer_is_caught(make: MakeTransports, listen: &str) {
     let v = TestVideo::from_bytes("v.bin", &generated_bytes(600_000, 3), 10, 16384);
     let (liar, stop) = spawn_liar(make, listen, v.manifest.clone()).await;
-    let honest = TestNode::start(make, listen, NodeOptions { seed: Some((v.split_dir.clone(), None)), ..Default::default() }).await;
+    let honest = TestNode::start(
+        make,
+        listen,
+        NodeOptions {
+            seed: Some((v.split_dir.clone(), None)),
+            ..Default::default()
+        },
+    )
+    .await;
     let me = TestNode::start(make, listen, NodeOptions::default()).await;
     let obs = Arc::new(Counter::default());
     // The liar first in the list: it is asked early and must be caught.
-    let report = within(60, "fetch", me.fetch(&[liar.clone(), honest.addr.clone()], Some(v.id()), None, FetchOptions::default(), obs.clone())).await.unwrap();
+    let report = within(
+        60,
+        "fetch",
+        me.fetch(
+            &[liar.clone(), honest.addr.clone()],
+            Some(v.id()),
+            None,
+            FetchOptions::default(),
+            obs.clone(),
+        ),
+    )
+    .await
+    .unwrap();
     assert_eq!(me.store.have(v.id()).len(), 10);
     assert!(joined_bytes(&me, v.id()) == std::fs::read(&v.input).unwrap());
     let failures = obs.failures.lock().unwrap().clone();
-    assert!(failures.iter().any(|(p, e)| *p == liar && e.contains("failed verification")), "liar not reported: {failures:?}");
-    assert!(report.fetched.iter().all(|(_, from)| from == std::slice::from_ref(&honest.addr)), "{:?}", report.fetched);
+    assert!(
+        failures
+            .iter()
+            .any(|(p, e)| *p == liar && e.contains("failed verification")),
+        "liar not reported: {failures:?}"
+    );
+    assert!(
+        report
+            .fetched
+            .iter()
+            .all(|(_, from)| from == std::slice::from_ref(&honest.addr)),
+        "{:?}",
+        report.fetched
+    );
     stop.cancel();
 }
 
@@ -406,51 +728,138 @@ pub async fn dying_peer_then_resume(make: MakeTransports, listen: &str) {
     let mut dying = TestNode::start(
         make,
         listen,
-        NodeOptions { seed: Some((v.split_dir.clone(), None)), upload: Some(1_000_000), grace: Some(Duration::ZERO), ..Default::default() },
+        NodeOptions {
+            seed: Some((v.split_dir.clone(), None)),
+            upload: Some(1_000_000),
+            grace: Some(Duration::ZERO),
+            ..Default::default()
+        },
     )
     .await;
     let me = TestNode::start(make, listen, NodeOptions::default()).await;
     let obs = Arc::new(Counter::default());
-    let opts = FetchOptions { max_rounds: 1, ..FetchOptions::default() };
+    let opts = FetchOptions {
+        max_rounds: 1,
+        ..FetchOptions::default()
+    };
     let dying_addr = dying.addr.clone();
-    let fetch = me.fetch(std::slice::from_ref(&dying_addr), Some(v.id()), None, opts, obs.clone());
+    let fetch = me.fetch(
+        std::slice::from_ref(&dying_addr),
+        Some(v.id()),
+        None,
+        opts,
+        obs.clone(),
+    );
     let kill = async {
         while obs.chunks.load(Ordering::SeqCst) < 20 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         dying.stop().await;
     };
-    let (result, ()) = within(60, "fetch from a dying peer", async { tokio::join!(fetch, kill) }).await;
+    let (result, ()) = within(60, "fetch from a dying peer", async {
+        tokio::join!(fetch, kill)
+    })
+    .await;
     let err = result.expect_err("the only peer died mid-transfer");
     assert!(matches!(err, FetchError::Incomplete { .. }), "{err}");
     let before = obs.chunks.load(Ordering::SeqCst);
-    assert!(before >= 20 && (before as usize) < size / 16384, "got {before} chunks before the peer died");
+    assert!(
+        before >= 20 && (before as usize) < size / 16384,
+        "got {before} chunks before the peer died"
+    );
 
     // Reopen the store from disk, as a restarted process would.
     let (reopened, scan) = FragmentStore::open(me.store.root()).unwrap();
-    assert!(scan.partial_chunks as u64 + scan.complete as u64 * 31 >= before, "{scan:?} vs {before} chunks");
-    let saved: usize = (0..4).map(|i| reopened.verified_chunks(v.id(), i).unwrap().iter().filter(|b| **b).count()).sum();
-    assert!(saved as u64 >= before, "verified chunks survive a reopen ({saved} < {before})");
+    assert!(
+        scan.partial_chunks as u64 + scan.complete as u64 * 31 >= before,
+        "{scan:?} vs {before} chunks"
+    );
+    let saved: usize = (0..4)
+        .map(|i| {
+            reopened
+                .verified_chunks(v.id(), i)
+                .unwrap()
+                .iter()
+                .filter(|b| **b)
+                .count()
+        })
+        .sum();
+    assert!(
+        saved as u64 >= before,
+        "verified chunks survive a reopen ({saved} < {before})"
+    );
 
-    let helper = TestNode::start(make, listen, NodeOptions { seed: Some((v.split_dir.clone(), None)), ..Default::default() }).await;
-    let report = within(60, "resumed fetch", me.fetch(std::slice::from_ref(&helper.addr), Some(v.id()), None, FetchOptions::default(), Arc::new(Counter::default()))).await.unwrap();
-    let resumed_bytes = report.resumed_chunks * 16384 + report.already_complete.len() as u64 * 500_000;
-    assert!(report.resumed_chunks + report.already_complete.len() as u64 > 0, "nothing resumed: {report:?}");
-    assert_eq!(report.bytes + resumed_bytes, size as u64, "only what was missing is fetched again");
-    assert_eq!(helper.ctx.stats.bytes_sent.load(Ordering::SeqCst), report.bytes);
+    let helper = TestNode::start(
+        make,
+        listen,
+        NodeOptions {
+            seed: Some((v.split_dir.clone(), None)),
+            ..Default::default()
+        },
+    )
+    .await;
+    let report = within(
+        60,
+        "resumed fetch",
+        me.fetch(
+            std::slice::from_ref(&helper.addr),
+            Some(v.id()),
+            None,
+            FetchOptions::default(),
+            Arc::new(Counter::default()),
+        ),
+    )
+    .await
+    .unwrap();
+    let resumed_bytes =
+        report.resumed_chunks * 16384 + report.already_complete.len() as u64 * 500_000;
+    assert!(
+        report.resumed_chunks + report.already_complete.len() as u64 > 0,
+        "nothing resumed: {report:?}"
+    );
+    assert_eq!(
+        report.bytes + resumed_bytes,
+        size as u64,
+        "only what was missing is fetched again"
+    );
+    assert_eq!(
+        helper.ctx.stats.bytes_sent.load(Ordering::SeqCst),
+        report.bytes
+    );
     assert!(joined_bytes(&me, v.id()) == std::fs::read(&v.input).unwrap());
 }
 
 /// Eight nodes fetch the same video from one seeder at once.
 pub async fn many_concurrent_fetches(make: MakeTransports, listen: &str) {
     let v = TestVideo::from_bytes("v.bin", &generated_bytes(1_500_000, 5), 10, 32768);
-    let seeder = TestNode::start(make, listen, NodeOptions { seed: Some((v.split_dir.clone(), None)), ..Default::default() }).await;
+    let seeder = TestNode::start(
+        make,
+        listen,
+        NodeOptions {
+            seed: Some((v.split_dir.clone(), None)),
+            ..Default::default()
+        },
+    )
+    .await;
     let mut nodes = Vec::new();
     for _ in 0..8 {
         nodes.push(TestNode::start(make, listen, NodeOptions::default()).await);
     }
-    let fetches = nodes.iter().map(|n| n.fetch(std::slice::from_ref(&seeder.addr), None, None, FetchOptions::default(), Arc::new(Counter::default())));
-    let results = within(90, "8 concurrent fetches", futures::future::join_all(fetches)).await;
+    let fetches = nodes.iter().map(|n| {
+        n.fetch(
+            std::slice::from_ref(&seeder.addr),
+            None,
+            None,
+            FetchOptions::default(),
+            Arc::new(Counter::default()),
+        )
+    });
+    let results = within(
+        90,
+        "8 concurrent fetches",
+        futures::future::join_all(fetches),
+    )
+    .await;
     let original = std::fs::read(&v.input).unwrap();
     for (n, r) in nodes.iter().zip(results) {
         r.unwrap();
@@ -462,24 +871,38 @@ pub async fn many_concurrent_fetches(make: MakeTransports, listen: &str) {
 /// and served once a slot frees up.
 pub async fn connection_limit(make: MakeTransports, listen: &str) {
     let v = TestVideo::from_bytes("v.bin", &generated_bytes(20_000, 6), 2, 4096);
-    let server = TestNode::start(make, listen, NodeOptions { seed: Some((v.split_dir.clone(), None)), max_connections: Some(1), ..Default::default() }).await;
+    let server = TestNode::start(
+        make,
+        listen,
+        NodeOptions {
+            seed: Some((v.split_dir.clone(), None)),
+            max_connections: Some(1),
+            ..Default::default()
+        },
+    )
+    .await;
     let c1 = TestNode::start(make, listen, NodeOptions::default()).await;
     let c2 = TestNode::start(make, listen, NodeOptions::default()).await;
-    let mut first = within(10, "first client", c1.client(&server.addr)).await.unwrap();
+    let mut first = within(10, "first client", c1.client(&server.addr))
+        .await
+        .unwrap();
     assert!(within(5, "videos", first.videos()).await.is_ok());
     let second = within(15, "second client refused", c2.client(&server.addr)).await;
-    assert!(second.is_err(), "a second connection over the cap of 1 must be refused");
+    assert!(
+        second.is_err(),
+        "a second connection over the cap of 1 must be refused"
+    );
     drop(first);
     c1.transports.get(&server.addr.scheme).unwrap(); // keep c1 alive until here
     drop(c1);
     // The slot frees once the first connection is gone.
     let mut ok = None;
     for _ in 0..50 {
-        if let Ok(mut s) = c2.client(&server.addr).await {
-            if s.videos().await.is_ok() {
-                ok = Some(());
-                break;
-            }
+        if let Ok(mut s) = c2.client(&server.addr).await
+            && s.videos().await.is_ok()
+        {
+            ok = Some(());
+            break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -489,13 +912,29 @@ pub async fn connection_limit(make: MakeTransports, listen: &str) {
 /// A client that says hello and then nothing is disconnected after the idle timeout,
 /// and a server that is not told otherwise keeps the session open.
 pub async fn idle_client_times_out(make: MakeTransports, listen: &str) {
-    let server = TestNode::start(make, listen, NodeOptions { idle: Some(Duration::from_millis(300)), ..Default::default() }).await;
+    let server = TestNode::start(
+        make,
+        listen,
+        NodeOptions {
+            idle: Some(Duration::from_millis(300)),
+            ..Default::default()
+        },
+    )
+    .await;
     let client = TestNode::start(make, listen, NodeOptions::default()).await;
-    let mut s = within(10, "connect", client.client(&server.addr)).await.unwrap();
-    assert!(within(5, "videos", s.videos()).await.is_ok(), "an active session is served");
+    let mut s = within(10, "connect", client.client(&server.addr))
+        .await
+        .unwrap();
+    assert!(
+        within(5, "videos", s.videos()).await.is_ok(),
+        "an active session is served"
+    );
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let after = within(10, "request after idling", s.videos()).await;
-    assert!(after.is_err(), "the server should have closed the idle session");
+    assert!(
+        after.is_err(),
+        "the server should have closed the idle session"
+    );
 }
 
 /// Generates one `#[tokio::test]` per conformance case for a transport.

@@ -33,7 +33,9 @@ pub struct PeerPool {
 
 impl std::fmt::Debug for PeerPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PeerPool").field("transports", &self.transports).finish_non_exhaustive()
+        f.debug_struct("PeerPool")
+            .field("transports", &self.transports)
+            .finish_non_exhaustive()
     }
 }
 
@@ -42,7 +44,12 @@ const MAX_IDLE_PER_PEER: usize = 16;
 impl PeerPool {
     /// A pool dialing with `transports`.
     pub fn new(transports: Transports, timeouts: Timeouts) -> Self {
-        PeerPool { transports, timeouts, conns: Mutex::default(), idle: Mutex::default() }
+        PeerPool {
+            transports,
+            timeouts,
+            conns: Mutex::default(),
+            idle: Mutex::default(),
+        }
     }
 
     /// The transports this pool dials with.
@@ -52,7 +59,13 @@ impl PeerPool {
 
     /// An idle session to `addr`, or a new one (dialing if there is no connection).
     pub async fn session(&self, addr: &PeerAddr) -> Result<PeerClient, ProtocolError> {
-        if let Some(s) = self.idle.lock().unwrap().get_mut(addr).and_then(|v| v.pop()) {
+        if let Some(s) = self
+            .idle
+            .lock()
+            .unwrap()
+            .get_mut(addr)
+            .and_then(|v| v.pop())
+        {
             return Ok(s);
         }
         let cached = self.conns.lock().unwrap().get(addr).cloned();
@@ -190,7 +203,11 @@ pub struct FetchOptions {
 
 impl Default for FetchOptions {
     fn default() -> Self {
-        FetchOptions { concurrency: 8, per_peer: 4, max_rounds: 5 }
+        FetchOptions {
+            concurrency: 8,
+            per_peer: 4,
+            max_rounds: 5,
+        }
     }
 }
 
@@ -240,7 +257,10 @@ enum Next {
 
 impl Sched {
     fn rarity(&self, index: FragmentIndex) -> usize {
-        self.peers.iter().filter(|p| !p.banned && p.holds.contains(&index)).count()
+        self.peers
+            .iter()
+            .filter(|p| !p.banned && p.holds.contains(&index))
+            .count()
     }
 
     fn push(&mut self, item: Item, prio: u8) {
@@ -250,7 +270,10 @@ impl Sched {
 
     fn eligible(&self, item: Item, p: usize) -> bool {
         let st = &self.peers[p];
-        !st.banned && !st.dead && st.holds.contains(&item.0) && !self.excluded.get(&item).is_some_and(|x| x.contains(&p))
+        !st.banned
+            && !st.dead
+            && st.holds.contains(&item.0)
+            && !self.excluded.get(&item).is_some_and(|x| x.contains(&p))
     }
 
     fn next(&mut self, per_peer: usize) -> Next {
@@ -261,7 +284,9 @@ impl Sched {
         let mut found = None;
         while let Some(Reverse((prio, r, index, chunk))) = self.heap.pop() {
             let item = (index, chunk);
-            let candidates: Vec<usize> = (0..self.peers.len()).filter(|&p| self.eligible(item, p)).collect();
+            let candidates: Vec<usize> = (0..self.peers.len())
+                .filter(|&p| self.eligible(item, p))
+                .collect();
             if candidates.is_empty() {
                 self.stalled.push(item);
                 continue;
@@ -271,7 +296,12 @@ impl Sched {
                 .iter()
                 .copied()
                 .filter(|&p| self.peers[p].in_flight < per_peer)
-                .min_by_key(|&p| (self.peers[p].in_flight, (p + chunk as usize) % self.peers.len()));
+                .min_by_key(|&p| {
+                    (
+                        self.peers[p].in_flight,
+                        (p + chunk as usize) % self.peers.len(),
+                    )
+                });
             match free {
                 Some(p) => {
                     found = Some((item, p));
@@ -308,7 +338,9 @@ pub struct Fetcher {
 
 impl std::fmt::Debug for Fetcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Fetcher").field("opts", &self.opts).finish_non_exhaustive()
+        f.debug_struct("Fetcher")
+            .field("opts", &self.opts)
+            .finish_non_exhaustive()
     }
 }
 
@@ -319,7 +351,11 @@ impl Fetcher {
     }
 
     /// Asks every peer which videos it has; peers that fail are reported and skipped.
-    pub async fn probe(&self, peers: &[PeerAddr], obs: &dyn FetchObserver) -> Vec<(PeerAddr, Vec<VideoSummary>)> {
+    pub async fn probe(
+        &self,
+        peers: &[PeerAddr],
+        obs: &dyn FetchObserver,
+    ) -> Vec<(PeerAddr, Vec<VideoSummary>)> {
         let tasks = peers.iter().cloned().map(|addr| {
             let pool = self.pool.clone();
             async move {
@@ -346,7 +382,11 @@ impl Fetcher {
         out
     }
 
-    async fn find_manifest(&self, video: VideoId, offers: &[(PeerAddr, Vec<VideoSummary>)]) -> Result<Arc<Manifest>, FetchError> {
+    async fn find_manifest(
+        &self,
+        video: VideoId,
+        offers: &[(PeerAddr, Vec<VideoSummary>)],
+    ) -> Result<Arc<Manifest>, FetchError> {
         if let Some(m) = self.store.manifest(video) {
             return Ok(m);
         }
@@ -374,29 +414,52 @@ impl Fetcher {
 
     /// Fetches the wanted fragments of a video. Verified chunks already in the store
     /// are kept (resume); each new chunk is verified before it is stored.
-    pub async fn fetch(&self, req: FetchRequest, obs: Arc<dyn FetchObserver>, cancel: CancellationToken) -> Result<FetchReport, FetchError> {
+    pub async fn fetch(
+        &self,
+        req: FetchRequest,
+        obs: Arc<dyn FetchObserver>,
+        cancel: CancellationToken,
+    ) -> Result<FetchReport, FetchError> {
         let started = Instant::now();
         let offers = self.probe(&req.peers, obs.as_ref()).await;
         if offers.is_empty() && !req.peers.is_empty() {
-            return Err(FetchError::NoPeers(req.peers.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")));
+            return Err(FetchError::NoPeers(
+                req.peers
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ));
         }
         let video = match req.video {
             Some(v) => v,
             None => {
-                let mut all: BTreeSet<VideoId> = offers.iter().flat_map(|(_, v)| v.iter().map(|s| s.video)).collect();
+                let mut all: BTreeSet<VideoId> = offers
+                    .iter()
+                    .flat_map(|(_, v)| v.iter().map(|s| s.video))
+                    .collect();
                 all.extend(self.store.videos());
                 let all: Vec<_> = all.into_iter().collect();
-                crate::serve::default_video(None, &all).map_err(|e| FetchError::NoVideo(match e {
-                    crate::serve::DefaultVideoError::None => "no peer offers any video".into(),
-                    e => e.to_string().replace("this node holds", "the peers offer").replace("set default_video to", "choose with --video"),
-                }))?
+                crate::serve::default_video(None, &all).map_err(|e| {
+                    FetchError::NoVideo(match e {
+                        crate::serve::DefaultVideoError::None => "no peer offers any video".into(),
+                        e => e
+                            .to_string()
+                            .replace("this node holds", "the peers offer")
+                            .replace("set default_video to", "choose with --video"),
+                    })
+                })?
             }
         };
         let manifest = self.find_manifest(video, &offers).await?;
         let wanted: Vec<FragmentIndex> = match &req.fragments {
             Some(f) => {
                 if let Some(&bad) = f.iter().find(|&&i| i >= manifest.fragment_count) {
-                    return Err(FetchError::NoSuchFragment { video, index: bad, count: manifest.fragment_count });
+                    return Err(FetchError::NoSuchFragment {
+                        video,
+                        index: bad,
+                        count: manifest.fragment_count,
+                    });
                 }
                 f.clone()
             }
@@ -407,7 +470,11 @@ impl Fetcher {
             .iter()
             .map(|(addr, vids)| PeerState {
                 addr: addr.clone(),
-                holds: vids.iter().find(|v| v.video == video).map(|v| v.have.iter().copied().collect()).unwrap_or_default(),
+                holds: vids
+                    .iter()
+                    .find(|v| v.video == video)
+                    .map(|v| v.have.iter().copied().collect())
+                    .unwrap_or_default(),
                 in_flight: 0,
                 failures: 0,
                 banned: false,
@@ -429,7 +496,8 @@ impl Fetcher {
             done: Vec::new(),
             fatal: None,
         };
-        let (mut already_complete, mut resumed, mut wanted_bytes, mut already_bytes) = (Vec::new(), 0u64, 0u64, 0u64);
+        let (mut already_complete, mut resumed, mut wanted_bytes, mut already_bytes) =
+            (Vec::new(), 0u64, 0u64, 0u64);
         for &index in &wanted {
             let info = &manifest.fragments[index as usize];
             wanted_bytes += info.size;
@@ -443,7 +511,10 @@ impl Fetcher {
             for (c, ok) in verified.iter().enumerate() {
                 if *ok {
                     resumed += 1;
-                    already_bytes += manifest.chunk_range(index, c as u32).map(|r| r.1).unwrap_or(0);
+                    already_bytes += manifest
+                        .chunk_range(index, c as u32)
+                        .map(|r| r.1)
+                        .unwrap_or(0);
                 } else {
                     sched.push((index, c as u32), priority::NORMAL);
                     left += 1;
@@ -482,13 +553,28 @@ impl Fetcher {
         if let Some(e) = s.fatal.take() {
             return Err(e);
         }
-        let missing: Vec<FragmentIndex> = wanted.iter().copied().filter(|&i| self.store.status(video, i).ok() != Some(FragmentStatus::Complete)).collect();
+        let missing: Vec<FragmentIndex> = wanted
+            .iter()
+            .copied()
+            .filter(|&i| self.store.status(video, i).ok() != Some(FragmentStatus::Complete))
+            .collect();
         if !missing.is_empty() {
-            return Err(FetchError::Incomplete { missing, last_error: s.last_error.clone() });
+            return Err(FetchError::Incomplete {
+                missing,
+                last_error: s.last_error.clone(),
+            });
         }
         let mut fetched = std::mem::take(&mut s.done);
         fetched.sort_by_key(|f| f.0);
-        Ok(FetchReport { video, manifest, fetched, already_complete, resumed_chunks: resumed, bytes: s.bytes, elapsed: started.elapsed() })
+        Ok(FetchReport {
+            video,
+            manifest,
+            fetched,
+            already_complete,
+            resumed_chunks: resumed,
+            bytes: s.bytes,
+            elapsed: started.elapsed(),
+        })
     }
 }
 
@@ -540,12 +626,26 @@ impl WorkerCtx {
         }
     }
 
-    async fn fetch_chunk(&self, (index, chunk): Item, addr: &PeerAddr) -> Result<(u64, ChunkOutcome), Failure> {
-        let (offset, len) = self.manifest.chunk_range(index, chunk).expect("queued chunks exist");
-        let mut s = self.pool.session(addr).await.map_err(|e| Failure::Failed(e.to_string(), true))?;
+    async fn fetch_chunk(
+        &self,
+        (index, chunk): Item,
+        addr: &PeerAddr,
+    ) -> Result<(u64, ChunkOutcome), Failure> {
+        let (offset, len) = self
+            .manifest
+            .chunk_range(index, chunk)
+            .expect("queued chunks exist");
+        let mut s = self
+            .pool
+            .session(addr)
+            .await
+            .map_err(|e| Failure::Failed(e.to_string(), true))?;
         let data = match s.get(self.video, index, offset, len).await {
             Ok(d) => d,
-            Err(ProtocolError::Remote { code: ErrorCode::NotAvailable | ErrorCode::UnknownVideo | ErrorCode::NoSuchFragment, message }) => {
+            Err(ProtocolError::Remote {
+                code: ErrorCode::NotAvailable | ErrorCode::UnknownVideo | ErrorCode::NoSuchFragment,
+                message,
+            }) => {
                 self.pool.put_back(addr, s);
                 return Err(Failure::Failed(message, false));
             }
@@ -557,12 +657,20 @@ impl WorkerCtx {
         self.pool.put_back(addr, s);
         match self.store.write_chunk(self.video, index, chunk, data).await {
             Ok(outcome) => Ok((len, outcome)),
-            Err(StoreError::HashMismatch { what, .. }) => Err(Failure::Lied(format!("{what} of fragment {index} failed verification"))),
+            Err(StoreError::HashMismatch { what, .. }) => Err(Failure::Lied(format!(
+                "{what} of fragment {index} failed verification"
+            ))),
             Err(e) => Err(Failure::Local(e)),
         }
     }
 
-    fn finish(&self, item: Item, p: usize, addr: &PeerAddr, result: Result<(u64, ChunkOutcome), Failure>) {
+    fn finish(
+        &self,
+        item: Item,
+        p: usize,
+        addr: &PeerAddr,
+        result: Result<(u64, ChunkOutcome), Failure>,
+    ) {
         let mut s = self.sched.lock().unwrap();
         s.in_flight -= 1;
         s.peers[p].in_flight -= 1;
@@ -579,7 +687,11 @@ impl WorkerCtx {
                 self.obs.chunk(item.0, len, addr);
                 if fragment_done && outcome == ChunkOutcome::FragmentComplete {
                     let mut s = self.sched.lock().unwrap();
-                    let from: Vec<PeerAddr> = s.sources.get(&item.0).map(|set| set.iter().map(|&i| s.peers[i].addr.clone()).collect()).unwrap_or_default();
+                    let from: Vec<PeerAddr> = s
+                        .sources
+                        .get(&item.0)
+                        .map(|set| set.iter().map(|&i| s.peers[i].addr.clone()).collect())
+                        .unwrap_or_default();
                     s.done.push((item.0, from.clone()));
                     drop(s);
                     let size = self.manifest.fragments[item.0 as usize].size;
@@ -624,7 +736,10 @@ impl WorkerCtx {
         let (round, addrs) = {
             let mut s = self.sched.lock().unwrap();
             s.rounds += 1;
-            (s.rounds, s.peers.iter().map(|p| p.addr.clone()).collect::<Vec<_>>())
+            (
+                s.rounds,
+                s.peers.iter().map(|p| p.addr.clone()).collect::<Vec<_>>(),
+            )
         };
         if round > self.max_rounds {
             let mut s = self.sched.lock().unwrap();

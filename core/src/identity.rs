@@ -55,7 +55,11 @@ impl Identity {
 
     fn from_key_pair(kp: &KeyPair) -> Self {
         let spki_der = kp.subject_public_key_info();
-        Identity { key_pem: kp.serialize_pem(), node_id: Self::node_id_of_spki(&spki_der), spki_der }
+        Identity {
+            key_pem: kp.serialize_pem(),
+            node_id: Self::node_id_of_spki(&spki_der),
+            spki_der,
+        }
     }
 
     /// Loads `<dir>/node.key`, or makes and saves one (0600, written atomically).
@@ -63,21 +67,32 @@ impl Identity {
         let path = dir.join(KEY_FILE);
         match std::fs::read_to_string(&path) {
             Ok(pem) => {
-                let kp = KeyPair::from_pem(&pem)
-                    .map_err(|e| IdentityError::BadKey { path: path.clone(), reason: e.to_string() })?;
+                let kp = KeyPair::from_pem(&pem).map_err(|e| IdentityError::BadKey {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
                 Ok(Self::from_key_pair(&kp))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let id = Self::generate();
                 let io = |action, path: &Path| {
                     let path = path.to_path_buf();
-                    move |error| IdentityError::Io { action, path, error }
+                    move |error| IdentityError::Io {
+                        action,
+                        path,
+                        error,
+                    }
                 };
                 std::fs::create_dir_all(dir).map_err(io("creating the directory of", &path))?;
-                crate::fsutil::write_atomic_private(&path, id.key_pem.as_bytes()).map_err(io("writing", &path))?;
+                crate::fsutil::write_atomic_private(&path, id.key_pem.as_bytes())
+                    .map_err(io("writing", &path))?;
                 Ok(id)
             }
-            Err(error) => Err(IdentityError::Io { action: "reading", path, error }),
+            Err(error) => Err(IdentityError::Io {
+                action: "reading",
+                path,
+                error,
+            }),
         }
     }
 
@@ -104,7 +119,9 @@ impl Identity {
 
 impl std::fmt::Debug for Identity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Identity").field("node_id", &self.node_id).finish_non_exhaustive()
+        f.debug_struct("Identity")
+            .field("node_id", &self.node_id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -119,7 +136,10 @@ mod tests {
         let a = Identity::load_or_create(dir.path()).unwrap();
         let b = Identity::load_or_create(dir.path()).unwrap();
         assert_eq!(a.node_id(), b.node_id());
-        let mode = std::fs::metadata(dir.path().join(KEY_FILE)).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join(KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         assert_ne!(Identity::generate().node_id(), a.node_id());
         assert_eq!(a.node_id(), Identity::node_id_of_spki(a.spki_der()));
@@ -129,7 +149,9 @@ mod tests {
     fn corrupt_key_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(KEY_FILE), "not a key").unwrap();
-        let e = Identity::load_or_create(dir.path()).unwrap_err().to_string();
+        let e = Identity::load_or_create(dir.path())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not a valid node key"), "{e}");
     }
 }

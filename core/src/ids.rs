@@ -146,7 +146,10 @@ mod tests {
     #[test]
     fn rejects_bad_hex() {
         assert!("abc".parse::<Digest>().is_err());
-        assert!("A".repeat(64).parse::<Digest>().is_err(), "uppercase is not canonical");
+        assert!(
+            "A".repeat(64).parse::<Digest>().is_err(),
+            "uppercase is not canonical"
+        );
         assert!("g".repeat(64).parse::<Digest>().is_err());
         assert!("é".repeat(32).parse::<Digest>().is_err());
     }

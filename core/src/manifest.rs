@@ -102,16 +102,26 @@ impl Manifest {
     pub fn validate(&self) -> Result<(), ManifestError> {
         let bad = |m: String| Err(ManifestError::Invalid(m));
         if self.version != MANIFEST_VERSION {
-            return bad(format!("unsupported version {} (this build reads {MANIFEST_VERSION})", self.version));
+            return bad(format!(
+                "unsupported version {} (this build reads {MANIFEST_VERSION})",
+                self.version
+            ));
         }
         if self.chunk_size == 0 {
             return bad("chunk_size is 0".into());
         }
         if self.fragment_count == 0 || self.fragment_count > MAX_FRAGMENTS {
-            return bad(format!("fragment_count {} is not within 1..={MAX_FRAGMENTS}", self.fragment_count));
+            return bad(format!(
+                "fragment_count {} is not within 1..={MAX_FRAGMENTS}",
+                self.fragment_count
+            ));
         }
         if self.fragments.len() != self.fragment_count as usize {
-            return bad(format!("{} fragments listed, fragment_count says {}", self.fragments.len(), self.fragment_count));
+            return bad(format!(
+                "{} fragments listed, fragment_count says {}",
+                self.fragments.len(),
+                self.fragment_count
+            ));
         }
         if self.name.is_empty() || self.name.len() > 255 || self.mime.len() > 255 {
             return bad("name must be 1..=255 bytes and mime at most 255".into());
@@ -123,23 +133,34 @@ impl Manifest {
                 return bad(format!("fragment at position {i} has index {}", f.index));
             }
             if f.offset != offset {
-                return bad(format!("fragment {i} starts at {} instead of {offset}", f.offset));
+                return bad(format!(
+                    "fragment {i} starts at {} instead of {offset}",
+                    f.offset
+                ));
             }
             if f.size == 0 {
                 return bad(format!("fragment {i} is empty"));
             }
             let want = f.size.div_ceil(self.chunk_size as u64);
             if f.chunks.len() as u64 != want {
-                return bad(format!("fragment {i} has {} chunk hashes, its size needs {want}", f.chunks.len()));
+                return bad(format!(
+                    "fragment {i} has {} chunk hashes, its size needs {want}",
+                    f.chunks.len()
+                ));
             }
             chunks_total += want;
-            offset = offset.checked_add(f.size).ok_or_else(|| ManifestError::Invalid("size overflow".into()))?;
+            offset = offset
+                .checked_add(f.size)
+                .ok_or_else(|| ManifestError::Invalid("size overflow".into()))?;
         }
         if chunks_total > MAX_CHUNKS {
             return bad(format!("{chunks_total} chunks is more than {MAX_CHUNKS}"));
         }
         if offset != self.size {
-            return bad(format!("fragments cover {offset} bytes, size says {}", self.size));
+            return bad(format!(
+                "fragments cover {offset} bytes, size says {}",
+                self.size
+            ));
         }
         Ok(())
     }
@@ -169,7 +190,10 @@ impl Manifest {
 
 /// Guesses a MIME type from a file name's extension (what browsers need to play it).
 pub fn mime_for(name: &str) -> &'static str {
-    let ext = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default();
+    let ext = name
+        .rsplit_once('.')
+        .map(|(_, e)| e.to_ascii_lowercase())
+        .unwrap_or_default();
     match ext.as_str() {
         "mp4" | "m4v" => "video/mp4",
         "webm" => "video/webm",
@@ -188,10 +212,20 @@ pub fn safe_file_name(name: &str) -> String {
     let last = name.rsplit(['/', '\\']).next().unwrap_or("");
     let cleaned: String = last
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     let cleaned = cleaned.trim_start_matches('.').to_string();
-    if cleaned.is_empty() { "video.bin".to_string() } else { cleaned }
+    if cleaned.is_empty() {
+        "video.bin".to_string()
+    } else {
+        cleaned
+    }
 }
 
 #[cfg(test)]
@@ -204,8 +238,20 @@ mod tests {
             chunk_size: 4,
             fragment_count: 2,
             fragments: vec![
-                FragmentInfo { chunks: vec![h, h], hash: h, index: 0, offset: 0, size: 5 },
-                FragmentInfo { chunks: vec![h], hash: h, index: 1, offset: 5, size: 4 },
+                FragmentInfo {
+                    chunks: vec![h, h],
+                    hash: h,
+                    index: 0,
+                    offset: 0,
+                    size: 5,
+                },
+                FragmentInfo {
+                    chunks: vec![h],
+                    hash: h,
+                    index: 1,
+                    offset: 5,
+                    size: 4,
+                },
             ],
             hash: h,
             mime: "video/mp4".into(),
@@ -236,14 +282,20 @@ mod tests {
         assert_ne!(renamed.video_id(), m.video_id());
         // Whitespace does not change the id: it is computed from the canonical re-encoding.
         let pretty = serde_json::to_vec_pretty(&m).unwrap();
-        assert_eq!(Manifest::from_bytes(&pretty).unwrap().video_id(), m.video_id());
+        assert_eq!(
+            Manifest::from_bytes(&pretty).unwrap().video_id(),
+            m.video_id()
+        );
     }
 
     #[test]
     fn rejects_unknown_fields_and_inconsistency() {
         let mut v: serde_json::Value = serde_json::from_slice(&sample().canonical_bytes()).unwrap();
         v["extra"] = 1.into();
-        assert!(matches!(Manifest::from_bytes(v.to_string().as_bytes()), Err(ManifestError::Parse(_))));
+        assert!(matches!(
+            Manifest::from_bytes(v.to_string().as_bytes()),
+            Err(ManifestError::Parse(_))
+        ));
 
         let mut m = sample();
         m.size = 10;

@@ -28,7 +28,10 @@ pub struct ServeLimits {
 
 impl Default for ServeLimits {
     fn default() -> Self {
-        ServeLimits { max_connections: 256, shutdown_grace: Duration::from_secs(5) }
+        ServeLimits {
+            max_connections: 256,
+            shutdown_grace: Duration::from_secs(5),
+        }
     }
 }
 
@@ -73,12 +76,31 @@ pub async fn serve(
     for l in listeners {
         let bound = l.local_addr();
         addrs.push(bound.clone());
-        tasks.spawn(accept_loop(l, ctx.clone(), permits.clone(), limits.clone(), cancel.clone()).instrument(info_span!("listen", addr = %bound)));
+        tasks.spawn(
+            accept_loop(
+                l,
+                ctx.clone(),
+                permits.clone(),
+                limits.clone(),
+                cancel.clone(),
+            )
+            .instrument(info_span!("listen", addr = %bound)),
+        );
     }
-    Ok(ServeHandle { addrs, cancel, tasks })
+    Ok(ServeHandle {
+        addrs,
+        cancel,
+        tasks,
+    })
 }
 
-async fn accept_loop(listener: Box<dyn Listener>, ctx: Arc<ServeContext>, permits: Arc<Semaphore>, limits: ServeLimits, cancel: CancellationToken) {
+async fn accept_loop(
+    listener: Box<dyn Listener>,
+    ctx: Arc<ServeContext>,
+    permits: Arc<Semaphore>,
+    limits: ServeLimits,
+    cancel: CancellationToken,
+) {
     let mut conns = JoinSet::new();
     loop {
         let accepted = tokio::select! {
@@ -95,7 +117,12 @@ async fn accept_loop(listener: Box<dyn Listener>, ctx: Arc<ServeContext>, permit
             }
         };
         let remote = conn.remote_addr();
-        let permit = match tokio::time::timeout(Duration::from_secs(2), permits.clone().acquire_owned()).await {
+        let permit = match tokio::time::timeout(
+            Duration::from_secs(2),
+            permits.clone().acquire_owned(),
+        )
+        .await
+        {
             Ok(Ok(p)) => p,
             _ => {
                 warn!(%remote, limit = limits.max_connections, "connection limit reached; refusing");
@@ -120,7 +147,10 @@ async fn accept_loop(listener: Box<dyn Listener>, ctx: Arc<ServeContext>, permit
                         Ok(Some(stream)) => {
                             let ctx = ctx.clone();
                             let id = conn.remote_node_id();
-                            streams.spawn(async move { ctx.serve_stream(stream, remote, id).await }.in_current_span());
+                            streams.spawn(
+                                async move { ctx.serve_stream(stream, remote, id).await }
+                                    .in_current_span(),
+                            );
                         }
                         Ok(None) => break,
                         Err(e) => {
@@ -139,7 +169,12 @@ async fn accept_loop(listener: Box<dyn Listener>, ctx: Arc<ServeContext>, permit
     drop(listener);
     if !conns.is_empty() {
         info!(in_flight = conns.len(), "waiting for transfers in flight");
-        if tokio::time::timeout(limits.shutdown_grace, async { while conns.join_next().await.is_some() {} }).await.is_err() {
+        if tokio::time::timeout(limits.shutdown_grace, async {
+            while conns.join_next().await.is_some() {}
+        })
+        .await
+        .is_err()
+        {
             conns.abort_all();
         }
     }

@@ -171,7 +171,10 @@ pub enum ProtocolError {
 }
 
 fn codec(max: usize) -> LengthDelimitedCodec {
-    LengthDelimitedCodec::builder().length_field_type::<u32>().max_frame_length(max).new_codec()
+    LengthDelimitedCodec::builder()
+        .length_field_type::<u32>()
+        .max_frame_length(max)
+        .new_codec()
 }
 
 /// Timeouts of one protocol session.
@@ -187,12 +190,22 @@ pub struct Timeouts {
 
 impl Default for Timeouts {
     fn default() -> Self {
-        Timeouts { io: Duration::from_secs(20), idle: Duration::from_secs(60), bare_pause: Duration::from_secs(1) }
+        Timeouts {
+            io: Duration::from_secs(20),
+            idle: Duration::from_secs(60),
+            bare_pause: Duration::from_secs(1),
+        }
     }
 }
 
-async fn timed<T>(d: Duration, what: &'static str, f: impl Future<Output = T>) -> Result<T, ProtocolError> {
-    tokio::time::timeout(d, f).await.map_err(|_| ProtocolError::Timeout(what))
+async fn timed<T>(
+    d: Duration,
+    what: &'static str,
+    f: impl Future<Output = T>,
+) -> Result<T, ProtocolError> {
+    tokio::time::timeout(d, f)
+        .await
+        .map_err(|_| ProtocolError::Timeout(what))
 }
 
 /// A client session on one stream: hello done, requests sent one at a time.
@@ -210,22 +223,27 @@ pub struct PeerClient {
 
 impl std::fmt::Debug for PeerClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PeerClient").field("remote_node_id", &self.remote_node_id).finish_non_exhaustive()
+        f.debug_struct("PeerClient")
+            .field("remote_node_id", &self.remote_node_id)
+            .finish_non_exhaustive()
     }
 }
 
 impl PeerClient {
     /// Opens a stream on `conn` and says hello.
-    pub async fn open(conn: Arc<dyn Connection>, timeouts: Timeouts) -> Result<Self, ProtocolError> {
+    pub async fn open(
+        conn: Arc<dyn Connection>,
+        timeouts: Timeouts,
+    ) -> Result<Self, ProtocolError> {
         let stream = timed(timeouts.io, "opening a stream", conn.open_stream()).await??;
         let mut client = Self::handshake(stream, timeouts).await?;
-        if let Some(expected) = conn.remote_node_id() {
-            if expected != client.remote_node_id {
-                return Err(ProtocolError::Malformed(format!(
-                    "hello names node {}, the transport authenticated {}",
-                    client.remote_node_id, expected
-                )));
-            }
+        if let Some(expected) = conn.remote_node_id()
+            && expected != client.remote_node_id
+        {
+            return Err(ProtocolError::Malformed(format!(
+                "hello names node {}, the transport authenticated {}",
+                client.remote_node_id, expected
+            )));
         }
         client._conn = Some(conn);
         Ok(client)
@@ -238,7 +256,11 @@ impl PeerClient {
 
     #[doc(hidden)]
     /// Hello with any version (tests of the server's refusal).
-    pub async fn handshake_with_version(mut stream: BiStream, timeouts: Timeouts, version: u16) -> Result<Self, ProtocolError> {
+    pub async fn handshake_with_version(
+        mut stream: BiStream,
+        timeouts: Timeouts,
+        version: u16,
+    ) -> Result<Self, ProtocolError> {
         let mut hello = MAGIC.to_vec();
         hello.extend_from_slice(&version.to_be_bytes());
         timed(timeouts.io, "sending hello", stream.send.write_all(&hello)).await??;
@@ -251,18 +273,27 @@ impl PeerClient {
             _conn: None,
         };
         match client.read_response("waiting for hello").await? {
-            Response::Hello { version: PROTOCOL_VERSION, node_id, name } => {
+            Response::Hello {
+                version: PROTOCOL_VERSION,
+                node_id,
+                name,
+            } => {
                 client.remote_node_id = node_id;
                 client.remote_name = name;
                 Ok(client)
             }
-            other => Err(ProtocolError::Malformed(format!("expected hello, got {other:?}"))),
+            other => Err(ProtocolError::Malformed(format!(
+                "expected hello, got {other:?}"
+            ))),
         }
     }
 
     async fn read_response(&mut self, what: &'static str) -> Result<Response, ProtocolError> {
-        let frame = timed(self.timeouts.io, what, self.reader.next()).await?.ok_or(ProtocolError::Closed)??;
-        let resp: Response = serde_json::from_slice(&frame).map_err(|e| ProtocolError::Malformed(e.to_string()))?;
+        let frame = timed(self.timeouts.io, what, self.reader.next())
+            .await?
+            .ok_or(ProtocolError::Closed)??;
+        let resp: Response =
+            serde_json::from_slice(&frame).map_err(|e| ProtocolError::Malformed(e.to_string()))?;
         match resp {
             Response::Error { code, message } => Err(ProtocolError::Remote { code, message }),
             r => Ok(r),
@@ -271,7 +302,12 @@ impl PeerClient {
 
     async fn call(&mut self, req: &Request) -> Result<Response, ProtocolError> {
         let bytes = serde_json::to_vec(req).expect("requests serialize");
-        timed(self.timeouts.io, "sending a request", self.writer.send(Bytes::from(bytes))).await??;
+        timed(
+            self.timeouts.io,
+            "sending a request",
+            self.writer.send(Bytes::from(bytes)),
+        )
+        .await??;
         self.read_response("waiting for a response").await
     }
 
@@ -284,7 +320,12 @@ impl PeerClient {
         out[..filled].copy_from_slice(&buffered[..filled]);
         buffered.advance(filled);
         while filled < out.len() {
-            let n = timed(self.timeouts.io, "reading data", self.reader.get_mut().read(&mut out[filled..])).await??;
+            let n = timed(
+                self.timeouts.io,
+                "reading data",
+                self.reader.get_mut().read(&mut out[filled..]),
+            )
+            .await??;
             if n == 0 {
                 return Err(ProtocolError::Closed);
             }
@@ -297,7 +338,9 @@ impl PeerClient {
     pub async fn videos(&mut self) -> Result<Vec<VideoSummary>, ProtocolError> {
         match self.call(&Request::Videos).await? {
             Response::Videos { videos } => Ok(videos),
-            other => Err(ProtocolError::Malformed(format!("expected videos, got {other:?}"))),
+            other => Err(ProtocolError::Malformed(format!(
+                "expected videos, got {other:?}"
+            ))),
         }
     }
 
@@ -305,7 +348,9 @@ impl PeerClient {
     pub async fn have(&mut self, video: VideoId) -> Result<Vec<FragmentIndex>, ProtocolError> {
         match self.call(&Request::Have { video }).await? {
             Response::Have { fragments, .. } => Ok(fragments),
-            other => Err(ProtocolError::Malformed(format!("expected have, got {other:?}"))),
+            other => Err(ProtocolError::Malformed(format!(
+                "expected have, got {other:?}"
+            ))),
         }
     }
 
@@ -313,24 +358,49 @@ impl PeerClient {
     pub async fn manifest(&mut self, video: VideoId) -> Result<Manifest, ProtocolError> {
         let length = match self.call(&Request::Manifest { video }).await? {
             Response::Manifest { length } if length as usize <= MAX_MANIFEST_BYTES => length,
-            other => return Err(ProtocolError::Malformed(format!("expected a manifest, got {other:?}"))),
+            other => {
+                return Err(ProtocolError::Malformed(format!(
+                    "expected a manifest, got {other:?}"
+                )));
+            }
         };
         let body = self.read_body(length).await?;
         let m = Manifest::from_bytes(&body).map_err(|e| ProtocolError::Malformed(e.to_string()))?;
         if m.video_id() != video {
-            return Err(ProtocolError::Malformed(format!("manifest hashes to {}, not to the requested {video}", m.video_id())));
+            return Err(ProtocolError::Malformed(format!(
+                "manifest hashes to {}, not to the requested {video}",
+                m.video_id()
+            )));
         }
         Ok(m)
     }
 
     /// `length` bytes at `offset` of a fragment. The caller verifies them.
-    pub async fn get(&mut self, video: VideoId, index: FragmentIndex, offset: u64, length: u64) -> Result<Bytes, ProtocolError> {
+    pub async fn get(
+        &mut self,
+        video: VideoId,
+        index: FragmentIndex,
+        offset: u64,
+        length: u64,
+    ) -> Result<Bytes, ProtocolError> {
         if length > MAX_GET_LENGTH {
-            return Err(ProtocolError::Malformed(format!("a get of {length} bytes is larger than {MAX_GET_LENGTH}")));
+            return Err(ProtocolError::Malformed(format!(
+                "a get of {length} bytes is larger than {MAX_GET_LENGTH}"
+            )));
         }
-        match self.call(&Request::Get { video, index, offset, length }).await? {
+        match self
+            .call(&Request::Get {
+                video,
+                index,
+                offset,
+                length,
+            })
+            .await?
+        {
             Response::Data { length: l } if l == length => self.read_body(length).await,
-            other => Err(ProtocolError::Malformed(format!("expected {length} data bytes, got {other:?}"))),
+            other => Err(ProtocolError::Malformed(format!(
+                "expected {length} data bytes, got {other:?}"
+            ))),
         }
     }
 }
@@ -338,7 +408,9 @@ impl PeerClient {
 /// Parses a seed-style bare request, `fragment_<i>.bin`, strictly: no paths, no signs,
 /// no spaces inside, at most 6 digits.
 pub fn parse_bare_name(line: &[u8]) -> Option<FragmentIndex> {
-    let s = std::str::from_utf8(line).ok()?.trim_end_matches(['\r', '\n', ' ', '\t']);
+    let s = std::str::from_utf8(line)
+        .ok()?
+        .trim_end_matches(['\r', '\n', ' ', '\t']);
     let digits = s.strip_prefix("fragment_")?.strip_suffix(".bin")?;
     if digits.is_empty() || digits.len() > 6 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -385,7 +457,9 @@ pub async fn read_opening(recv: &mut RecvStream, t: &Timeouts) -> Result<Opening
             return Ok(Opening::Bare(line));
         }
         if line.len() > MAX_BARE_LINE {
-            return Err(ProtocolError::Malformed(format!("request line longer than {MAX_BARE_LINE} bytes")));
+            return Err(ProtocolError::Malformed(format!(
+                "request line longer than {MAX_BARE_LINE} bytes"
+            )));
         }
         match tokio::time::timeout(t.bare_pause, recv.read(&mut buf)).await {
             Err(_) => return Ok(Opening::Bare(line)), // a pause ends the name
@@ -422,16 +496,26 @@ impl ServerSession {
     /// Sends one response frame.
     pub async fn send(&mut self, resp: &Response, t: &Timeouts) -> Result<(), ProtocolError> {
         let bytes = serde_json::to_vec(resp).expect("responses serialize");
-        timed(t.io, "sending a response", self.writer.send(Bytes::from(bytes))).await??;
+        timed(
+            t.io,
+            "sending a response",
+            self.writer.send(Bytes::from(bytes)),
+        )
+        .await??;
         Ok(())
     }
 
     /// Reads the next request; `None` when the client closed its side.
-    pub async fn next_request(&mut self, t: &Timeouts) -> Result<Option<Result<Request, String>>, ProtocolError> {
+    pub async fn next_request(
+        &mut self,
+        t: &Timeouts,
+    ) -> Result<Option<Result<Request, String>>, ProtocolError> {
         match timed(t.idle, "waiting for a request", self.reader.next()).await? {
             None => Ok(None),
             Some(Err(e)) => Err(e.into()),
-            Some(Ok(frame)) => Ok(Some(serde_json::from_slice(&frame).map_err(|e| e.to_string()))),
+            Some(Ok(frame)) => Ok(Some(
+                serde_json::from_slice(&frame).map_err(|e| e.to_string()),
+            )),
         }
     }
 }
@@ -450,7 +534,8 @@ pub async fn connect(
     addr: &PeerAddr,
     timeouts: Timeouts,
 ) -> Result<PeerClient, ProtocolError> {
-    let conn: Arc<dyn Connection> = Arc::from(timed(timeouts.io, "connecting", transports.dial(addr)).await??);
+    let conn: Arc<dyn Connection> =
+        Arc::from(timed(timeouts.io, "connecting", transports.dial(addr)).await??);
     PeerClient::open(conn, timeouts).await
 }
 
@@ -474,19 +559,35 @@ mod tests {
             b"\xff\xfe",
             b"fragment_ 5.bin",
         ] {
-            assert_eq!(parse_bare_name(bad), None, "{:?}", String::from_utf8_lossy(bad));
+            assert_eq!(
+                parse_bare_name(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
     #[test]
     fn frames_round_trip() {
         let v = VideoId(crate::ids::Digest::of(b"v"));
-        let req = Request::Get { video: v, index: 3, offset: 10, length: 20 };
+        let req = Request::Get {
+            video: v,
+            index: 3,
+            offset: 10,
+            length: 20,
+        };
         let s = serde_json::to_string(&req).unwrap();
         assert!(s.contains(r#""op":"get""#), "{s}");
         assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), req);
-        let e = Response::Error { code: ErrorCode::NotAvailable, message: "x".into() };
-        assert_eq!(serde_json::from_slice::<Response>(&serde_json::to_vec(&e).unwrap()).unwrap(), e);
+        let e = Response::Error {
+            code: ErrorCode::NotAvailable,
+            message: "x".into(),
+        };
+        assert_eq!(
+            serde_json::from_slice::<Response>(&serde_json::to_vec(&e).unwrap()).unwrap(),
+            e
+        );
         assert!(serde_json::from_str::<Request>(r#"{"op":"get","video":"zz"}"#).is_err());
     }
 
@@ -494,30 +595,57 @@ mod tests {
         let (a, b) = tokio::io::duplex(1 << 16);
         let (ar, aw) = tokio::io::split(a);
         let (br, bw) = tokio::io::split(b);
-        (BiStream { send: Box::pin(aw), recv: Box::pin(ar) }, BiStream { send: Box::pin(bw), recv: Box::pin(br) })
+        (
+            BiStream {
+                send: Box::pin(aw),
+                recv: Box::pin(ar),
+            },
+            BiStream {
+                send: Box::pin(bw),
+                recv: Box::pin(br),
+            },
+        )
     }
 
     #[tokio::test]
     async fn opening_detects_hello_bare_line_and_pause() {
-        let t = Timeouts { bare_pause: Duration::from_millis(100), ..Timeouts::default() };
+        let t = Timeouts {
+            bare_pause: Duration::from_millis(100),
+            ..Timeouts::default()
+        };
         let (mut c, mut s) = pipe();
-        c.send.write_all(&[0xF0, b'F', b'N', b'T', 0, 7]).await.unwrap();
-        assert_eq!(read_opening(&mut s.recv, &t).await.unwrap(), Opening::Hello(7));
+        c.send
+            .write_all(&[0xF0, b'F', b'N', b'T', 0, 7])
+            .await
+            .unwrap();
+        assert_eq!(
+            read_opening(&mut s.recv, &t).await.unwrap(),
+            Opening::Hello(7)
+        );
 
         let (mut c, mut s) = pipe();
         c.send.write_all(b"fragm").await.unwrap();
         c.send.write_all(b"ent_5.bin\nrest").await.unwrap();
-        assert_eq!(read_opening(&mut s.recv, &t).await.unwrap(), Opening::Bare(b"fragment_5.bin".to_vec()));
+        assert_eq!(
+            read_opening(&mut s.recv, &t).await.unwrap(),
+            Opening::Bare(b"fragment_5.bin".to_vec())
+        );
 
         // No newline, write side kept open: the pause ends it.
         let (mut c, mut s) = pipe();
         c.send.write_all(b"fragment_5.bin").await.unwrap();
-        assert_eq!(read_opening(&mut s.recv, &t).await.unwrap(), Opening::Bare(b"fragment_5.bin".to_vec()));
+        assert_eq!(
+            read_opening(&mut s.recv, &t).await.unwrap(),
+            Opening::Bare(b"fragment_5.bin".to_vec())
+        );
 
         let (mut c, mut s) = pipe();
         let long = vec![b'a'; 10_000];
         let w = tokio::spawn(async move { c.send.write_all(&long).await });
-        assert!(matches!(read_opening(&mut s.recv, &t).await, Err(ProtocolError::Malformed(_))));
+        assert!(matches!(
+            read_opening(&mut s.recv, &t).await,
+            Err(ProtocolError::Malformed(_))
+        ));
         drop(s);
         let _ = w.await;
     }

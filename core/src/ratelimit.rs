@@ -20,7 +20,11 @@ impl RateLimiter {
     pub fn new(bytes_per_sec: u64) -> Self {
         let rate = bytes_per_sec.max(1) as f64;
         let burst = (rate / 10.0).max(16.0 * 1024.0);
-        RateLimiter { rate, burst, state: Mutex::new((burst, Instant::now())) }
+        RateLimiter {
+            rate,
+            burst,
+            state: Mutex::new((burst, Instant::now())),
+        }
     }
 
     /// The configured rate in bytes per second.
@@ -36,7 +40,11 @@ impl RateLimiter {
             let refill = now.duration_since(s.1).as_secs_f64() * self.rate;
             s.0 = (s.0 + refill).min(self.burst) - n as f64;
             s.1 = now;
-            if s.0 < 0.0 { Duration::from_secs_f64(-s.0 / self.rate) } else { Duration::ZERO }
+            if s.0 < 0.0 {
+                Duration::from_secs_f64(-s.0 / self.rate)
+            } else {
+                Duration::ZERO
+            }
         };
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
@@ -48,9 +56,13 @@ impl RateLimiter {
 /// Decimal units are powers of 1000, binary (`KiB`, `MiB`, `GiB`) powers of 1024.
 pub fn parse_bytes(s: &str) -> Result<u64, String> {
     let t = s.trim().trim_end_matches("/s");
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let num: f64 = num.parse().map_err(|_| format!("{s:?} is not a size (try 10MB, 512KiB or 1000000)"))?;
+    let num: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (try 10MB, 512KiB or 1000000)"))?;
     let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1.0,
         "k" | "kb" => 1e3,
@@ -59,10 +71,14 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         "kib" => 1024.0,
         "mib" => 1024.0 * 1024.0,
         "gib" => 1024.0 * 1024.0 * 1024.0,
-        other => return Err(format!("unknown unit {other:?} in {s:?} (use B, KB, MB, GB, KiB, MiB or GiB)")),
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {s:?} (use B, KB, MB, GB, KiB, MiB or GiB)"
+            ));
+        }
     };
     let v = num * mult;
-    if !v.is_finite() || v < 1.0 || v > 1e15 {
+    if !v.is_finite() || !(1.0..=1e15).contains(&v) {
         return Err(format!("{s:?} is out of range"));
     }
     Ok(v as u64)

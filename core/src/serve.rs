@@ -11,8 +11,8 @@ use tracing::{debug, info, warn};
 
 use crate::ids::{FragmentIndex, NodeId, VideoId};
 use crate::protocol::{
-    ErrorCode, Opening, PROTOCOL_VERSION, ProtocolError, Request, Response, ServerSession, Timeouts, VideoSummary,
-    describe_remote, parse_bare_name, read_opening,
+    ErrorCode, Opening, PROTOCOL_VERSION, ProtocolError, Request, Response, ServerSession,
+    Timeouts, VideoSummary, describe_remote, parse_bare_name, read_opening,
 };
 use crate::ratelimit::{RateLimiter, human_bytes};
 use crate::store::{FragmentStore, StoreError, fragment_file_name};
@@ -54,7 +54,9 @@ pub struct ServeContext {
 
 impl std::fmt::Debug for ServeContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServeContext").field("node_id", &self.node_id).finish_non_exhaustive()
+        f.debug_struct("ServeContext")
+            .field("node_id", &self.node_id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -71,7 +73,10 @@ pub enum DefaultVideoError {
 
 /// The default video: the configured one, else the only one held, else an error that
 /// lists the ids.
-pub fn default_video(configured: Option<VideoId>, known: &[VideoId]) -> Result<VideoId, DefaultVideoError> {
+pub fn default_video(
+    configured: Option<VideoId>,
+    known: &[VideoId],
+) -> Result<VideoId, DefaultVideoError> {
     if let Some(v) = configured {
         return Ok(v);
     }
@@ -89,12 +94,20 @@ fn error_response(e: &StoreError) -> Response {
         StoreError::NotAvailable { .. } => ErrorCode::NotAvailable,
         _ => ErrorCode::Internal,
     };
-    Response::Error { code, message: e.to_string() }
+    Response::Error {
+        code,
+        message: e.to_string(),
+    }
 }
 
 impl ServeContext {
     /// Serves one stream until the client closes it, an error ends it, or it idles out.
-    pub async fn serve_stream(self: &Arc<Self>, mut stream: BiStream, remote: SocketAddr, remote_id: Option<NodeId>) {
+    pub async fn serve_stream(
+        self: &Arc<Self>,
+        mut stream: BiStream,
+        remote: SocketAddr,
+        remote_id: Option<NodeId>,
+    ) {
         let who = describe_remote(remote, remote_id);
         let t = self.timeouts;
         let result = match read_opening(&mut stream.recv, &t).await {
@@ -104,7 +117,10 @@ impl ServeContext {
             Err(e) => {
                 // Tell a seed-style client why, in one text line, then close.
                 let _ = tokio::time::timeout(t.io, async {
-                    let _ = stream.send.write_all(format!("ERR: {e}\n").as_bytes()).await;
+                    let _ = stream
+                        .send
+                        .write_all(format!("ERR: {e}\n").as_bytes())
+                        .await;
                     let _ = stream.send.shutdown().await;
                 })
                 .await;
@@ -113,19 +129,37 @@ impl ServeContext {
         };
         match result {
             Ok(()) => {}
-            Err(ProtocolError::Timeout(what)) => debug!(peer = %who, "closed an idle stream: timed out {what}"),
+            Err(ProtocolError::Timeout(what)) => {
+                debug!(peer = %who, "closed an idle stream: timed out {what}")
+            }
             Err(e) => debug!(peer = %who, error = %e, "stream ended with an error"),
         }
     }
 
-    async fn serve_bare(&self, mut stream: BiStream, line: &[u8], who: &str) -> Result<(), ProtocolError> {
+    async fn serve_bare(
+        &self,
+        mut stream: BiStream,
+        line: &[u8],
+        who: &str,
+    ) -> Result<(), ProtocolError> {
         let shown = String::from_utf8_lossy(&line[..line.len().min(64)]).into_owned();
         let answer = match parse_bare_name(line) {
-            None => Err(format!("'{}' is not a fragment name; ask for fragment_<i>.bin", shown.escape_debug())),
+            None => Err(format!(
+                "'{}' is not a fragment name; ask for fragment_<i>.bin",
+                shown.escape_debug()
+            )),
             Some(index) => match default_video(self.default_video, &self.store.videos()) {
                 Err(e) => Err(e.to_string()),
-                Ok(video) => match self.store.manifest(video).and_then(|m| m.fragment(index).map(|f| f.size)) {
-                    None => Err(format!("no fragment '{}' in video {}", fragment_file_name(index), video.short())),
+                Ok(video) => match self
+                    .store
+                    .manifest(video)
+                    .and_then(|m| m.fragment(index).map(|f| f.size))
+                {
+                    None => Err(format!(
+                        "no fragment '{}' in video {}",
+                        fragment_file_name(index),
+                        video.short()
+                    )),
                     Some(size) => Ok((video, index, size)),
                 },
             },
@@ -133,23 +167,40 @@ impl ServeContext {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         match answer {
             Ok((video, index, size)) => {
-                if self.store.status(video, index).ok() != Some(crate::store::FragmentStatus::Complete) {
+                if self.store.status(video, index).ok()
+                    != Some(crate::store::FragmentStatus::Complete)
+                {
                     self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                    let msg = format!("ERR: this node does not hold {} yet\n", fragment_file_name(index));
-                    tokio::time::timeout(self.timeouts.io, stream.send.write_all(msg.as_bytes())).await.ok();
+                    let msg = format!(
+                        "ERR: this node does not hold {} yet\n",
+                        fragment_file_name(index)
+                    );
+                    tokio::time::timeout(self.timeouts.io, stream.send.write_all(msg.as_bytes()))
+                        .await
+                        .ok();
                     return Ok(());
                 }
-                self.send_body(&mut stream.send, video, index, 0, size).await?;
-                tokio::time::timeout(self.timeouts.io, stream.send.shutdown()).await.ok();
+                self.send_body(&mut stream.send, video, index, 0, size)
+                    .await?;
+                tokio::time::timeout(self.timeouts.io, stream.send.shutdown())
+                    .await
+                    .ok();
                 self.stats.bare_requests.fetch_add(1, Ordering::Relaxed);
-                info!("[✓] Fragment '{}' sent to {who} ({})", fragment_file_name(index), human_bytes(size));
+                info!(
+                    "[✓] Fragment '{}' sent to {who} ({})",
+                    fragment_file_name(index),
+                    human_bytes(size)
+                );
                 Ok(())
             }
             Err(msg) => {
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
                 warn!(peer = %who, "refused bare request: {msg}");
                 let _ = tokio::time::timeout(self.timeouts.io, async {
-                    stream.send.write_all(format!("ERR: {msg}\n").as_bytes()).await?;
+                    stream
+                        .send
+                        .write_all(format!("ERR: {msg}\n").as_bytes())
+                        .await?;
                     stream.send.shutdown().await
                 })
                 .await;
@@ -159,31 +210,66 @@ impl ServeContext {
     }
 
     /// Streams verified bytes in bounded pieces, paced by the upload limit.
-    async fn send_body(&self, send: &mut crate::transport::SendStream, video: VideoId, index: FragmentIndex, offset: u64, length: u64) -> Result<(), ProtocolError> {
+    async fn send_body(
+        &self,
+        send: &mut crate::transport::SendStream,
+        video: VideoId,
+        index: FragmentIndex,
+        offset: u64,
+        length: u64,
+    ) -> Result<(), ProtocolError> {
         let mut pos = offset;
         let end = offset + length;
         while pos < end {
             let n = ((end - pos) as usize).min(BODY_PIECE);
-            let piece = self.store.read(video, index, pos, n).await.map_err(|e| ProtocolError::Io(std::io::Error::other(e.to_string())))?;
+            let piece = self
+                .store
+                .read(video, index, pos, n)
+                .await
+                .map_err(|e| ProtocolError::Io(std::io::Error::other(e.to_string())))?;
             if let Some(rl) = &self.upload {
                 rl.acquire(n).await;
             }
-            tokio::time::timeout(self.timeouts.io, send.write_all(&piece)).await.map_err(|_| ProtocolError::Timeout("sending data"))??;
+            tokio::time::timeout(self.timeouts.io, send.write_all(&piece))
+                .await
+                .map_err(|_| ProtocolError::Timeout("sending data"))??;
             self.stats.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
             pos += n as u64;
         }
         Ok(())
     }
 
-    async fn serve_session(&self, stream: BiStream, version: u16, who: &str) -> Result<(), ProtocolError> {
+    async fn serve_session(
+        &self,
+        stream: BiStream,
+        version: u16,
+        who: &str,
+    ) -> Result<(), ProtocolError> {
         let t = self.timeouts;
         let mut s = ServerSession::new(stream);
         if version != PROTOCOL_VERSION {
-            let message = format!("protocol version {version} is not supported; this node speaks {PROTOCOL_VERSION}");
-            s.send(&Response::Error { code: ErrorCode::UnsupportedVersion, message }, &t).await?;
+            let message = format!(
+                "protocol version {version} is not supported; this node speaks {PROTOCOL_VERSION}"
+            );
+            s.send(
+                &Response::Error {
+                    code: ErrorCode::UnsupportedVersion,
+                    message,
+                },
+                &t,
+            )
+            .await?;
             return Ok(());
         }
-        s.send(&Response::Hello { version: PROTOCOL_VERSION, node_id: self.node_id, name: self.name.clone() }, &t).await?;
+        s.send(
+            &Response::Hello {
+                version: PROTOCOL_VERSION,
+                node_id: self.node_id,
+                name: self.name.clone(),
+            },
+            &t,
+        )
+        .await?;
         // Bytes sent per fragment on this stream, logged when it ends.
         let mut sent: BTreeMap<(VideoId, FragmentIndex), u64> = BTreeMap::new();
         let result = loop {
@@ -194,34 +280,84 @@ impl ServeContext {
             };
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
             let step = match req {
-                Err(msg) => self.refuse(&mut s, ErrorCode::BadRequest, format!("malformed request: {msg}")).await,
+                Err(msg) => {
+                    self.refuse(
+                        &mut s,
+                        ErrorCode::BadRequest,
+                        format!("malformed request: {msg}"),
+                    )
+                    .await
+                }
                 Ok(Request::Videos) => {
                     let videos = self
                         .store
                         .summary()
                         .into_iter()
-                        .map(|(video, m, have)| VideoSummary { video, name: m.name.clone(), fragment_count: m.fragment_count, have })
+                        .map(|(video, m, have)| VideoSummary {
+                            video,
+                            name: m.name.clone(),
+                            fragment_count: m.fragment_count,
+                            have,
+                        })
                         .collect();
                     s.send(&Response::Videos { videos }, &t).await
                 }
                 Ok(Request::Have { video }) => match self.store.manifest(video) {
-                    None => self.refuse(&mut s, ErrorCode::UnknownVideo, format!("unknown video {video}")).await,
-                    Some(_) => s.send(&Response::Have { video, fragments: self.store.have(video) }, &t).await,
+                    None => {
+                        self.refuse(
+                            &mut s,
+                            ErrorCode::UnknownVideo,
+                            format!("unknown video {video}"),
+                        )
+                        .await
+                    }
+                    Some(_) => {
+                        s.send(
+                            &Response::Have {
+                                video,
+                                fragments: self.store.have(video),
+                            },
+                            &t,
+                        )
+                        .await
+                    }
                 },
                 Ok(Request::Manifest { video }) => match self.store.manifest(video) {
-                    None => self.refuse(&mut s, ErrorCode::UnknownVideo, format!("unknown video {video}")).await,
+                    None => {
+                        self.refuse(
+                            &mut s,
+                            ErrorCode::UnknownVideo,
+                            format!("unknown video {video}"),
+                        )
+                        .await
+                    }
                     Some(m) => {
                         let body = m.canonical_bytes();
-                        match s.send(&Response::Manifest { length: body.len() as u64 }, &t).await {
-                            Ok(()) => tokio::time::timeout(t.io, s.writer.get_mut().write_all(&body))
-                                .await
-                                .map_err(|_| ProtocolError::Timeout("sending a manifest"))
-                                .and_then(|r| r.map_err(Into::into)),
+                        match s
+                            .send(
+                                &Response::Manifest {
+                                    length: body.len() as u64,
+                                },
+                                &t,
+                            )
+                            .await
+                        {
+                            Ok(()) => {
+                                tokio::time::timeout(t.io, s.writer.get_mut().write_all(&body))
+                                    .await
+                                    .map_err(|_| ProtocolError::Timeout("sending a manifest"))
+                                    .and_then(|r| r.map_err(Into::into))
+                            }
                             Err(e) => Err(e),
                         }
                     }
                 },
-                Ok(Request::Get { video, index, offset, length }) => {
+                Ok(Request::Get {
+                    video,
+                    index,
+                    offset,
+                    length,
+                }) => {
                     // Check the whole range before promising a body.
                     let check = self.store.check_range(video, index, offset, length);
                     match check {
@@ -231,15 +367,26 @@ impl ServeContext {
                         }
                         Ok(()) => match s.send(&Response::Data { length }, &t).await {
                             Ok(()) => {
-                                let r = self.send_body(s.writer.get_mut(), video, index, offset, length).await;
+                                let r = self
+                                    .send_body(s.writer.get_mut(), video, index, offset, length)
+                                    .await;
                                 if r.is_ok() {
                                     // Log once a whole fragment's worth went to this peer.
                                     let total = sent.entry((video, index)).or_default();
                                     *total += length;
-                                    let size = self.store.manifest(video).and_then(|m| m.fragment(index).map(|f| f.size)).unwrap_or(u64::MAX);
+                                    let size = self
+                                        .store
+                                        .manifest(video)
+                                        .and_then(|m| m.fragment(index).map(|f| f.size))
+                                        .unwrap_or(u64::MAX);
                                     if *total >= size {
                                         sent.remove(&(video, index));
-                                        info!("[✓] Fragment '{}' of {} sent to {who} ({})", fragment_file_name(index), video.short(), human_bytes(size));
+                                        info!(
+                                            "[✓] Fragment '{}' of {} sent to {who} ({})",
+                                            fragment_file_name(index),
+                                            video.short(),
+                                            human_bytes(size)
+                                        );
                                     }
                                 }
                                 r
@@ -254,13 +401,24 @@ impl ServeContext {
             }
         };
         for ((video, index), bytes) in sent {
-            info!("[~] Part of fragment '{}' of {} sent to {who} ({})", fragment_file_name(index), video.short(), human_bytes(bytes));
+            info!(
+                "[~] Part of fragment '{}' of {} sent to {who} ({})",
+                fragment_file_name(index),
+                video.short(),
+                human_bytes(bytes)
+            );
         }
         result
     }
 
-    async fn refuse(&self, s: &mut ServerSession, code: ErrorCode, message: String) -> Result<(), ProtocolError> {
+    async fn refuse(
+        &self,
+        s: &mut ServerSession,
+        code: ErrorCode,
+        message: String,
+    ) -> Result<(), ProtocolError> {
         self.stats.errors.fetch_add(1, Ordering::Relaxed);
-        s.send(&Response::Error { code, message }, &self.timeouts).await
+        s.send(&Response::Error { code, message }, &self.timeouts)
+            .await
     }
 }

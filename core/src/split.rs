@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 
 use crate::fsutil;
 use crate::ids::{Digest, VideoId};
-use crate::manifest::{FragmentInfo, MANIFEST_VERSION, MAX_CHUNKS, MAX_FRAGMENTS, Manifest, mime_for};
+use crate::manifest::{
+    FragmentInfo, MANIFEST_VERSION, MAX_CHUNKS, MAX_FRAGMENTS, Manifest, mime_for,
+};
 use crate::store::{MANIFEST_FILE, fragment_file_name};
 
 /// Errors of split and join, each saying what to do.
@@ -30,7 +32,9 @@ pub enum SplitError {
     #[error("{0} is not a regular file; give the path of a video file")]
     NotAFile(PathBuf),
     /// The input cannot be split into that many non-empty fragments.
-    #[error("{path} has {size} bytes, fewer than the {fragments} fragments asked for; use --fragments with at most {size}")]
+    #[error(
+        "{path} has {size} bytes, fewer than the {fragments} fragments asked for; use --fragments with at most {size}"
+    )]
     TooSmall {
         /// Input.
         path: PathBuf,
@@ -46,7 +50,9 @@ pub enum SplitError {
     #[error("{0}")]
     BadChunking(String),
     /// The output directory already holds another video.
-    #[error("{dir} already holds fragments of another video ({other}); choose another --out or pass --force to replace them")]
+    #[error(
+        "{dir} already holds fragments of another video ({other}); choose another --out or pass --force to replace them"
+    )]
     OutputInUse {
         /// Output directory.
         dir: PathBuf,
@@ -66,8 +72,15 @@ pub enum SplitError {
 
 type Result<T, E = SplitError> = std::result::Result<T, E>;
 
-fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> SplitError + 'a {
-    move |error| SplitError::Io { action, path: path.to_path_buf(), error }
+fn io_err<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> SplitError + 'a {
+    move |error| SplitError::Io {
+        action,
+        path: path.to_path_buf(),
+        error,
+    }
 }
 
 /// Options for [`split`].
@@ -83,7 +96,11 @@ pub struct SplitOptions {
 
 impl Default for SplitOptions {
     fn default() -> Self {
-        SplitOptions { fragments: crate::manifest::DEFAULT_FRAGMENTS, chunk_size: crate::manifest::DEFAULT_CHUNK_SIZE, force: false }
+        SplitOptions {
+            fragments: crate::manifest::DEFAULT_FRAGMENTS,
+            chunk_size: crate::manifest::DEFAULT_CHUNK_SIZE,
+            force: false,
+        }
     }
 }
 
@@ -102,11 +119,14 @@ fn existing_video(dir: &Path) -> Option<String> {
             Err(_) => "an unreadable manifest.json".into(),
         });
     }
-    let has_fragments = std::fs::read_dir(dir).ok()?.filter_map(|e| e.ok()).any(|e| {
-        let n = e.file_name();
-        let n = n.to_string_lossy();
-        n.starts_with("fragment_") && n.ends_with(".bin")
-    });
+    let has_fragments = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .any(|e| {
+            let n = e.file_name();
+            let n = n.to_string_lossy();
+            n.starts_with("fragment_") && n.ends_with(".bin")
+        });
     has_fragments.then(|| "fragment files without a manifest".into())
 }
 
@@ -116,12 +136,20 @@ pub type Progress<'a> = &'a mut dyn FnMut(u64);
 /// Splits `input` into fragments in `out_dir` and writes `manifest.json` last.
 /// Everything is written to temporary files first; on any error nothing is left
 /// half-written (a directory that did not exist is removed again).
-pub fn split(input: &Path, out_dir: &Path, opts: &SplitOptions, progress: Progress<'_>) -> Result<Manifest> {
+pub fn split(
+    input: &Path,
+    out_dir: &Path,
+    opts: &SplitOptions,
+    progress: Progress<'_>,
+) -> Result<Manifest> {
     if opts.fragments == 0 || opts.fragments > MAX_FRAGMENTS {
         return Err(SplitError::BadFragmentCount(opts.fragments as u64));
     }
     if opts.chunk_size < 1024 || opts.chunk_size > 64 << 20 {
-        return Err(SplitError::BadChunking(format!("chunk size {} is outside 1 KiB..64 MiB", opts.chunk_size)));
+        return Err(SplitError::BadChunking(format!(
+            "chunk size {} is outside 1 KiB..64 MiB",
+            opts.chunk_size
+        )));
     }
     let meta = std::fs::metadata(input).map_err(io_err("reading", input))?;
     if !meta.is_file() {
@@ -129,12 +157,21 @@ pub fn split(input: &Path, out_dir: &Path, opts: &SplitOptions, progress: Progre
     }
     let size = meta.len();
     if size < opts.fragments as u64 {
-        return Err(SplitError::TooSmall { path: input.to_path_buf(), size, fragments: opts.fragments });
+        return Err(SplitError::TooSmall {
+            path: input.to_path_buf(),
+            size,
+            fragments: opts.fragments,
+        });
     }
     let sizes = fragment_sizes(size, opts.fragments);
-    let chunks: u64 = sizes.iter().map(|s| s.div_ceil(opts.chunk_size as u64)).sum();
+    let chunks: u64 = sizes
+        .iter()
+        .map(|s| s.div_ceil(opts.chunk_size as u64))
+        .sum();
     if chunks > MAX_CHUNKS {
-        return Err(SplitError::BadChunking(format!("{chunks} chunks is more than {MAX_CHUNKS}; use a larger chunk size")));
+        return Err(SplitError::BadChunking(format!(
+            "{chunks} chunks is more than {MAX_CHUNKS}; use a larger chunk size"
+        )));
     }
     let mut file = File::open(input).map_err(io_err("opening", input))?;
 
@@ -142,7 +179,10 @@ pub fn split(input: &Path, out_dir: &Path, opts: &SplitOptions, progress: Progre
     std::fs::create_dir_all(out_dir).map_err(io_err("creating the output directory", out_dir))?;
     let mut temps: Vec<PathBuf> = Vec::new();
     let result = (|| -> Result<Manifest> {
-        let name = input.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "video".into());
+        let name = input
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "video".into());
         let mut manifest = Manifest {
             chunk_size: opts.chunk_size,
             fragment_count: opts.fragments,
@@ -153,12 +193,15 @@ pub fn split(input: &Path, out_dir: &Path, opts: &SplitOptions, progress: Progre
             size,
             version: MANIFEST_VERSION,
         };
-        if let Some(other) = existing_video(out_dir) {
-            if !opts.force {
-                // Checked before writing anything; the same video again is fine and is
-                // re-checked once its id is known below.
-                return Err(SplitError::OutputInUse { dir: out_dir.to_path_buf(), other });
-            }
+        if let Some(other) = existing_video(out_dir)
+            && !opts.force
+        {
+            // Checked before writing anything; the same video again is fine and is
+            // re-checked once its id is known below.
+            return Err(SplitError::OutputInUse {
+                dir: out_dir.to_path_buf(),
+                other,
+            });
         }
         let mut whole = blake3::Hasher::new();
         let mut buf = vec![0u8; opts.chunk_size as usize];
@@ -174,8 +217,14 @@ pub fn split(input: &Path, out_dir: &Path, opts: &SplitOptions, progress: Progre
             while left > 0 {
                 let n = left.min(opts.chunk_size as u64) as usize;
                 file.read_exact(&mut buf[..n]).map_err(|e| match e.kind() {
-                    std::io::ErrorKind::UnexpectedEof => SplitError::InputChanged(input.to_path_buf()),
-                    _ => SplitError::Io { action: "reading", path: input.to_path_buf(), error: e },
+                    std::io::ErrorKind::UnexpectedEof => {
+                        SplitError::InputChanged(input.to_path_buf())
+                    }
+                    _ => SplitError::Io {
+                        action: "reading",
+                        path: input.to_path_buf(),
+                        error: e,
+                    },
                 })?;
                 let chunk = &buf[..n];
                 // One hashing pass per level; all three are BLAKE3 (several GB/s).
@@ -187,7 +236,13 @@ pub fn split(input: &Path, out_dir: &Path, opts: &SplitOptions, progress: Progre
                 progress(offset + fsize - left);
             }
             out.sync_all().map_err(io_err("syncing", &tmp))?;
-            manifest.fragments.push(FragmentInfo { chunks: chunk_hashes, hash: frag_hash.finalize().into(), index: i as u32, offset, size: fsize });
+            manifest.fragments.push(FragmentInfo {
+                chunks: chunk_hashes,
+                hash: frag_hash.finalize().into(),
+                index: i as u32,
+                offset,
+                size: fsize,
+            });
             offset += fsize;
         }
         if file.read(&mut buf[..1]).map_err(io_err("reading", input))? != 0 {
@@ -208,7 +263,8 @@ pub fn split(input: &Path, out_dir: &Path, opts: &SplitOptions, progress: Progre
             }
         }
         let mpath = out_dir.join(MANIFEST_FILE);
-        fsutil::write_atomic(&mpath, &manifest.canonical_bytes()).map_err(io_err("writing", &mpath))?;
+        fsutil::write_atomic(&mpath, &manifest.canonical_bytes())
+            .map_err(io_err("writing", &mpath))?;
         Ok(manifest)
     })();
     if result.is_err() {
@@ -230,7 +286,11 @@ pub fn join(dir: &Path, out: &Path, progress: Progress<'_>) -> Result<Manifest> 
     let bytes = std::fs::read(&mpath).map_err(io_err("reading", &mpath))?;
     let manifest = Manifest::from_bytes(&bytes)?;
     if out.is_dir() {
-        return Err(SplitError::Io { action: "writing", path: out.to_path_buf(), error: std::io::Error::other("is a directory; give a file name") });
+        return Err(SplitError::Io {
+            action: "writing",
+            path: out.to_path_buf(),
+            error: std::io::Error::other("is a directory; give a file name"),
+        });
     }
     let tmp = fsutil::temp_path(out);
     let result = (|| -> Result<()> {
@@ -240,12 +300,23 @@ pub fn join(dir: &Path, out: &Path, progress: Progress<'_>) -> Result<Manifest> 
         let mut done = 0u64;
         for f in &manifest.fragments {
             let path = dir.join(fragment_file_name(f.index));
-            let mut src = File::open(&path).map_err(|e| SplitError::Verification(format!("fragment {} is missing ({}: {e}); fetch it first", f.index, path.display())))?;
+            let mut src = File::open(&path).map_err(|e| {
+                SplitError::Verification(format!(
+                    "fragment {} is missing ({}: {e}); fetch it first",
+                    f.index,
+                    path.display()
+                ))
+            })?;
             let mut frag = blake3::Hasher::new();
             let mut left = f.size;
             while left > 0 {
                 let n = left.min(buf.len() as u64) as usize;
-                src.read_exact(&mut buf[..n]).map_err(|e| SplitError::Verification(format!("fragment {} is shorter than the manifest says ({e})", f.index)))?;
+                src.read_exact(&mut buf[..n]).map_err(|e| {
+                    SplitError::Verification(format!(
+                        "fragment {} is shorter than the manifest says ({e})",
+                        f.index
+                    ))
+                })?;
                 frag.update(&buf[..n]);
                 whole.update(&buf[..n]);
                 dest.write_all(&buf[..n]).map_err(io_err("writing", &tmp))?;
@@ -254,11 +325,17 @@ pub fn join(dir: &Path, out: &Path, progress: Progress<'_>) -> Result<Manifest> 
                 progress(done);
             }
             if Digest::from(frag.finalize()) != f.hash {
-                return Err(SplitError::Verification(format!("fragment {} ({}) does not match its hash; delete it and fetch it again", f.index, path.display())));
+                return Err(SplitError::Verification(format!(
+                    "fragment {} ({}) does not match its hash; delete it and fetch it again",
+                    f.index,
+                    path.display()
+                )));
             }
         }
         if Digest::from(whole.finalize()) != manifest.hash {
-            return Err(SplitError::Verification("the reassembled file does not match the manifest's hash".into()));
+            return Err(SplitError::Verification(
+                "the reassembled file does not match the manifest's hash".into(),
+            ));
         }
         dest.sync_all().map_err(io_err("syncing", &tmp))?;
         std::fs::rename(&tmp, out).map_err(io_err("renaming", &tmp))?;
@@ -286,7 +363,11 @@ mod tests {
     }
 
     fn opts(fragments: u32) -> SplitOptions {
-        SplitOptions { fragments, chunk_size: 1024, force: false }
+        SplitOptions {
+            fragments,
+            chunk_size: 1024,
+            force: false,
+        }
     }
 
     #[test]
@@ -308,7 +389,10 @@ mod tests {
         join(&out, &joined, &mut |_| {}).unwrap();
         assert_eq!(std::fs::read(&joined).unwrap(), data(10_007));
         // No temporary files left behind.
-        let names: Vec<_> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names.len(), 11, "{names:?}");
     }
 
@@ -317,16 +401,34 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let out = t.path().join("out");
         let missing = t.path().join("missing.mp4");
-        assert!(matches!(split(&missing, &out, &opts(10), &mut |_| {}), Err(SplitError::Io { .. })));
-        assert!(matches!(split(t.path(), &out, &opts(10), &mut |_| {}), Err(SplitError::NotAFile(_))));
+        assert!(matches!(
+            split(&missing, &out, &opts(10), &mut |_| {}),
+            Err(SplitError::Io { .. })
+        ));
+        assert!(matches!(
+            split(t.path(), &out, &opts(10), &mut |_| {}),
+            Err(SplitError::NotAFile(_))
+        ));
         let empty = t.path().join("empty.mp4");
         std::fs::write(&empty, b"").unwrap();
-        assert!(matches!(split(&empty, &out, &opts(10), &mut |_| {}), Err(SplitError::TooSmall { .. })));
+        assert!(matches!(
+            split(&empty, &out, &opts(10), &mut |_| {}),
+            Err(SplitError::TooSmall { .. })
+        ));
         let small = t.path().join("small.mp4");
         std::fs::write(&small, b"123456789").unwrap();
-        assert!(matches!(split(&small, &out, &opts(10), &mut |_| {}), Err(SplitError::TooSmall { .. })));
-        assert!(matches!(split(&small, &out, &opts(0), &mut |_| {}), Err(SplitError::BadFragmentCount(0))));
-        assert!(matches!(split(&small, &out, &opts(1_000_000), &mut |_| {}), Err(SplitError::BadFragmentCount(_))));
+        assert!(matches!(
+            split(&small, &out, &opts(10), &mut |_| {}),
+            Err(SplitError::TooSmall { .. })
+        ));
+        assert!(matches!(
+            split(&small, &out, &opts(0), &mut |_| {}),
+            Err(SplitError::BadFragmentCount(0))
+        ));
+        assert!(matches!(
+            split(&small, &out, &opts(1_000_000), &mut |_| {}),
+            Err(SplitError::BadFragmentCount(_))
+        ));
         assert!(!out.exists(), "a failed split leaves no directory behind");
         // Exactly as many bytes as fragments works: one byte each.
         let m = split(&small, &out, &opts(9), &mut |_| {}).unwrap();
@@ -343,10 +445,26 @@ mod tests {
         let ma = split(&a, &out, &opts(10), &mut |_| {}).unwrap();
         let e = split(&b, &out, &opts(4), &mut |_| {}).unwrap_err();
         assert!(e.to_string().contains("--force"), "{e}");
-        assert_eq!(video_id_of_dir(&out).unwrap(), ma.video_id(), "the refused split changed nothing");
-        let mb = split(&b, &out, &SplitOptions { force: true, ..opts(4) }, &mut |_| {}).unwrap();
+        assert_eq!(
+            video_id_of_dir(&out).unwrap(),
+            ma.video_id(),
+            "the refused split changed nothing"
+        );
+        let mb = split(
+            &b,
+            &out,
+            &SplitOptions {
+                force: true,
+                ..opts(4)
+            },
+            &mut |_| {},
+        )
+        .unwrap();
         assert_eq!(video_id_of_dir(&out).unwrap(), mb.video_id());
-        assert!(!out.join("fragment_4.bin").exists(), "stale fragments of the old video are removed");
+        assert!(
+            !out.join("fragment_4.bin").exists(),
+            "stale fragments of the old video are removed"
+        );
     }
 
     #[test]
@@ -372,7 +490,10 @@ mod tests {
         frag[0] ^= 1;
         std::fs::write(out.join("fragment_2.bin"), frag).unwrap();
         let dest = t.path().join("joined.bin");
-        assert!(matches!(join(&out, &dest, &mut |_| {}), Err(SplitError::Verification(_))));
+        assert!(matches!(
+            join(&out, &dest, &mut |_| {}),
+            Err(SplitError::Verification(_))
+        ));
         assert!(!dest.exists());
     }
 }

@@ -93,8 +93,15 @@ pub enum StoreError {
 
 type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
-    move |error| StoreError::Io { action, path: path.to_path_buf(), error }
+fn io_err<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
+    move |error| StoreError::Io {
+        action,
+        path: path.to_path_buf(),
+        error,
+    }
 }
 
 /// What the store has of one fragment.
@@ -164,10 +171,18 @@ pub struct ScanReport {
 
 enum FragState {
     Missing,
-    Partial { file: Arc<File>, verified: Vec<bool>, count: u32 },
+    Partial {
+        file: Arc<File>,
+        verified: Vec<bool>,
+        count: u32,
+    },
     /// All chunks verified; the fragment hash is being checked and the file renamed.
-    Finalizing { file: Arc<File> },
-    Complete { file: Arc<File> },
+    Finalizing {
+        file: Arc<File>,
+    },
+    Complete {
+        file: Arc<File>,
+    },
 }
 
 struct VideoEntry {
@@ -178,7 +193,9 @@ struct VideoEntry {
 
 impl VideoEntry {
     fn frag(&self, video: VideoId, index: FragmentIndex) -> Result<&Mutex<FragState>> {
-        self.fragments.get(index as usize).ok_or(StoreError::NoSuchFragment { video, index })
+        self.fragments
+            .get(index as usize)
+            .ok_or(StoreError::NoSuchFragment { video, index })
     }
     fn path(&self, index: FragmentIndex) -> PathBuf {
         self.dir.join(fragment_file_name(index))
@@ -197,11 +214,18 @@ pub struct FragmentStore {
 
 impl std::fmt::Debug for FragmentStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FragmentStore").field("root", &self.root).finish_non_exhaustive()
+        f.debug_struct("FragmentStore")
+            .field("root", &self.root)
+            .finish_non_exhaustive()
     }
 }
 
-fn hash_file_range(file: &File, offset: u64, len: u64, buf: &mut Vec<u8>) -> std::io::Result<Digest> {
+fn hash_file_range(
+    file: &File,
+    offset: u64,
+    len: u64,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Digest> {
     buf.resize(len as usize, 0);
     file.read_exact_at(buf, offset)?;
     Ok(Digest::of(buf))
@@ -226,21 +250,37 @@ impl FragmentStore {
     pub fn open(root: impl Into<PathBuf>) -> Result<(Self, ScanReport)> {
         let root = root.into();
         std::fs::create_dir_all(&root).map_err(io_err("creating the store directory", &root))?;
-        let store = FragmentStore { root: root.clone(), videos: RwLock::new(BTreeMap::new()), events: broadcast::channel(4096).0 };
+        let store = FragmentStore {
+            root: root.clone(),
+            videos: RwLock::new(BTreeMap::new()),
+            events: broadcast::channel(4096).0,
+        };
         let mut report = ScanReport::default();
         let entries = std::fs::read_dir(&root).map_err(io_err("listing", &root))?;
         let mut dirs: Vec<_> = entries.filter_map(|e| e.ok()).map(|e| e.path()).collect();
         dirs.sort();
         for dir in dirs {
-            let Some(id) = dir.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse::<VideoId>().ok()) else {
+            let Some(id) = dir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.parse::<VideoId>().ok())
+            else {
                 continue;
             };
             let mpath = dir.join(MANIFEST_FILE);
-            let manifest = match std::fs::read(&mpath).map_err(io_err("reading", &mpath)).and_then(|b| Ok(Manifest::from_bytes(&b)?)) {
+            let manifest = match std::fs::read(&mpath)
+                .map_err(io_err("reading", &mpath))
+                .and_then(|b| Ok(Manifest::from_bytes(&b)?))
+            {
                 Ok(m) if m.video_id() == id => m,
                 Ok(m) => {
-                    let reason = format!("manifest hashes to {}, not to its directory name", m.video_id());
-                    report.set_aside.push((store.set_aside(&mpath, &id.to_string(), &reason), reason));
+                    let reason = format!(
+                        "manifest hashes to {}, not to its directory name",
+                        m.video_id()
+                    );
+                    report
+                        .set_aside
+                        .push((store.set_aside(&mpath, &id.to_string(), &reason), reason));
                     continue;
                 }
                 Err(e) => {
@@ -258,7 +298,13 @@ impl FragmentStore {
         Ok((store, report))
     }
 
-    fn scan_video(&self, id: VideoId, manifest: Manifest, dir: PathBuf, report: &mut ScanReport) -> VideoEntry {
+    fn scan_video(
+        &self,
+        id: VideoId,
+        manifest: Manifest,
+        dir: PathBuf,
+        report: &mut ScanReport,
+    ) -> VideoEntry {
         let mut fragments = Vec::with_capacity(manifest.fragments.len());
         let mut buf = Vec::new();
         for f in &manifest.fragments {
@@ -267,50 +313,90 @@ impl FragmentStore {
             let mut state = FragState::Missing;
             if let Ok(file) = File::open(&path) {
                 let ok = file.metadata().map(|m| m.len() == f.size).unwrap_or(false)
-                    && hash_whole(&file, f.size).map(|h| h == f.hash).unwrap_or(false);
+                    && hash_whole(&file, f.size)
+                        .map(|h| h == f.hash)
+                        .unwrap_or(false);
                 if ok {
-                    state = FragState::Complete { file: Arc::new(file) };
+                    state = FragState::Complete {
+                        file: Arc::new(file),
+                    };
                     report.complete += 1;
                 } else {
-                    let reason = format!("fragment {} of {} does not match its hash", f.index, id.short());
-                    report.set_aside.push((self.set_aside(&path, &id.to_string(), &reason), reason));
+                    let reason = format!(
+                        "fragment {} of {} does not match its hash",
+                        f.index,
+                        id.short()
+                    );
+                    report
+                        .set_aside
+                        .push((self.set_aside(&path, &id.to_string(), &reason), reason));
                 }
             }
-            if matches!(state, FragState::Missing) {
-                if let Ok(file) = OpenOptions::new().read(true).write(true).open(&part) {
-                    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-                    let mut verified = vec![false; f.chunks.len()];
-                    let mut count = 0;
-                    for (c, want) in f.chunks.iter().enumerate() {
-                        let (off, clen) = manifest.chunk_range(f.index, c as u32).expect("chunk in range");
-                        if off + clen <= len && hash_file_range(&file, off, clen, &mut buf).map(|h| h == *want).unwrap_or(false) {
-                            verified[c] = true;
-                            count += 1;
-                        }
+            if matches!(state, FragState::Missing)
+                && let Ok(file) = OpenOptions::new().read(true).write(true).open(&part)
+            {
+                let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+                let mut verified = vec![false; f.chunks.len()];
+                let mut count = 0;
+                for (c, want) in f.chunks.iter().enumerate() {
+                    let (off, clen) = manifest
+                        .chunk_range(f.index, c as u32)
+                        .expect("chunk in range");
+                    if off + clen <= len
+                        && hash_file_range(&file, off, clen, &mut buf)
+                            .map(|h| h == *want)
+                            .unwrap_or(false)
+                    {
+                        verified[c] = true;
+                        count += 1;
                     }
-                    // Every chunk verified but not renamed: a crash between the last
-                    // write and the rename. Finish the job if the fragment hash agrees.
-                    let whole = count as usize == verified.len() && hash_whole(&file, f.size).map(|h| h == f.hash).unwrap_or(false);
-                    if whole && file.sync_all().and_then(|_| std::fs::rename(&part, &path)).is_ok() {
-                        report.complete += 1;
-                        state = FragState::Complete { file: Arc::new(file) };
-                    } else {
-                        report.partial += 1;
-                        report.partial_chunks += count as usize;
-                        state = FragState::Partial { file: Arc::new(file), verified, count };
-                    }
+                }
+                // Every chunk verified but not renamed: a crash between the last
+                // write and the rename. Finish the job if the fragment hash agrees.
+                let whole = count as usize == verified.len()
+                    && hash_whole(&file, f.size)
+                        .map(|h| h == f.hash)
+                        .unwrap_or(false);
+                if whole
+                    && file
+                        .sync_all()
+                        .and_then(|_| std::fs::rename(&part, &path))
+                        .is_ok()
+                {
+                    report.complete += 1;
+                    state = FragState::Complete {
+                        file: Arc::new(file),
+                    };
+                } else {
+                    report.partial += 1;
+                    report.partial_chunks += count as usize;
+                    state = FragState::Partial {
+                        file: Arc::new(file),
+                        verified,
+                        count,
+                    };
                 }
             }
             fragments.push(Mutex::new(state));
         }
-        VideoEntry { manifest: Arc::new(manifest), dir, fragments }
+        VideoEntry {
+            manifest: Arc::new(manifest),
+            dir,
+            fragments,
+        }
     }
 
     /// Moves a file that failed verification to the quarantine directory; returns where.
     fn set_aside(&self, path: &Path, prefix: &str, reason: &str) -> PathBuf {
         let qdir = self.root.join(QUARANTINE_DIR);
-        let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let dest = qdir.join(format!("{prefix}-{name}-{stamp}"));
         let moved = std::fs::create_dir_all(&qdir).and_then(|_| std::fs::rename(path, &dest));
         match moved {
@@ -334,7 +420,12 @@ impl FragmentStore {
     }
 
     fn entry(&self, video: VideoId) -> Result<Arc<VideoEntry>> {
-        self.videos.read().unwrap().get(&video).cloned().ok_or(StoreError::UnknownVideo(video))
+        self.videos
+            .read()
+            .unwrap()
+            .get(&video)
+            .cloned()
+            .ok_or(StoreError::UnknownVideo(video))
     }
 
     /// Adds a manifest (idempotent); returns its video id.
@@ -347,9 +438,18 @@ impl FragmentStore {
         let dir = self.root.join(id.to_string());
         std::fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
         let mpath = dir.join(MANIFEST_FILE);
-        fsutil::write_atomic(&mpath, &manifest.canonical_bytes()).map_err(io_err("writing", &mpath))?;
-        let fragments = manifest.fragments.iter().map(|_| Mutex::new(FragState::Missing)).collect();
-        let entry = VideoEntry { manifest: Arc::new(manifest.clone()), dir, fragments };
+        fsutil::write_atomic(&mpath, &manifest.canonical_bytes())
+            .map_err(io_err("writing", &mpath))?;
+        let fragments = manifest
+            .fragments
+            .iter()
+            .map(|_| Mutex::new(FragState::Missing))
+            .collect();
+        let entry = VideoEntry {
+            manifest: Arc::new(manifest.clone()),
+            dir,
+            fragments,
+        };
         let mut videos = self.videos.write().unwrap();
         if videos.contains_key(&id) {
             return Ok(id);
@@ -367,7 +467,11 @@ impl FragmentStore {
 
     /// A video's manifest.
     pub fn manifest(&self, video: VideoId) -> Option<Arc<Manifest>> {
-        self.videos.read().unwrap().get(&video).map(|e| e.manifest.clone())
+        self.videos
+            .read()
+            .unwrap()
+            .get(&video)
+            .map(|e| e.manifest.clone())
     }
 
     /// The directory holding a video's files.
@@ -381,10 +485,18 @@ impl FragmentStore {
         let st = entry.frag(video, index)?.lock().unwrap();
         Ok(match &*st {
             FragState::Missing => FragmentStatus::Missing,
-            FragState::Partial { verified, count, .. } => FragmentStatus::Partial { verified: *count, total: verified.len() as u32 },
+            FragState::Partial {
+                verified, count, ..
+            } => FragmentStatus::Partial {
+                verified: *count,
+                total: verified.len() as u32,
+            },
             FragState::Finalizing { .. } => {
                 let total = entry.manifest.fragments[index as usize].chunks.len() as u32;
-                FragmentStatus::Partial { verified: total, total }
+                FragmentStatus::Partial {
+                    verified: total,
+                    total,
+                }
             }
             FragState::Complete { .. } => FragmentStatus::Complete,
         })
@@ -392,19 +504,32 @@ impl FragmentStore {
 
     /// Indices of the complete, verified fragments of a video (empty if unknown).
     pub fn have(&self, video: VideoId) -> Vec<FragmentIndex> {
-        let Ok(entry) = self.entry(video) else { return Vec::new() };
+        let Ok(entry) = self.entry(video) else {
+            return Vec::new();
+        };
         (0..entry.fragments.len() as u32)
-            .filter(|&i| matches!(*entry.fragments[i as usize].lock().unwrap(), FragState::Complete { .. }))
+            .filter(|&i| {
+                matches!(
+                    *entry.fragments[i as usize].lock().unwrap(),
+                    FragState::Complete { .. }
+                )
+            })
             .collect()
     }
 
     /// Whether chunk `chunk` of a fragment is verified here.
     pub fn has_chunk(&self, video: VideoId, index: FragmentIndex, chunk: u32) -> bool {
-        let Ok(entry) = self.entry(video) else { return false };
-        let Ok(frag) = entry.frag(video, index) else { return false };
+        let Ok(entry) = self.entry(video) else {
+            return false;
+        };
+        let Ok(frag) = entry.frag(video, index) else {
+            return false;
+        };
         match &*frag.lock().unwrap() {
             FragState::Missing => false,
-            FragState::Partial { verified, .. } => verified.get(chunk as usize).copied().unwrap_or(false),
+            FragState::Partial { verified, .. } => {
+                verified.get(chunk as usize).copied().unwrap_or(false)
+            }
             FragState::Finalizing { .. } | FragState::Complete { .. } => true,
         }
     }
@@ -412,7 +537,11 @@ impl FragmentStore {
     /// Per-chunk verified flags of a fragment.
     pub fn verified_chunks(&self, video: VideoId, index: FragmentIndex) -> Result<Vec<bool>> {
         let entry = self.entry(video)?;
-        let n = entry.manifest.fragment(index).map(|f| f.chunks.len()).unwrap_or(0);
+        let n = entry
+            .manifest
+            .fragment(index)
+            .map(|f| f.chunks.len())
+            .unwrap_or(0);
         Ok(match &*entry.frag(video, index)?.lock().unwrap() {
             FragState::Missing => vec![false; n],
             FragState::Partial { verified, .. } => verified.clone(),
@@ -422,37 +551,70 @@ impl FragmentStore {
 
     /// The open file holding `offset..offset+len` of a fragment, if every chunk that
     /// range touches is verified.
-    fn readable(&self, video: VideoId, index: FragmentIndex, offset: u64, len: u64) -> Result<Arc<File>> {
+    fn readable(
+        &self,
+        video: VideoId,
+        index: FragmentIndex,
+        offset: u64,
+        len: u64,
+    ) -> Result<Arc<File>> {
         let entry = self.entry(video)?;
-        let info = entry.manifest.fragment(index).ok_or(StoreError::NoSuchFragment { video, index })?;
+        let info = entry
+            .manifest
+            .fragment(index)
+            .ok_or(StoreError::NoSuchFragment { video, index })?;
         let end = offset.checked_add(len).filter(|&e| e <= info.size);
-        let not_available = StoreError::NotAvailable { video, index, offset, end: offset.saturating_add(len) };
-        let Some(end) = end else { return Err(not_available) };
+        let not_available = StoreError::NotAvailable {
+            video,
+            index,
+            offset,
+            end: offset.saturating_add(len),
+        };
+        let Some(end) = end else {
+            return Err(not_available);
+        };
         match &*entry.frag(video, index)?.lock().unwrap() {
             _ if len == 0 => Err(not_available),
             FragState::Complete { file } | FragState::Finalizing { file } => Ok(file.clone()),
             FragState::Partial { file, verified, .. } => {
                 let cs = entry.manifest.chunk_size as u64;
                 let all = (offset / cs..=(end - 1) / cs).all(|c| verified[c as usize]);
-                if all { Ok(file.clone()) } else { Err(not_available) }
+                if all {
+                    Ok(file.clone())
+                } else {
+                    Err(not_available)
+                }
             }
             _ => Err(not_available),
         }
     }
 
     /// Whether `len` bytes at `offset` of a fragment are all verified here (`len` > 0).
-    pub fn check_range(&self, video: VideoId, index: FragmentIndex, offset: u64, len: u64) -> Result<()> {
+    pub fn check_range(
+        &self,
+        video: VideoId,
+        index: FragmentIndex,
+        offset: u64,
+        len: u64,
+    ) -> Result<()> {
         self.readable(video, index, offset, len).map(|_| ())
     }
 
     /// Reads `len` verified bytes at `offset` in a fragment. Fails with
     /// [`StoreError::NotAvailable`] unless every byte is verified.
-    pub async fn read(&self, video: VideoId, index: FragmentIndex, offset: u64, len: usize) -> Result<Bytes> {
+    pub async fn read(
+        &self,
+        video: VideoId,
+        index: FragmentIndex,
+        offset: u64,
+        len: usize,
+    ) -> Result<Bytes> {
         let file = self.readable(video, index, offset, len as u64)?;
         let path = self.video_dir(video).join(fragment_file_name(index));
         tokio::task::spawn_blocking(move || {
             let mut buf = vec![0u8; len];
-            file.read_exact_at(&mut buf, offset).map_err(io_err("reading", &path))?;
+            file.read_exact_at(&mut buf, offset)
+                .map_err(io_err("reading", &path))?;
             Ok(Bytes::from(buf))
         })
         .await
@@ -461,13 +623,29 @@ impl FragmentStore {
 
     /// Verifies a chunk against the manifest and stores it. A mismatch stores nothing
     /// and returns [`StoreError::HashMismatch`].
-    pub async fn write_chunk(&self, video: VideoId, index: FragmentIndex, chunk: u32, data: Bytes) -> Result<ChunkOutcome> {
+    pub async fn write_chunk(
+        &self,
+        video: VideoId,
+        index: FragmentIndex,
+        chunk: u32,
+        data: Bytes,
+    ) -> Result<ChunkOutcome> {
         let entry = self.entry(video)?;
-        let info = entry.manifest.fragment(index).ok_or(StoreError::NoSuchFragment { video, index })?;
-        let (offset, len) = entry.manifest.chunk_range(index, chunk).ok_or(StoreError::NoSuchFragment { video, index })?;
+        let info = entry
+            .manifest
+            .fragment(index)
+            .ok_or(StoreError::NoSuchFragment { video, index })?;
+        let (offset, len) = entry
+            .manifest
+            .chunk_range(index, chunk)
+            .ok_or(StoreError::NoSuchFragment { video, index })?;
         let want = info.chunks[chunk as usize];
         let fsize = info.size;
-        let mismatch = || StoreError::HashMismatch { video, index, what: format!("chunk {chunk}") };
+        let mismatch = || StoreError::HashMismatch {
+            video,
+            index,
+            what: format!("chunk {chunk}"),
+        };
         if data.len() as u64 != len {
             return Err(mismatch());
         }
@@ -484,7 +662,9 @@ impl FragmentStore {
         let file = {
             let mut st = entry.frag(video, index)?.lock().unwrap();
             match &*st {
-                FragState::Complete { .. } | FragState::Finalizing { .. } => return Ok(ChunkOutcome::AlreadyHad),
+                FragState::Complete { .. } | FragState::Finalizing { .. } => {
+                    return Ok(ChunkOutcome::AlreadyHad);
+                }
                 FragState::Partial { verified, file, .. } => {
                     if verified[chunk as usize] {
                         return Ok(ChunkOutcome::AlreadyHad);
@@ -493,24 +673,42 @@ impl FragmentStore {
                 }
                 FragState::Missing => {
                     let part = entry.part_path(index);
-                    let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&part).map_err(io_err("creating", &part))?;
+                    let file = OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .create(true)
+                        .truncate(false)
+                        .open(&part)
+                        .map_err(io_err("creating", &part))?;
                     file.set_len(fsize).map_err(io_err("sizing", &part))?;
                     let file = Arc::new(file);
                     let n = info.chunks.len();
-                    *st = FragState::Partial { file: file.clone(), verified: vec![false; n], count: 0 };
+                    *st = FragState::Partial {
+                        file: file.clone(),
+                        verified: vec![false; n],
+                        count: 0,
+                    };
                     file
                 }
             }
         };
         let part = entry.part_path(index);
         let wfile = file.clone();
-        tokio::task::spawn_blocking(move || wfile.write_all_at(&data, offset).map_err(io_err("writing", &part)))
-            .await
-            .expect("write task does not panic")?;
+        tokio::task::spawn_blocking(move || {
+            wfile
+                .write_all_at(&data, offset)
+                .map_err(io_err("writing", &part))
+        })
+        .await
+        .expect("write task does not panic")?;
         let complete = {
             let mut st = entry.frag(video, index)?.lock().unwrap();
             match &mut *st {
-                FragState::Partial { verified, count, file } => {
+                FragState::Partial {
+                    verified,
+                    count,
+                    file,
+                } => {
                     if !verified[chunk as usize] {
                         verified[chunk as usize] = true;
                         *count += 1;
@@ -525,7 +723,11 @@ impl FragmentStore {
                 _ => return Ok(ChunkOutcome::AlreadyHad),
             }
         };
-        let _ = self.events.send(StoreEvent::ChunkVerified { video, index, chunk });
+        let _ = self.events.send(StoreEvent::ChunkVerified {
+            video,
+            index,
+            chunk,
+        });
         if !complete {
             return Ok(ChunkOutcome::Stored);
         }
@@ -533,7 +735,13 @@ impl FragmentStore {
     }
 
     /// All chunks verified: check the whole fragment, fsync, rename `.part` → `.bin`.
-    async fn finalize(&self, entry: Arc<VideoEntry>, video: VideoId, index: FragmentIndex, file: Arc<File>) -> Result<ChunkOutcome> {
+    async fn finalize(
+        &self,
+        entry: Arc<VideoEntry>,
+        video: VideoId,
+        index: FragmentIndex,
+        file: Arc<File>,
+    ) -> Result<ChunkOutcome> {
         let info = entry.manifest.fragments[index as usize].clone();
         let (part, path, dir) = (entry.part_path(index), entry.path(index), entry.dir.clone());
         let f2 = file.clone();
@@ -553,7 +761,9 @@ impl FragmentStore {
             Ok(true) => {
                 *st = FragState::Complete { file };
                 drop(st);
-                let _ = self.events.send(StoreEvent::FragmentComplete { video, index });
+                let _ = self
+                    .events
+                    .send(StoreEvent::FragmentComplete { video, index });
                 Ok(ChunkOutcome::FragmentComplete)
             }
             Ok(false) => {
@@ -561,13 +771,24 @@ impl FragmentStore {
                 // inconsistent. Start over rather than serve it.
                 *st = FragState::Missing;
                 drop(st);
-                let reason = format!("fragment {index} of {} fails its fragment hash", video.short());
+                let reason = format!(
+                    "fragment {index} of {} fails its fragment hash",
+                    video.short()
+                );
                 self.set_aside(&entry.part_path(index), &video.to_string(), &reason);
-                Err(StoreError::HashMismatch { video, index, what: "fragment".into() })
+                Err(StoreError::HashMismatch {
+                    video,
+                    index,
+                    what: "fragment".into(),
+                })
             }
             Err(e) => {
                 let n = entry.manifest.fragments[index as usize].chunks.len();
-                *st = FragState::Partial { file, verified: vec![true; n], count: n as u32 };
+                *st = FragState::Partial {
+                    file,
+                    verified: vec![true; n],
+                    count: n as u32,
+                };
                 Err(e)
             }
         }
@@ -575,9 +796,14 @@ impl FragmentStore {
 
     /// Imports fragments from a split directory (`manifest.json` + `fragment_<i>.bin`),
     /// verifying each; `only` restricts which. Returns the video id and what was imported.
-    pub fn import_dir(&self, src: &Path, only: Option<&[FragmentIndex]>) -> Result<(VideoId, Vec<FragmentIndex>)> {
+    pub fn import_dir(
+        &self,
+        src: &Path,
+        only: Option<&[FragmentIndex]>,
+    ) -> Result<(VideoId, Vec<FragmentIndex>)> {
         let mpath = src.join(MANIFEST_FILE);
-        let manifest = Manifest::from_bytes(&std::fs::read(&mpath).map_err(io_err("reading", &mpath))?)?;
+        let manifest =
+            Manifest::from_bytes(&std::fs::read(&mpath).map_err(io_err("reading", &mpath))?)?;
         let video = self.add_manifest(&manifest)?;
         let entry = self.entry(video)?;
         let mut imported = Vec::new();
@@ -585,7 +811,10 @@ impl FragmentStore {
             if only.is_some_and(|o| !o.contains(&info.index)) {
                 continue;
             }
-            if matches!(*entry.fragments[info.index as usize].lock().unwrap(), FragState::Complete { .. }) {
+            if matches!(
+                *entry.fragments[info.index as usize].lock().unwrap(),
+                FragState::Complete { .. }
+            ) {
                 imported.push(info.index);
                 continue;
             }
@@ -600,15 +829,20 @@ impl FragmentStore {
                 let mut off = 0u64;
                 for want in &info.chunks {
                     let n = (info.size - off).min(manifest.chunk_size as u64) as usize;
-                    input.read_exact(&mut buf[..n]).map_err(io_err("reading", &from))?;
+                    input
+                        .read_exact(&mut buf[..n])
+                        .map_err(io_err("reading", &from))?;
                     if Digest::of(&buf[..n]) != *want {
                         return Ok(false);
                     }
                     hasher.update(&buf[..n]);
-                    out.write_all_at(&buf[..n], off).map_err(io_err("writing", &tmp))?;
+                    out.write_all_at(&buf[..n], off)
+                        .map_err(io_err("writing", &tmp))?;
                     off += n as u64;
                 }
-                let extra = input.read(&mut buf[..1]).map_err(io_err("reading", &from))?;
+                let extra = input
+                    .read(&mut buf[..1])
+                    .map_err(io_err("reading", &from))?;
                 if extra != 0 || Digest::from(hasher.finalize()) != info.hash {
                     return Ok(false);
                 }
@@ -619,14 +853,23 @@ impl FragmentStore {
             match copy {
                 Ok(true) => {
                     let file = File::open(&dest).map_err(io_err("opening", &dest))?;
-                    *entry.fragments[info.index as usize].lock().unwrap() = FragState::Complete { file: Arc::new(file) };
+                    *entry.fragments[info.index as usize].lock().unwrap() = FragState::Complete {
+                        file: Arc::new(file),
+                    };
                     let _ = std::fs::remove_file(entry.part_path(info.index));
                     imported.push(info.index);
-                    let _ = self.events.send(StoreEvent::FragmentComplete { video, index: info.index });
+                    let _ = self.events.send(StoreEvent::FragmentComplete {
+                        video,
+                        index: info.index,
+                    });
                 }
                 Ok(false) => {
                     let _ = std::fs::remove_file(&tmp);
-                    return Err(StoreError::HashMismatch { video, index: info.index, what: format!("fragment (file {})", from.display()) });
+                    return Err(StoreError::HashMismatch {
+                        video,
+                        index: info.index,
+                        what: format!("fragment (file {})", from.display()),
+                    });
                 }
                 Err(e) => {
                     let _ = std::fs::remove_file(&tmp);
@@ -640,11 +883,18 @@ impl FragmentStore {
 
     /// A summary of every video: id, name, fragments held, fragment count.
     pub fn summary(&self) -> Vec<(VideoId, Arc<Manifest>, Vec<FragmentIndex>)> {
-        self.videos().into_iter().filter_map(|v| Some((v, self.manifest(v)?, self.have(v)))).collect()
+        self.videos()
+            .into_iter()
+            .filter_map(|v| Some((v, self.manifest(v)?, self.have(v))))
+            .collect()
     }
 }
 
 /// Complete fragments per video, for logs and have-set answers.
 pub fn have_map(store: &FragmentStore) -> HashMap<VideoId, Vec<FragmentIndex>> {
-    store.videos().into_iter().map(|v| (v, store.have(v))).collect()
+    store
+        .videos()
+        .into_iter()
+        .map(|v| (v, store.have(v)))
+        .collect()
 }

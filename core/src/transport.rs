@@ -39,30 +39,30 @@ pub enum TransportError {
     UnsupportedAddr {
         /// The transport's scheme.
         transport: &'static str,
-        /// The address.
-        addr: PeerAddr,
+        /// The address (as written, for people).
+        addr: String,
     },
     /// Binding a listen address failed.
     #[error("cannot listen on {addr}: {error}")]
     Listen {
-        /// The address.
-        addr: PeerAddr,
+        /// The address (as written, for people).
+        addr: String,
         /// Why.
         error: std::io::Error,
     },
     /// Dialing failed (refused, unreachable, timed out, handshake failed).
     #[error("cannot connect to {addr}: {reason}")]
     Dial {
-        /// The address.
-        addr: PeerAddr,
+        /// The address (as written, for people).
+        addr: String,
         /// Why.
         reason: String,
     },
     /// The remote node is not the one the address names.
     #[error("{addr} identified as node {actual}, expected node {expected}")]
     WrongIdentity {
-        /// The address dialed.
-        addr: PeerAddr,
+        /// The address dialed (as written, for people).
+        addr: String,
         /// The id the address named.
         expected: NodeId,
         /// The id the remote proved.
@@ -129,7 +129,9 @@ pub struct Transports {
 
 impl std::fmt::Debug for Transports {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.list.iter().map(|t| t.scheme())).finish()
+        f.debug_list()
+            .entries(self.list.iter().map(|t| t.scheme()))
+            .finish()
     }
 }
 
@@ -160,7 +162,10 @@ impl Transports {
     pub async fn dial(&self, addr: &PeerAddr) -> Result<Box<dyn Connection>, TransportError> {
         match self.get(&addr.scheme) {
             Some(t) => t.dial(addr).await,
-            None => Err(TransportError::UnsupportedAddr { transport: "none configured", addr: addr.clone() }),
+            None => Err(TransportError::UnsupportedAddr {
+                transport: "none configured",
+                addr: addr.to_string(),
+            }),
         }
     }
 
@@ -168,7 +173,10 @@ impl Transports {
     pub async fn listen(&self, addr: &PeerAddr) -> Result<Box<dyn Listener>, TransportError> {
         match self.get(&addr.scheme) {
             Some(t) => t.listen(addr).await,
-            None => Err(TransportError::UnsupportedAddr { transport: "none configured", addr: addr.clone() }),
+            None => Err(TransportError::UnsupportedAddr {
+                transport: "none configured",
+                addr: addr.to_string(),
+            }),
         }
     }
 }

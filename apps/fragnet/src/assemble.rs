@@ -51,9 +51,11 @@ pub struct Local {
 pub async fn open_local(data_dir: PathBuf) -> Result<Local> {
     let dir = data_dir.clone();
     tokio::task::spawn_blocking(move || -> Result<Local> {
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating the data directory {}", dir.display()))?;
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("creating the data directory {}", dir.display()))?;
         let identity = Arc::new(Identity::load_or_create(&dir)?);
-        let (store, report) = FragmentStore::open(&dir).with_context(|| format!("opening the store in {}", dir.display()))?;
+        let (store, report) = FragmentStore::open(&dir)
+            .with_context(|| format!("opening the store in {}", dir.display()))?;
         if report.videos > 0 {
             info!(
                 videos = report.videos,
@@ -66,7 +68,11 @@ pub async fn open_local(data_dir: PathBuf) -> Result<Local> {
         for (path, reason) in &report.set_aside {
             warn!("{reason}; moved to {}", path.display());
         }
-        Ok(Local { data_dir: dir, identity, store: Arc::new(store) })
+        Ok(Local {
+            data_dir: dir,
+            identity,
+            store: Arc::new(store),
+        })
     })
     .await
     .expect("opening the store does not panic")
@@ -75,7 +81,11 @@ pub async fn open_local(data_dir: PathBuf) -> Result<Local> {
 /// A fetcher for a node.
 pub fn fetcher(cfg: &Config, local: &Local, transports: Transports) -> Fetcher {
     let pool = Arc::new(PeerPool::new(transports, timeouts(cfg)));
-    let opts = FetchOptions { concurrency: cfg.limits.concurrency, per_peer: cfg.limits.per_peer, ..FetchOptions::default() };
+    let opts = FetchOptions {
+        concurrency: cfg.limits.concurrency,
+        per_peer: cfg.limits.per_peer,
+        ..FetchOptions::default()
+    };
     Fetcher::new(local.store.clone(), pool, opts)
 }
 
@@ -84,7 +94,9 @@ pub fn display_name(cfg: &Config, listen: &[PeerAddr]) -> String {
     if let Some(n) = &cfg.name {
         return n.clone();
     }
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "localhost".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
     match listen.first() {
         Some(a) => format!("{host}:{}", a.port),
         None => host,
@@ -92,7 +104,13 @@ pub fn display_name(cfg: &Config, listen: &[PeerAddr]) -> String {
 }
 
 /// Starts serving the store on every listen address.
-pub async fn start_serving(cfg: &Config, local: &Local, transports: &Transports, listen: &[PeerAddr], cancel: CancellationToken) -> Result<(ServeHandle, Arc<ServeContext>)> {
+pub async fn start_serving(
+    cfg: &Config,
+    local: &Local,
+    transports: &Transports,
+    listen: &[PeerAddr],
+    cancel: CancellationToken,
+) -> Result<(ServeHandle, Arc<ServeContext>)> {
     let ctx = Arc::new(ServeContext {
         store: local.store.clone(),
         node_id: local.identity.node_id(),
@@ -102,15 +120,22 @@ pub async fn start_serving(cfg: &Config, local: &Local, transports: &Transports,
         timeouts: timeouts(cfg),
         stats: ServeStats::default(),
     });
-    let limits = ServeLimits { max_connections: cfg.limits.max_connections, shutdown_grace: Duration::from_secs(cfg.limits.shutdown_grace_secs) };
-    let handle = serve(transports, listen, ctx.clone(), limits, cancel).await.map_err(|e| {
-        let hint = match &e {
-            fragnet_core::transport::TransportError::Listen { error, .. } if error.kind() == std::io::ErrorKind::AddrInUse => {
-                " (another process uses that port: stop it or choose another with --listen)"
-            }
-            _ => "",
-        };
-        anyhow::anyhow!("{e}{hint}")
-    })?;
+    let limits = ServeLimits {
+        max_connections: cfg.limits.max_connections,
+        shutdown_grace: Duration::from_secs(cfg.limits.shutdown_grace_secs),
+    };
+    let handle = serve(transports, listen, ctx.clone(), limits, cancel)
+        .await
+        .map_err(|e| {
+            let hint = match &e {
+                fragnet_core::transport::TransportError::Listen { error, .. }
+                    if error.kind() == std::io::ErrorKind::AddrInUse =>
+                {
+                    " (another process uses that port: stop it or choose another with --listen)"
+                }
+                _ => "",
+            };
+            anyhow::anyhow!("{e}{hint}")
+        })?;
     Ok((handle, ctx))
 }

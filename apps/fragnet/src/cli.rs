@@ -146,7 +146,11 @@ pub struct FetchArgs {
 pub fn parse_fragment_list(s: &str) -> Result<Vec<u32>, String> {
     let mut out = std::collections::BTreeSet::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let num = |x: &str| x.trim().parse::<u32>().map_err(|_| format!("{x:?} in {s:?} is not a fragment index"));
+        let num = |x: &str| {
+            x.trim()
+                .parse::<u32>()
+                .map_err(|_| format!("{x:?} in {s:?} is not a fragment index"))
+        };
         match part.split_once('-') {
             Some((a, b)) => {
                 let (a, b) = (num(a)?, num(b)?);
@@ -174,7 +178,10 @@ mod tests {
     fn fragment_lists() {
         assert_eq!(parse_fragment_list("0-4").unwrap(), vec![0, 1, 2, 3, 4]);
         assert_eq!(parse_fragment_list("5").unwrap(), vec![5]);
-        assert_eq!(parse_fragment_list("0,2,5-7,2").unwrap(), vec![0, 2, 5, 6, 7]);
+        assert_eq!(
+            parse_fragment_list("0,2,5-7,2").unwrap(),
+            vec![0, 2, 5, 6, 7]
+        );
         assert!(parse_fragment_list("4-1").is_err());
         assert!(parse_fragment_list("x").is_err());
         assert!(parse_fragment_list("").is_err());

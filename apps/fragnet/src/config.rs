@@ -56,7 +56,15 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_upload_rate: None, max_connections: 256, concurrency: 8, per_peer: 4, idle_timeout_secs: 60, io_timeout_secs: 20, shutdown_grace_secs: 5 }
+        Limits {
+            max_upload_rate: None,
+            max_connections: 256,
+            concurrency: 8,
+            per_peer: 4,
+            idle_timeout_secs: 60,
+            io_timeout_secs: 20,
+            shutdown_grace_secs: 5,
+        }
     }
 }
 
@@ -97,7 +105,11 @@ fn string_or_seq<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Erro
     Ok(items
         .into_iter()
         .flat_map(|i| match i {
-            Item::S(s) => s.split(',').map(|p| p.trim().to_string()).filter(|p| !p.is_empty()).collect::<Vec<_>>(),
+            Item::S(s) => s
+                .split(',')
+                .map(|p| p.trim().to_string())
+                .filter(|p| !p.is_empty())
+                .collect::<Vec<_>>(),
             Item::N(n) => vec![n.to_string()],
         })
         .collect())
@@ -132,7 +144,11 @@ fn describe(e: figment::Error) -> String {
 impl Config {
     fn validate(&self) -> Result<()> {
         if !crate::assemble::SCHEMES.contains(&self.transport.as_str()) {
-            bail!("transport = {:?} is not available; use one of {:?}", self.transport, crate::assemble::SCHEMES);
+            bail!(
+                "transport = {:?} is not available; use one of {:?}",
+                self.transport,
+                crate::assemble::SCHEMES
+            );
         }
         for l in &self.listen {
             self.addr(l).with_context(|| format!("in listen = {l:?}"))?;
@@ -141,10 +157,16 @@ impl Config {
             self.addr(p).with_context(|| format!("in peers = {p:?}"))?;
         }
         if let Some(r) = &self.limits.max_upload_rate {
-            fragnet_core::ratelimit::parse_bytes(r).map_err(|e| anyhow::anyhow!("limits.max_upload_rate: {e}"))?;
+            fragnet_core::ratelimit::parse_bytes(r)
+                .map_err(|e| anyhow::anyhow!("limits.max_upload_rate: {e}"))?;
         }
-        if self.limits.max_connections == 0 || self.limits.concurrency == 0 || self.limits.per_peer == 0 {
-            bail!("limits.max_connections, limits.concurrency and limits.per_peer must be at least 1");
+        if self.limits.max_connections == 0
+            || self.limits.concurrency == 0
+            || self.limits.per_peer == 0
+        {
+            bail!(
+                "limits.max_connections, limits.concurrency and limits.per_peer must be at least 1"
+            );
         }
         Ok(())
     }
@@ -166,7 +188,10 @@ impl Config {
 
     /// Upload limit in bytes per second, if set.
     pub fn upload_rate(&self) -> Option<u64> {
-        self.limits.max_upload_rate.as_deref().and_then(|r| fragnet_core::ratelimit::parse_bytes(r).ok())
+        self.limits
+            .max_upload_rate
+            .as_deref()
+            .and_then(|r| fragnet_core::ratelimit::parse_bytes(r).ok())
     }
 
     /// The data directory: configured, else one per listen port so two peers started in
@@ -175,9 +200,15 @@ impl Config {
         if let Some(d) = &self.data_dir {
             return d.clone();
         }
-        let port = self.listen_addrs().ok().and_then(|a| a.first().map(|a| a.port));
+        let port = self
+            .listen_addrs()
+            .ok()
+            .and_then(|a| a.first().map(|a| a.port));
         match port {
-            Some(0) => PathBuf::from(format!("fragnet-data/{role}-ephemeral-{}", std::process::id())),
+            Some(0) => PathBuf::from(format!(
+                "fragnet-data/{role}-ephemeral-{}",
+                std::process::id()
+            )),
             Some(p) => PathBuf::from(format!("fragnet-data/node-{p}")),
             None => PathBuf::from(format!("fragnet-data/{role}")),
         }
@@ -194,6 +225,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure returns figment's own error type
     fn environment_sits_between_file_and_flags() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("c.toml", "transport = \"tcp\"\nlisten = [7001]\n")?;
@@ -202,13 +234,20 @@ mod tests {
             let cfg = load_with_env(Some(Path::new("c.toml")), json!({}), env()).unwrap();
             assert_eq!(cfg.listen, vec!["7002"], "env beats the file");
             assert_eq!(cfg.limits.concurrency, 4, "__ nests");
-            let cfg = load_with_env(Some(Path::new("c.toml")), json!({"listen": ["7003"]}), env()).unwrap();
+            let cfg = load_with_env(
+                Some(Path::new("c.toml")),
+                json!({"listen": ["7003"]}),
+                env(),
+            )
+            .unwrap();
             assert_eq!(cfg.listen, vec!["7003"], "flags beat env");
             jail.set_env("FRAGNET_LISTEN", "tcp://127.0.0.1:1, 2");
             let cfg = load_with_env(None, json!({}), env()).unwrap();
             assert_eq!(cfg.listen, vec!["tcp://127.0.0.1:1", "2"]);
             jail.set_env("FRAGNET_NOPE", "1");
-            let e = load_with_env(None, json!({}), env()).unwrap_err().to_string();
+            let e = load_with_env(None, json!({}), env())
+                .unwrap_err()
+                .to_string();
             assert!(e.contains("nope") || e.contains("NOPE"), "{e}");
             Ok(())
         });
@@ -218,7 +257,11 @@ mod tests {
     fn layers_in_order_defaults_file_env_flags() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.toml");
-        std::fs::write(&file, "name = \"from-file\"\nlisten = [7001]\n[limits]\nconcurrency = 3\nper_peer = 2\n").unwrap();
+        std::fs::write(
+            &file,
+            "name = \"from-file\"\nlisten = [7001]\n[limits]\nconcurrency = 3\nper_peer = 2\n",
+        )
+        .unwrap();
         let base = load_with_env(None, json!({}), env()).unwrap();
         assert_eq!(base.listen, vec!["6001"]);
         assert_eq!(base.limits.concurrency, 8);
@@ -226,10 +269,18 @@ mod tests {
         assert_eq!(from_file.name.as_deref(), Some("from-file"));
         assert_eq!(from_file.listen, vec!["7001"]);
         assert_eq!(from_file.limits.concurrency, 3);
-        let flags = load_with_env(Some(&file), json!({"name": "from-flag", "limits": {"concurrency": 5}}), env()).unwrap();
+        let flags = load_with_env(
+            Some(&file),
+            json!({"name": "from-flag", "limits": {"concurrency": 5}}),
+            env(),
+        )
+        .unwrap();
         assert_eq!(flags.name.as_deref(), Some("from-flag"));
         assert_eq!(flags.limits.concurrency, 5);
-        assert_eq!(flags.limits.per_peer, 2, "a flag on one nested key keeps the file's siblings");
+        assert_eq!(
+            flags.limits.per_peer, 2,
+            "a flag on one nested key keeps the file's siblings"
+        );
     }
 
     #[test]
@@ -237,21 +288,29 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("bad.toml");
         std::fs::write(&file, "transprot = \"tcp\"\n").unwrap();
-        let e = load_with_env(Some(&file), json!({}), env()).unwrap_err().to_string();
+        let e = load_with_env(Some(&file), json!({}), env())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("transprot"), "{e}");
         assert!(e.contains("bad.toml"), "{e}");
         std::fs::write(&file, "[limits]\nmax_speed = 1\n").unwrap();
-        let e = load_with_env(Some(&file), json!({}), env()).unwrap_err().to_string();
+        let e = load_with_env(Some(&file), json!({}), env())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("max_speed"), "{e}");
     }
 
     #[test]
     fn bad_values_are_clear() {
-        let e = load_with_env(None, json!({"transport": "carrier-pigeon"}), env()).unwrap_err().to_string();
+        let e = load_with_env(None, json!({"transport": "carrier-pigeon"}), env())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("carrier-pigeon"), "{e}");
         let e = load_with_env(None, json!({"listen": ["nonsense"]}), env()).unwrap_err();
         assert!(format!("{e:#}").contains("nonsense"), "{e:#}");
-        let e = load_with_env(None, json!({"limits": {"max_upload_rate": "fast"}}), env()).unwrap_err().to_string();
+        let e = load_with_env(None, json!({"limits": {"max_upload_rate": "fast"}}), env())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("max_upload_rate"), "{e}");
         assert!(load_with_env(Some(Path::new("/nonexistent/x.toml")), json!({}), env()).is_err());
     }

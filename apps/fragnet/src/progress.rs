@@ -16,9 +16,11 @@ pub fn bytes_bar(total: u64, what: &str) -> ProgressBar {
     }
     let bar = ProgressBar::new(total);
     bar.set_style(
-        ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-            .expect("template is valid")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .expect("template is valid")
+        .progress_chars("=> "),
     );
     bar.set_message(what.to_string());
     bar
@@ -34,7 +36,10 @@ pub struct FetchProgress {
 impl FetchProgress {
     /// `lines`: print a line per fragment (always on when there is no terminal).
     pub fn new(lines: bool) -> Self {
-        FetchProgress { bar: Mutex::new(None), lines: lines || !std::io::stderr().is_terminal() }
+        FetchProgress {
+            bar: Mutex::new(None),
+            lines: lines || !std::io::stderr().is_terminal(),
+        }
     }
 
     /// Removes the bar.
@@ -54,7 +59,10 @@ impl FetchProgress {
 
 /// The peers a fragment came from, for people.
 pub fn sources(from: &[PeerAddr]) -> String {
-    from.iter().map(|a| a.host_port()).collect::<Vec<_>>().join(", ")
+    from.iter()
+        .map(|a| a.host_port())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl FetchObserver for FetchProgress {
@@ -72,7 +80,12 @@ impl FetchObserver for FetchProgress {
 
     fn fragment(&self, index: FragmentIndex, bytes: u64, from: &[PeerAddr]) {
         if self.lines {
-            self.println(format!("[✓] Fragment '{}' received from {} ({}, verified)", fragment_file_name(index), sources(from), human_bytes(bytes)));
+            self.println(format!(
+                "[✓] Fragment '{}' received from {} ({}, verified)",
+                fragment_file_name(index),
+                sources(from),
+                human_bytes(bytes)
+            ));
         }
     }
 

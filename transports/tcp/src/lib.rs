@@ -29,7 +29,10 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { connect_timeout: Duration::from_secs(10), nodelay: true }
+        Config {
+            connect_timeout: Duration::from_secs(10),
+            nodelay: true,
+        }
     }
 }
 
@@ -58,17 +61,26 @@ fn check_scheme(addr: &PeerAddr) -> Result<(), TransportError> {
     if addr.scheme == SCHEME {
         Ok(())
     } else {
-        Err(TransportError::UnsupportedAddr { transport: SCHEME, addr: addr.clone() })
+        Err(TransportError::UnsupportedAddr {
+            transport: SCHEME,
+            addr: addr.to_string(),
+        })
     }
 }
 
 fn split(stream: TcpStream) -> BiStream {
     let (r, w) = stream.into_split();
-    BiStream { send: Box::pin(w), recv: Box::pin(r) }
+    BiStream {
+        send: Box::pin(w),
+        recv: Box::pin(r),
+    }
 }
 
 async fn connect(addr: &PeerAddr, config: &Config) -> Result<TcpStream, TransportError> {
-    let dial_err = |reason: String| TransportError::Dial { addr: addr.clone(), reason };
+    let dial_err = |reason: String| TransportError::Dial {
+        addr: addr.to_string(),
+        reason,
+    };
     let stream = tokio::time::timeout(config.connect_timeout, TcpStream::connect(addr.host_port()))
         .await
         .map_err(|_| dial_err(format!("timed out after {:?}", config.connect_timeout)))?
@@ -85,16 +97,29 @@ impl Transport for TcpTransport {
 
     async fn listen(&self, addr: &PeerAddr) -> Result<Box<dyn Listener>, TransportError> {
         check_scheme(addr)?;
-        let listener = TcpListener::bind(addr.host_port()).await.map_err(|source| TransportError::Listen { addr: addr.clone(), error: source })?;
+        let listener = TcpListener::bind(addr.host_port())
+            .await
+            .map_err(|source| TransportError::Listen {
+                addr: addr.to_string(),
+                error: source,
+            })?;
         let bound = listener.local_addr()?;
-        Ok(Box::new(TcpListenerHandle { listener, local: addr.with_socket(bound), nodelay: self.config.nodelay }))
+        Ok(Box::new(TcpListenerHandle {
+            listener,
+            local: addr.with_socket(bound),
+            nodelay: self.config.nodelay,
+        }))
     }
 
     async fn dial(&self, addr: &PeerAddr) -> Result<Box<dyn Connection>, TransportError> {
         check_scheme(addr)?;
         let stream = connect(addr, &self.config).await?;
         let remote = stream.peer_addr()?;
-        Ok(Box::new(TcpConnection { first: Mutex::new(Some(stream)), remote, redial: Some((addr.clone(), self.config.clone())) }))
+        Ok(Box::new(TcpConnection {
+            first: Mutex::new(Some(stream)),
+            remote,
+            redial: Some((addr.clone(), self.config.clone())),
+        }))
     }
 }
 
@@ -113,7 +138,11 @@ impl Listener for TcpListenerHandle {
     async fn accept(&self) -> Result<Box<dyn Connection>, TransportError> {
         let (stream, remote) = self.listener.accept().await?;
         stream.set_nodelay(self.nodelay).ok();
-        Ok(Box::new(TcpConnection { first: Mutex::new(Some(stream)), remote, redial: None }))
+        Ok(Box::new(TcpConnection {
+            first: Mutex::new(Some(stream)),
+            remote,
+            redial: None,
+        }))
     }
 }
 
@@ -138,7 +167,9 @@ impl Connection for TcpConnection {
 
     async fn open_stream(&self) -> Result<BiStream, TransportError> {
         let Some((addr, config)) = &self.redial else {
-            return Err(TransportError::Closed("the accepting side of a TCP connection cannot open streams".into()));
+            return Err(TransportError::Closed(
+                "the accepting side of a TCP connection cannot open streams".into(),
+            ));
         };
         let first = self.first.lock().unwrap().take();
         match first {

@@ -27,8 +27,16 @@ pub async fn run(config_file: Option<&Path>, a: FetchArgs) -> Result<()> {
         Some(v) => Some(v.parse().map_err(|e| anyhow!("--video: {e}"))?),
         None => cfg.default_video,
     };
-    let fragments = a.fragments.as_deref().map(parse_fragment_list).transpose().map_err(|e| anyhow!("--fragments: {e}"))?;
-    let data_dir = cfg.data_dir.clone().unwrap_or_else(|| PathBuf::from("fragnet-data/fetch"));
+    let fragments = a
+        .fragments
+        .as_deref()
+        .map(parse_fragment_list)
+        .transpose()
+        .map_err(|e| anyhow!("--fragments: {e}"))?;
+    let data_dir = cfg
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("fragnet-data/fetch"));
     let local = assemble::open_local(data_dir).await?;
     let transports = assemble::transports(&local.identity);
     let fetcher = assemble::fetcher(&cfg, &local, transports);
@@ -39,7 +47,11 @@ pub async fn run(config_file: Option<&Path>, a: FetchArgs) -> Result<()> {
         shutdown_signal().await;
         stop.cancel();
     });
-    let req = FetchRequest { video, fragments, peers: cfg.peer_addrs()? };
+    let req = FetchRequest {
+        video,
+        fragments,
+        peers: cfg.peer_addrs()?,
+    };
     let result = fetcher.fetch(req, progress.clone(), cancel).await;
     progress.finish();
     let report = result?;
@@ -62,17 +74,30 @@ fn print_report(r: &FetchReport) {
         println!("  already here: {:?}", r.already_complete);
     }
     if r.resumed_chunks > 0 {
-        println!("  resumed from {} chunk(s) verified earlier", r.resumed_chunks);
+        println!(
+            "  resumed from {} chunk(s) verified earlier",
+            r.resumed_chunks
+        );
     }
     for (index, from) in &r.fetched {
         println!("  fragment_{index}.bin from {}", sources(from));
     }
 }
 
-async fn reassemble(store: &Arc<FragmentStore>, r: &FetchReport, out: Option<PathBuf>, force: bool) -> Result<()> {
-    let held = (0..r.manifest.fragment_count).filter(|&i| store.status(r.video, i).ok() == Some(FragmentStatus::Complete)).count();
+async fn reassemble(
+    store: &Arc<FragmentStore>,
+    r: &FetchReport,
+    out: Option<PathBuf>,
+    force: bool,
+) -> Result<()> {
+    let held = (0..r.manifest.fragment_count)
+        .filter(|&i| store.status(r.video, i).ok() == Some(FragmentStatus::Complete))
+        .count();
     if held < r.manifest.fragment_count as usize {
-        println!("Holding {held} of {} fragments; the video is reassembled once all are here.", r.manifest.fragment_count);
+        println!(
+            "Holding {held} of {} fragments; the video is reassembled once all are here.",
+            r.manifest.fragment_count
+        );
         return Ok(());
     }
     let out = out.unwrap_or_else(|| PathBuf::from(safe_file_name(&r.manifest.name)));
@@ -88,18 +113,30 @@ async fn reassemble(store: &Arc<FragmentStore>, r: &FetchReport, out: Option<Pat
             .await??
         };
         if same {
-            println!("{} already holds this video (BLAKE3 verified).", out.display());
+            println!(
+                "{} already holds this video (BLAKE3 verified).",
+                out.display()
+            );
             return Ok(());
         }
-        bail!("{} exists and holds something else; pass --out FILE or --force", out.display());
+        bail!(
+            "{} exists and holds something else; pass --out FILE or --force",
+            out.display()
+        );
     }
     let dir = store.video_dir(r.video);
     let bar = bytes_bar(r.manifest.size, "reassembling");
     let (b2, out2) = (bar.clone(), out.clone());
-    tokio::task::spawn_blocking(move || fragnet_core::split::join(&dir, &out2, &mut |n| b2.set_position(n)))
-        .await?
-        .with_context(|| format!("reassembling into {}", out.display()))?;
+    tokio::task::spawn_blocking(move || {
+        fragnet_core::split::join(&dir, &out2, &mut |n| b2.set_position(n))
+    })
+    .await?
+    .with_context(|| format!("reassembling into {}", out.display()))?;
     bar.finish_and_clear();
-    println!("Wrote {} ({}, BLAKE3 verified)", out.display(), human_bytes(r.manifest.size));
+    println!(
+        "Wrote {} ({}, BLAKE3 verified)",
+        out.display(),
+        human_bytes(r.manifest.size)
+    );
     Ok(())
 }

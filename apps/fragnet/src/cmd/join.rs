@@ -17,7 +17,9 @@ fn locate(source: &str, data: Option<&Path>) -> Result<PathBuf> {
     if as_path.is_dir() {
         return Ok(as_path.to_path_buf());
     }
-    let id: VideoId = source.parse().with_context(|| format!("{source:?} is neither a directory nor a video id"))?;
+    let id: VideoId = source
+        .parse()
+        .with_context(|| format!("{source:?} is neither a directory nor a video id"))?;
     if let Some(d) = data {
         let dir = d.join(id.to_string());
         if !dir.is_dir() {
@@ -26,10 +28,18 @@ fn locate(source: &str, data: Option<&Path>) -> Result<PathBuf> {
         return Ok(dir);
     }
     let mut candidates: Vec<PathBuf> = std::fs::read_dir("fragnet-data")
-        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path().join(id.to_string())).filter(|p| p.is_dir()).collect())
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path().join(id.to_string()))
+                .filter(|p| p.is_dir())
+                .collect()
+        })
         .unwrap_or_default();
     candidates.sort();
-    candidates.into_iter().next().with_context(|| format!("no store under ./fragnet-data holds video {id}; pass --data DIR"))
+    candidates
+        .into_iter()
+        .next()
+        .with_context(|| format!("no store under ./fragnet-data holds video {id}; pass --data DIR"))
 }
 
 /// Reassembles and verifies.
@@ -38,8 +48,15 @@ pub async fn run(a: JoinArgs) -> Result<()> {
     let out = a.out.clone();
     let bar = bytes_bar(0, "joining");
     let b2 = bar.clone();
-    let manifest = tokio::task::spawn_blocking(move || join(&dir, &out, &mut |n| b2.set_position(n))).await??;
+    let manifest =
+        tokio::task::spawn_blocking(move || join(&dir, &out, &mut |n| b2.set_position(n)))
+            .await??;
     bar.finish_and_clear();
-    println!("Wrote {} ({}, {} fragments, BLAKE3 verified)", a.out.display(), human_bytes(manifest.size), manifest.fragment_count);
+    println!(
+        "Wrote {} ({}, {} fragments, BLAKE3 verified)",
+        a.out.display(),
+        human_bytes(manifest.size),
+        manifest.fragment_count
+    );
     Ok(())
 }

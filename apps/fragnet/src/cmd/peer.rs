@@ -52,21 +52,38 @@ pub async fn run(config_file: Option<&Path>, a: PeerArgs) -> Result<()> {
     info!(node_id = %local.identity.node_id(), data_dir = %local.data_dir.display(), "node identity");
 
     if let Some(seed) = &a.seed {
-        let only = a.have.as_deref().map(parse_fragment_list).transpose().map_err(|e| anyhow!("--have: {e}"))?;
+        let only = a
+            .have
+            .as_deref()
+            .map(parse_fragment_list)
+            .transpose()
+            .map_err(|e| anyhow!("--have: {e}"))?;
         let (store, seed) = (local.store.clone(), seed.clone());
-        let (video, got) = tokio::task::spawn_blocking(move || store.import_dir(&seed, only.as_deref())).await??;
+        let (video, got) =
+            tokio::task::spawn_blocking(move || store.import_dir(&seed, only.as_deref())).await??;
         println!("Seeded video {video}: fragments {}", ranges(&got));
     }
 
     let transports = assemble::transports(&local.identity);
     let cancel = CancellationToken::new();
-    let (handle, ctx) = assemble::start_serving(&cfg, &local, &transports, &listen, cancel.clone()).await?;
+    let (handle, ctx) =
+        assemble::start_serving(&cfg, &local, &transports, &listen, cancel.clone()).await?;
     for addr in handle.local_addrs() {
         println!("[SERVER] Node listening on {addr}");
     }
-    println!("Node {} (\"{}\"), data in {}", local.identity.node_id(), ctx.name, local.data_dir.display());
+    println!(
+        "Node {} (\"{}\"), data in {}",
+        local.identity.node_id(),
+        ctx.name,
+        local.data_dir.display()
+    );
 
-    let console = Console { cfg: cfg.clone(), store: local.store.clone(), fetcher: assemble::fetcher(&cfg, &local, transports), peers: cfg.peer_addrs()? };
+    let console = Console {
+        cfg: cfg.clone(),
+        store: local.store.clone(),
+        fetcher: assemble::fetcher(&cfg, &local, transports),
+        peers: cfg.peer_addrs()?,
+    };
     let console_done = async {
         if cfg.console {
             console.run(cancel.clone()).await
@@ -93,10 +110,18 @@ pub fn ranges(v: &[FragmentIndex]) -> String {
         while i + 1 < v.len() && v[i + 1] == v[i] + 1 {
             i += 1;
         }
-        out.push(if v[i] == start { start.to_string() } else { format!("{start}-{}", v[i]) });
+        out.push(if v[i] == start {
+            start.to_string()
+        } else {
+            format!("{start}-{}", v[i])
+        });
         i += 1;
     }
-    if out.is_empty() { "none".into() } else { out.join(",") }
+    if out.is_empty() {
+        "none".into()
+    } else {
+        out.join(",")
+    }
 }
 
 struct Console {
@@ -201,7 +226,14 @@ impl Console {
             println!("  nothing yet");
         }
         for (v, m, have) in summary {
-            println!("  {} {} — {} of {} fragments: {}", v.short(), m.name, have.len(), m.fragment_count, ranges(&have));
+            println!(
+                "  {} {} — {} of {} fragments: {}",
+                v.short(),
+                m.name,
+                have.len(),
+                m.fragment_count,
+                ranges(&have)
+            );
         }
     }
 
@@ -216,7 +248,14 @@ impl Console {
                 println!("  {addr}: holds nothing");
             }
             for v in videos {
-                println!("  {addr}: {} {} — {} of {}: {}", v.video.short(), v.name, v.have.len(), v.fragment_count, ranges(&v.have));
+                println!(
+                    "  {addr}: {} {} — {} of {}: {}",
+                    v.video.short(),
+                    v.name,
+                    v.have.len(),
+                    v.fragment_count,
+                    ranges(&v.have)
+                );
             }
         }
     }
@@ -230,21 +269,42 @@ impl Console {
             Ok(v) => v,
             Err(e) => return println!("[✗] {e}"),
         };
-        if let (Some(v), Some([i])) = (video, fragments.as_deref()) {
-            if self.store.status(v, *i).ok() == Some(FragmentStatus::Complete) {
-                return println!("[=] Fragment '{}' is already here (verified)", fragment_file_name(*i));
-            }
+        if let (Some(v), Some([i])) = (video, fragments.as_deref())
+            && self.store.status(v, *i).ok() == Some(FragmentStatus::Complete)
+        {
+            return println!(
+                "[=] Fragment '{}' is already here (verified)",
+                fragment_file_name(*i)
+            );
         }
         let progress = Arc::new(FetchProgress::new(true));
-        let req = FetchRequest { video, fragments: fragments.clone(), peers: self.peers.clone() };
-        let result = self.fetcher.fetch(req, progress.clone(), cancel.child_token()).await;
+        let req = FetchRequest {
+            video,
+            fragments: fragments.clone(),
+            peers: self.peers.clone(),
+        };
+        let result = self
+            .fetcher
+            .fetch(req, progress.clone(), cancel.child_token())
+            .await;
         progress.finish();
         match result {
-            Ok(r) if r.fetched.is_empty() => println!("[=] Nothing to fetch: {} is complete here", r.manifest.name),
-            Ok(r) if fragments.is_none() => println!("[✓] {} complete: {} fetched, {} fragments held", r.manifest.name, human_bytes(r.bytes), self.store.have(r.video).len()),
+            Ok(r) if r.fetched.is_empty() => {
+                println!("[=] Nothing to fetch: {} is complete here", r.manifest.name)
+            }
+            Ok(r) if fragments.is_none() => println!(
+                "[✓] {} complete: {} fetched, {} fragments held",
+                r.manifest.name,
+                human_bytes(r.bytes),
+                self.store.have(r.video).len()
+            ),
             Ok(_) => {}
             Err(FetchError::NoSuchFragment { index, count, .. }) => {
-                println!("[✗] Fragment '{}' does not exist; this video has fragment_0.bin … fragment_{}.bin", fragment_file_name(index), count - 1)
+                println!(
+                    "[✗] Fragment '{}' does not exist; this video has fragment_0.bin … fragment_{}.bin",
+                    fragment_file_name(index),
+                    count - 1
+                )
             }
             Err(e) => println!("[✗] {e}"),
         }
@@ -262,8 +322,14 @@ mod tests {
         assert_eq!(parse("fetch all"), Cmd::FetchAll);
         assert_eq!(parse("EXIT"), Cmd::Exit);
         assert_eq!(parse(""), Cmd::Nothing);
-        assert_eq!(parse("../../etc/passwd"), Cmd::Unknown("../../etc/passwd".into()));
-        assert_eq!(parse("fragment_-1.bin"), Cmd::Unknown("fragment_-1.bin".into()));
+        assert_eq!(
+            parse("../../etc/passwd"),
+            Cmd::Unknown("../../etc/passwd".into())
+        );
+        assert_eq!(
+            parse("fragment_-1.bin"),
+            Cmd::Unknown("fragment_-1.bin".into())
+        );
     }
 
     #[test]

@@ -1,0 +1,387 @@
+//! The `fragnet` binary end to end, as a user runs it: real processes, real sockets.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_fragnet");
+
+fn sample() -> PathBuf {
+    fragnet_core::conformance::sample_media("sample-480p.mp4")
+}
+
+fn fragnet(dir: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A free port on loopback (the binary takes a port number, like the original).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Kills the child on drop so a failing test leaves no process behind.
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_peer(dir: &Path, args: &[&str]) -> Proc {
+    let child = Command::new(BIN)
+        .arg("peer")
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    Proc(child)
+}
+
+/// Reads the child's stdout until a line contains `needle`, within `secs`.
+fn wait_for_line(p: &mut Proc, needle: &str, secs: u64) -> Vec<String> {
+    let stdout = p.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).split(b'\n') {
+            let Ok(line) = line else { break };
+            if tx
+                .send(String::from_utf8_lossy(&line).into_owned())
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
+            let hit = l.contains(needle);
+            seen.push(l);
+            if hit {
+                return seen;
+            }
+        }
+    }
+    panic!("no line containing {needle:?} within {secs}s; saw {seen:?}");
+}
+
+fn wait_exit(p: &mut Proc, secs: u64) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(s) = p.0.try_wait().unwrap() {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "process did not exit within {secs}s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn version_and_help() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = fragnet(dir.path(), &["--version"]);
+    assert!(
+        v.status.success() && text(&v).starts_with("fragnet "),
+        "{}",
+        text(&v)
+    );
+    for cmd in ["split", "join", "peer", "fetch"] {
+        let h = fragnet(dir.path(), &[cmd, "--help"]);
+        assert!(
+            h.status.success() && text(&h).contains("Usage: fragnet"),
+            "{cmd}: {}",
+            text(&h)
+        );
+    }
+}
+
+#[test]
+fn split_bad_inputs_exit_nonzero_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("empty.mp4"), b"").unwrap();
+    std::fs::write(d.join("tiny.mp4"), b"12345").unwrap();
+    for (args, needle) in [
+        (vec!["split", "missing.mp4"], "No such file"),
+        (vec!["split", "."], "not a regular file"),
+        (vec!["split", "empty.mp4"], "fewer than the 10 fragments"),
+        (vec!["split", "tiny.mp4"], "fewer than the 10 fragments"),
+        (
+            vec!["split", "tiny.mp4", "--fragments", "0"],
+            "between 1 and",
+        ),
+        (
+            vec!["split", "tiny.mp4", "--fragments", "100000000000"],
+            "between 1 and",
+        ),
+    ] {
+        let o = fragnet(d, &args);
+        assert!(!o.status.success(), "{args:?} should fail");
+        assert!(text(&o).contains(needle), "{args:?}: {}", text(&o));
+        assert!(
+            !d.join("fragments").exists(),
+            "{args:?} left a fragments directory behind"
+        );
+    }
+}
+
+#[test]
+fn split_then_join_and_refuse_another_video() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let s = fragnet(d, &["split", sample().to_str().unwrap()]);
+    assert!(s.status.success(), "{}", text(&s));
+    assert!(text(&s).contains("Video split into 10 fragments."));
+    for i in 0..10 {
+        assert!(d.join(format!("fragments/fragment_{i}.bin")).is_file());
+    }
+    let j = fragnet(d, &["join", "fragments", "--out", "copy.mp4"]);
+    assert!(j.status.success(), "{}", text(&j));
+    assert!(std::fs::read(d.join("copy.mp4")).unwrap() == std::fs::read(sample()).unwrap());
+    // Another video into the same directory is refused unless --force.
+    std::fs::write(d.join("other.bin"), vec![7u8; 5000]).unwrap();
+    let o = fragnet(d, &["split", "other.bin"]);
+    assert!(
+        !o.status.success() && text(&o).contains("--force"),
+        "{}",
+        text(&o)
+    );
+    let o = fragnet(d, &["split", "other.bin", "--force"]);
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+/// The original walkthrough: A holds 0–4, B holds 5–9; A's console asks for
+/// fragment_5.bin and gets it from B; B exits cleanly on SIGTERM.
+#[test]
+fn original_walkthrough_with_two_peer_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    assert!(
+        fragnet(d, &["split", sample().to_str().unwrap()])
+            .status
+            .success()
+    );
+    let (pa, pb) = (free_port(), free_port());
+    let (la, lb) = (pa.to_string(), pb.to_string());
+    let (to_a, to_b) = (format!("localhost:{pa}"), format!("localhost:{pb}"));
+    let mut b = spawn_peer(
+        d,
+        &[
+            "--listen",
+            &lb,
+            "--peer",
+            &to_a,
+            "--seed",
+            "fragments",
+            "--have",
+            "5-9",
+            "--no-console",
+        ],
+    );
+    wait_for_line(&mut b, "Node listening", 20);
+    let mut a = spawn_peer(
+        d,
+        &[
+            "--listen",
+            &la,
+            "--peer",
+            &to_b,
+            "--seed",
+            "fragments",
+            "--have",
+            "0-4",
+        ],
+    );
+    let stdin = a.0.stdin.as_mut().unwrap();
+    stdin.write_all(b"fragment_5.bin\n").unwrap();
+    let lines = wait_for_line(&mut a, "received from", 30);
+    let last = lines.last().unwrap();
+    assert!(
+        last.contains(&format!(
+            "[✓] Fragment 'fragment_5.bin' received from localhost:{pb}"
+        )),
+        "{last}"
+    );
+    assert!(last.contains("verified"), "{last}");
+    a.0.stdin.as_mut().unwrap().write_all(b"exit\n").unwrap();
+    assert!(wait_exit(&mut a, 20).success());
+    // Node A's store now holds 0-4 and 5.
+    let store = d.join(format!("fragnet-data/node-{pa}"));
+    let vid = std::fs::read_dir(&store)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .find(|e| e.path().join("manifest.json").is_file())
+        .unwrap()
+        .path();
+    assert!(vid.join("fragment_5.bin").is_file());
+    assert!(!vid.join("fragment_6.bin").exists());
+    // SIGTERM stops B cleanly with status 0.
+    let kill = Command::new("kill")
+        .args(["-TERM", &b.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    assert!(wait_exit(&mut b, 20).success(), "peer exits 0 on SIGTERM");
+}
+
+/// `fragnet fetch` from two peers in parallel reassembles a byte-identical file.
+#[test]
+fn fetch_from_two_peers_reassembles_the_video() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    assert!(
+        fragnet(d, &["split", sample().to_str().unwrap()])
+            .status
+            .success()
+    );
+    let (pa, pb) = (free_port(), free_port());
+    let mut a = spawn_peer(
+        d,
+        &[
+            "--listen",
+            &pa.to_string(),
+            "--seed",
+            "fragments",
+            "--have",
+            "0-6",
+            "--no-console",
+        ],
+    );
+    let mut b = spawn_peer(
+        d,
+        &[
+            "--listen",
+            &pb.to_string(),
+            "--seed",
+            "fragments",
+            "--have",
+            "3-9",
+            "--no-console",
+        ],
+    );
+    wait_for_line(&mut a, "Node listening", 20);
+    wait_for_line(&mut b, "Node listening", 20);
+    let o = fragnet(
+        d,
+        &[
+            "fetch",
+            "--peer",
+            &format!("127.0.0.1:{pa}"),
+            "--peer",
+            &format!("tcp://127.0.0.1:{pb}"),
+            "--out",
+            "got.mp4",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("Wrote got.mp4"), "{}", text(&o));
+    assert!(std::fs::read(d.join("got.mp4")).unwrap() == std::fs::read(sample()).unwrap());
+    // Again: nothing to fetch, the file is already right.
+    let o = fragnet(
+        d,
+        &[
+            "fetch",
+            "--peer",
+            &format!("127.0.0.1:{pa}"),
+            "--out",
+            "got.mp4",
+        ],
+    );
+    assert!(
+        o.status.success() && text(&o).contains("already holds this video"),
+        "{}",
+        text(&o)
+    );
+    // A dead peer is a clear error.
+    let o = fragnet(
+        d,
+        &[
+            "fetch",
+            "--peer",
+            &format!("127.0.0.1:{}", free_port()),
+            "--data",
+            "elsewhere",
+        ],
+    );
+    assert!(
+        !o.status.success() && text(&o).contains("no peer answered"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn unknown_config_keys_and_bad_flags_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("node.toml"), "listen = [0]\nmax_speed = 3\n").unwrap();
+    let o = fragnet(d, &["--config", "node.toml", "peer", "--no-console"]);
+    assert!(
+        !o.status.success() && text(&o).contains("max_speed") && text(&o).contains("node.toml"),
+        "{}",
+        text(&o)
+    );
+    let o = Command::new(BIN)
+        .args(["peer", "--no-console"])
+        .current_dir(d)
+        .env("FRAGNET_TRANSPROT", "tcp")
+        .output()
+        .unwrap();
+    assert!(
+        !o.status.success() && text(&o).to_lowercase().contains("transprot"),
+        "{}",
+        text(&o)
+    );
+    let o = fragnet(d, &["peer", "--listen", "not-an-address", "--no-console"]);
+    assert!(
+        !o.status.success() && text(&o).contains("not-an-address"),
+        "{}",
+        text(&o)
+    );
+    let o = fragnet(d, &["peer", "--max-upload-rate", "fast", "--no-console"]);
+    assert!(
+        !o.status.success() && text(&o).contains("max_upload_rate"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn port_in_use_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let busy = TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = busy.local_addr().unwrap().port().to_string();
+    let o = fragnet(dir.path(), &["peer", "--listen", &port, "--no-console"]);
+    assert!(
+        !o.status.success() && text(&o).contains("another process uses that port"),
+        "{}",
+        text(&o)
+    );
+}

@@ -1,0 +1,215 @@
+//! The store: only verified bytes are ever served, counted or announced; partial
+//! fragments resume; bad bytes are set aside.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use fragnet_core::conformance::{TestVideo, generated_bytes, within};
+use fragnet_core::store::{
+    ChunkOutcome, FragmentStatus, FragmentStore, QUARANTINE_DIR, StoreError, StoreEvent,
+};
+
+const CHUNK: u32 = 4096;
+
+fn video() -> TestVideo {
+    TestVideo::from_bytes("v.mp4", &generated_bytes(100_000, 9), 4, CHUNK)
+}
+
+fn chunk_bytes(v: &TestVideo, index: u32, chunk: u32) -> Bytes {
+    let all = std::fs::read(&v.input).unwrap();
+    let f = &v.manifest.fragments[index as usize];
+    let (off, len) = v.manifest.chunk_range(index, chunk).unwrap();
+    let start = (f.offset + off) as usize;
+    Bytes::copy_from_slice(&all[start..start + len as usize])
+}
+
+#[tokio::test]
+async fn a_wrong_chunk_is_refused_and_nothing_is_stored() {
+    let v = video();
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = FragmentStore::open(dir.path()).unwrap();
+    let id = store.add_manifest(&v.manifest).unwrap();
+    let mut bad = chunk_bytes(&v, 1, 0).to_vec();
+    bad[7] ^= 0xff;
+    let e = store
+        .write_chunk(id, 1, 0, Bytes::from(bad))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::HashMismatch { .. }), "{e}");
+    assert_eq!(store.status(id, 1).unwrap(), FragmentStatus::Missing);
+    assert!(!store.has_chunk(id, 1, 0));
+    // A short chunk is refused too.
+    let short = chunk_bytes(&v, 1, 0).slice(..100);
+    assert!(store.write_chunk(id, 1, 0, short).await.is_err());
+}
+
+#[tokio::test]
+async fn a_part_file_is_never_served_as_complete() {
+    let v = video();
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = FragmentStore::open(dir.path()).unwrap();
+    let id = store.add_manifest(&v.manifest).unwrap();
+    assert_eq!(
+        store
+            .write_chunk(id, 2, 1, chunk_bytes(&v, 2, 1))
+            .await
+            .unwrap(),
+        ChunkOutcome::Stored
+    );
+    assert!(matches!(
+        store.status(id, 2).unwrap(),
+        FragmentStatus::Partial { verified: 1, .. }
+    ));
+    assert!(
+        store.have(id).is_empty(),
+        "a partial fragment is not announced"
+    );
+    // The verified chunk can be read (streaming), its neighbours cannot.
+    let got = store
+        .read(id, 2, CHUNK as u64, CHUNK as usize)
+        .await
+        .unwrap();
+    assert_eq!(got, chunk_bytes(&v, 2, 1));
+    assert!(matches!(
+        store.read(id, 2, 0, 10).await,
+        Err(StoreError::NotAvailable { .. })
+    ));
+    assert!(matches!(
+        store.read(id, 2, CHUNK as u64 - 1, 2).await,
+        Err(StoreError::NotAvailable { .. })
+    ));
+    // After a restart the .part is still partial, with the same verified chunk.
+    drop(store);
+    let (store, report) = FragmentStore::open(dir.path()).unwrap();
+    assert_eq!(
+        (report.partial, report.partial_chunks, report.complete),
+        (1, 1, 0)
+    );
+    assert!(store.have(id).is_empty());
+    assert_eq!(
+        store
+            .verified_chunks(id, 2)
+            .unwrap()
+            .iter()
+            .filter(|b| **b)
+            .count(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn chunks_complete_a_fragment_once_and_it_survives_restart() {
+    let v = video();
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = FragmentStore::open(dir.path()).unwrap();
+    let store = Arc::new(store);
+    let id = store.add_manifest(&v.manifest).unwrap();
+    let mut events = store.subscribe();
+    let n = v.manifest.fragments[0].chunks.len() as u32;
+    // All chunks at once, from many tasks: exactly one completes the fragment.
+    let tasks: Vec<_> = (0..n)
+        .map(|c| {
+            let (store, data) = (store.clone(), chunk_bytes(&v, 0, c));
+            tokio::spawn(async move { store.write_chunk(id, 0, c, data).await.unwrap() })
+        })
+        .collect();
+    let mut completions = 0;
+    for t in tasks {
+        if within(10, "chunk write", t).await.unwrap() == ChunkOutcome::FragmentComplete {
+            completions += 1;
+        }
+    }
+    assert_eq!(completions, 1);
+    assert_eq!(store.have(id), vec![0]);
+    assert!(store.video_dir(id).join("fragment_0.bin").is_file());
+    assert!(!store.video_dir(id).join("fragment_0.bin.part").exists());
+    let mut saw_complete = false;
+    while let Ok(e) = events.try_recv() {
+        saw_complete |= e
+            == StoreEvent::FragmentComplete {
+                video: id,
+                index: 0,
+            };
+    }
+    assert!(saw_complete);
+    assert_eq!(
+        store
+            .write_chunk(id, 0, 0, chunk_bytes(&v, 0, 0))
+            .await
+            .unwrap(),
+        ChunkOutcome::AlreadyHad
+    );
+    drop(events);
+    let dir_path = store.root().to_path_buf();
+    drop(store);
+    let (store, report) = FragmentStore::open(&dir_path).unwrap();
+    assert_eq!(report.complete, 1);
+    assert_eq!(store.have(id), vec![0]);
+}
+
+#[tokio::test]
+async fn a_corrupt_fragment_on_disk_is_set_aside_at_start() {
+    let v = video();
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (store, _) = FragmentStore::open(dir.path()).unwrap();
+        store.import_dir(&v.split_dir, None).unwrap();
+        assert_eq!(store.have(v.id()).len(), 4);
+    }
+    let path = dir.path().join(v.id().to_string()).join("fragment_3.bin");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[100] ^= 1;
+    std::fs::write(&path, bytes).unwrap();
+    let (store, report) = FragmentStore::open(dir.path()).unwrap();
+    assert_eq!(
+        store.have(v.id()),
+        vec![0, 1, 2],
+        "the corrupt fragment is not counted"
+    );
+    assert_eq!(report.set_aside.len(), 1);
+    assert!(!path.exists(), "moved out of the video directory");
+    assert!(
+        report.set_aside[0]
+            .0
+            .starts_with(dir.path().join(QUARANTINE_DIR)),
+        "kept for inspection: {:?}",
+        report.set_aside
+    );
+    assert!(matches!(
+        store.read(v.id(), 3, 0, 1).await,
+        Err(StoreError::NotAvailable { .. })
+    ));
+}
+
+#[tokio::test]
+async fn importing_a_tampered_split_is_refused() {
+    let v = video();
+    let f = v.split_dir.join("fragment_1.bin");
+    let mut bytes = std::fs::read(&f).unwrap();
+    bytes[0] ^= 1;
+    std::fs::write(&f, bytes).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = FragmentStore::open(dir.path()).unwrap();
+    let e = store.import_dir(&v.split_dir, Some(&[0, 1])).unwrap_err();
+    assert!(
+        matches!(e, StoreError::HashMismatch { index: 1, .. }),
+        "{e}"
+    );
+    assert_eq!(store.have(v.id()), vec![0]);
+}
+
+#[tokio::test]
+async fn a_manifest_in_the_wrong_directory_is_not_trusted() {
+    let v = video();
+    let dir = tempfile::tempdir().unwrap();
+    let other = fragnet_core::ids::Digest::of(b"other").to_string();
+    std::fs::create_dir_all(dir.path().join(&other)).unwrap();
+    std::fs::copy(
+        v.split_dir.join("manifest.json"),
+        dir.path().join(&other).join("manifest.json"),
+    )
+    .unwrap();
+    let (store, report) = FragmentStore::open(dir.path()).unwrap();
+    assert!(store.videos().is_empty());
+    assert_eq!(report.set_aside.len(), 1);
+}
