@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Runs every test fragnet has, on a fresh machine: installs the system packages the
+# tests need (Debian; needs root or sudo), then formatting, lints, the dependency
+# policy check and the test suites.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages the tests use: kill (procps) for signal tests, nc for the seed's
+# clients.
+need_pkgs=()
+command -v kill >/dev/null || need_pkgs+=(procps)
+command -v nc >/dev/null || need_pkgs+=(netcat-openbsd)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need_pkgs[@]}"
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== cargo clippy (warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "== dependency policy: rustls on ring only, no aws-lc"
+if cargo tree --workspace --locked -i aws-lc-sys >/dev/null 2>&1 || cargo tree --workspace --locked -i aws-lc-rs >/dev/null 2>&1; then
+  echo "aws-lc is in the dependency tree; keep rustls on the ring provider" >&2
+  exit 1
+fi
+
+echo "== tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --no-fail-fast
+else
+  cargo test --workspace --locked --no-fail-fast
+fi
