@@ -19,7 +19,11 @@ pub struct Cli {
     /// Less log output (-q warnings only, -qq errors only).
     #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "verbose")]
     pub quiet: u8,
-    /// A TOML configuration file (keys as in README's configuration table).
+    /// A node profile: configs/NAME.toml (e.g. seeder, leecher); see `fragnet config show`.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub profile: Option<String>,
+    /// A TOML configuration file (keys as in README's configuration table); it overrides
+    /// the profile.
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// What to do.
@@ -38,6 +42,17 @@ pub enum Command {
     Peer(PeerArgs),
     /// Download a video's missing fragments from peers, in parallel, then reassemble it.
     Fetch(FetchArgs),
+    /// Inspect the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+/// `fragnet config ...`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the effective configuration and where each value came from
+    /// (default, profile, --config file, FRAGNET_* environment, flags).
+    Show,
 }
 
 /// `fragnet split`.

@@ -115,30 +115,159 @@ fn string_or_seq<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Erro
         .collect())
 }
 
-/// Loads the configuration: defaults < `file` < environment < `flags` (a JSON object of
-/// the keys the command line set).
-pub fn load(file: Option<&Path>, flags: serde_json::Value) -> Result<Config> {
-    load_with_env(file, flags, Env::prefixed("FRAGNET_").split("__"))
+/// Where configuration comes from besides defaults and environment.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// `--profile NAME`: `configs/NAME.toml` (or the copy built into the binary).
+    pub profile: Option<String>,
+    /// `--config FILE`.
+    pub file: Option<PathBuf>,
 }
 
-fn load_with_env(file: Option<&Path>, flags: serde_json::Value, env: Env) -> Result<Config> {
+/// The profiles shipped in `configs/`, built into the binary so `--profile` works from
+/// any directory and in containers. A `configs/NAME.toml` on disk takes precedence.
+pub const BUILTIN_PROFILES: &[(&str, &str)] = &[];
+
+/// Finds a profile: `./configs/NAME.toml`, `/etc/fragnet/configs/NAME.toml`, else the
+/// built-in copy.
+fn profile_provider(name: &str) -> Result<(figment::providers::Data<Toml>, String)> {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        bail!("profile names are letters, digits, '-' and '_'; got {name:?}");
+    }
+    for dir in ["configs", "/etc/fragnet/configs"] {
+        let p = Path::new(dir).join(format!("{name}.toml"));
+        if p.is_file() {
+            let shown = p.display().to_string();
+            return Ok((Toml::file_exact(p), shown));
+        }
+    }
+    match BUILTIN_PROFILES.iter().find(|(n, _)| *n == name) {
+        Some((_, text)) => Ok((
+            Toml::string(text),
+            format!("configs/{name}.toml (built in)"),
+        )),
+        None => {
+            let known: Vec<&str> = BUILTIN_PROFILES.iter().map(|(n, _)| *n).collect();
+            bail!(
+                "no profile {name:?}: no configs/{name}.toml here or in /etc/fragnet/configs, and none built in (built in: {})",
+                known.join(", ")
+            )
+        }
+    }
+}
+
+/// The layered figment: defaults < profile < file < environment < flags.
+fn figment(src: &Sources, flags: serde_json::Value, env: Env) -> Result<(Figment, Option<String>)> {
     let mut fig = Figment::from(Serialized::defaults(Config::default()));
-    if let Some(path) = file {
+    let mut profile_shown = None;
+    if let Some(name) = &src.profile {
+        let (provider, shown) = profile_provider(name)?;
+        fig = fig.merge(provider);
+        profile_shown = Some(shown);
+    }
+    if let Some(path) = &src.file {
         if !path.is_file() {
             bail!("configuration file {} does not exist", path.display());
         }
         fig = fig.merge(Toml::file_exact(path));
     }
-    fig = fig.merge(env).merge(Serialized::defaults(flags));
-    let cfg: Config = fig.extract().map_err(|e| anyhow::anyhow!(describe(e)))?;
+    Ok((
+        fig.merge(env).merge(Serialized::defaults(flags)),
+        profile_shown,
+    ))
+}
+
+/// The environment layer: `FRAGNET_*`, `__` nests.
+fn env() -> Env {
+    Env::prefixed("FRAGNET_").split("__")
+}
+
+/// Loads the configuration: defaults < profile < `file` < environment < `flags` (a JSON
+/// object of the keys the command line set).
+pub fn load(src: &Sources, flags: serde_json::Value) -> Result<Config> {
+    load_with_env(src, flags, env())
+}
+
+fn load_with_env(src: &Sources, flags: serde_json::Value, env: Env) -> Result<Config> {
+    let (fig, profile_shown) = figment(src, flags, env)?;
+    let cfg: Config = fig
+        .extract()
+        .map_err(|e| anyhow::anyhow!(describe(e, profile_shown.as_deref())))?;
     cfg.validate()?;
     Ok(cfg)
 }
 
-/// figment errors name the key and the source; make the first line say so plainly.
-fn describe(e: figment::Error) -> String {
+/// figment errors name the key and the source; say plainly which file when the source
+/// is a built-in profile.
+fn describe(e: figment::Error, profile: Option<&str>) -> String {
     let all: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();
-    format!("invalid configuration: {}", all.join("; "))
+    let mut msg = format!("invalid configuration: {}", all.join("; "));
+    if let Some(p) = profile {
+        msg = msg.replace("TOML source string", p);
+    }
+    msg
+}
+
+/// The effective configuration, one `key = value` per line, each with where it came
+/// from (`default`, a file, an environment variable, `command line`).
+pub fn show(src: &Sources, flags: serde_json::Value) -> Result<String> {
+    let (fig, profile_shown) = figment(src, flags, env())?;
+    let cfg: Config = fig
+        .extract()
+        .map_err(|e| anyhow::anyhow!(describe(e, profile_shown.as_deref())))?;
+    cfg.validate()?;
+    let mut leaves = Vec::new();
+    flatten("", &serde_json::to_value(&cfg)?, &mut leaves);
+    let width = leaves
+        .iter()
+        .map(|(k, v)| k.len() + v.len())
+        .max()
+        .unwrap_or(0)
+        + 4;
+    let mut out = String::new();
+    for (key, value) in leaves {
+        let from = match fig.find_metadata(&key) {
+            None => "default".to_string(),
+            Some(md) => match (&md.source, md.name.as_ref()) {
+                (Some(figment::Source::File(p)), _) => p.display().to_string(),
+                (_, n) if n.contains("environment") => {
+                    format!(
+                        "environment FRAGNET_{}",
+                        key.to_uppercase().replace('.', "__")
+                    )
+                }
+                (_, n) if n.contains("serde_json") => "command line".to_string(),
+                (_, n) if n.contains("TOML source string") => {
+                    profile_shown.clone().unwrap_or_else(|| n.to_string())
+                }
+                _ => "default".to_string(),
+            },
+        };
+        let line = format!("{key} = {value}");
+        out.push_str(&format!("{line:<width$}# {from}\n"));
+    }
+    Ok(out)
+}
+
+fn flatten(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, String)>) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&key, v, out);
+            }
+        }
+        serde_json::Value::Null => out.push((prefix.to_string(), "(unset)".into())),
+        other => out.push((prefix.to_string(), other.to_string())),
+    }
 }
 
 impl Config {
@@ -220,10 +349,6 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn env() -> Env {
-        Env::prefixed("FRAGNET_").split("__")
-    }
-
     #[test]
     #[allow(clippy::result_large_err)] // figment::Jail's closure returns figment's own error type
     fn environment_sits_between_file_and_flags() {
@@ -231,21 +356,32 @@ mod tests {
             jail.create_file("c.toml", "transport = \"tcp\"\nlisten = [7001]\n")?;
             jail.set_env("FRAGNET_LISTEN", "7002");
             jail.set_env("FRAGNET_LIMITS__CONCURRENCY", "4");
-            let cfg = load_with_env(Some(Path::new("c.toml")), json!({}), env()).unwrap();
+            let cfg = load_with_env(
+                &Sources {
+                    file: Some("c.toml".into()),
+                    ..Default::default()
+                },
+                json!({}),
+                env(),
+            )
+            .unwrap();
             assert_eq!(cfg.listen, vec!["7002"], "env beats the file");
             assert_eq!(cfg.limits.concurrency, 4, "__ nests");
             let cfg = load_with_env(
-                Some(Path::new("c.toml")),
+                &Sources {
+                    file: Some("c.toml".into()),
+                    ..Default::default()
+                },
                 json!({"listen": ["7003"]}),
                 env(),
             )
             .unwrap();
             assert_eq!(cfg.listen, vec!["7003"], "flags beat env");
             jail.set_env("FRAGNET_LISTEN", "tcp://127.0.0.1:1, 2");
-            let cfg = load_with_env(None, json!({}), env()).unwrap();
+            let cfg = load_with_env(&Sources::default(), json!({}), env()).unwrap();
             assert_eq!(cfg.listen, vec!["tcp://127.0.0.1:1", "2"]);
             jail.set_env("FRAGNET_NOPE", "1");
-            let e = load_with_env(None, json!({}), env())
+            let e = load_with_env(&Sources::default(), json!({}), env())
                 .unwrap_err()
                 .to_string();
             assert!(e.contains("nope") || e.contains("NOPE"), "{e}");
@@ -262,15 +398,26 @@ mod tests {
             "name = \"from-file\"\nlisten = [7001]\n[limits]\nconcurrency = 3\nper_peer = 2\n",
         )
         .unwrap();
-        let base = load_with_env(None, json!({}), env()).unwrap();
+        let base = load_with_env(&Sources::default(), json!({}), env()).unwrap();
         assert_eq!(base.listen, vec!["6001"]);
         assert_eq!(base.limits.concurrency, 8);
-        let from_file = load_with_env(Some(&file), json!({}), env()).unwrap();
+        let from_file = load_with_env(
+            &Sources {
+                file: Some(file.clone()),
+                ..Default::default()
+            },
+            json!({}),
+            env(),
+        )
+        .unwrap();
         assert_eq!(from_file.name.as_deref(), Some("from-file"));
         assert_eq!(from_file.listen, vec!["7001"]);
         assert_eq!(from_file.limits.concurrency, 3);
         let flags = load_with_env(
-            Some(&file),
+            &Sources {
+                file: Some(file.clone()),
+                ..Default::default()
+            },
             json!({"name": "from-flag", "limits": {"concurrency": 5}}),
             env(),
         )
@@ -288,30 +435,63 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("bad.toml");
         std::fs::write(&file, "transprot = \"tcp\"\n").unwrap();
-        let e = load_with_env(Some(&file), json!({}), env())
-            .unwrap_err()
-            .to_string();
+        let e = load_with_env(
+            &Sources {
+                file: Some(file.clone()),
+                ..Default::default()
+            },
+            json!({}),
+            env(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("transprot"), "{e}");
         assert!(e.contains("bad.toml"), "{e}");
         std::fs::write(&file, "[limits]\nmax_speed = 1\n").unwrap();
-        let e = load_with_env(Some(&file), json!({}), env())
-            .unwrap_err()
-            .to_string();
+        let e = load_with_env(
+            &Sources {
+                file: Some(file.clone()),
+                ..Default::default()
+            },
+            json!({}),
+            env(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("max_speed"), "{e}");
     }
 
     #[test]
     fn bad_values_are_clear() {
-        let e = load_with_env(None, json!({"transport": "carrier-pigeon"}), env())
-            .unwrap_err()
-            .to_string();
+        let e = load_with_env(
+            &Sources::default(),
+            json!({"transport": "carrier-pigeon"}),
+            env(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("carrier-pigeon"), "{e}");
-        let e = load_with_env(None, json!({"listen": ["nonsense"]}), env()).unwrap_err();
+        let e =
+            load_with_env(&Sources::default(), json!({"listen": ["nonsense"]}), env()).unwrap_err();
         assert!(format!("{e:#}").contains("nonsense"), "{e:#}");
-        let e = load_with_env(None, json!({"limits": {"max_upload_rate": "fast"}}), env())
-            .unwrap_err()
-            .to_string();
+        let e = load_with_env(
+            &Sources::default(),
+            json!({"limits": {"max_upload_rate": "fast"}}),
+            env(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("max_upload_rate"), "{e}");
-        assert!(load_with_env(Some(Path::new("/nonexistent/x.toml")), json!({}), env()).is_err());
+        assert!(
+            load_with_env(
+                &Sources {
+                    file: Some("/nonexistent/x.toml".into()),
+                    ..Default::default()
+                },
+                json!({}),
+                env()
+            )
+            .is_err()
+        );
     }
 }

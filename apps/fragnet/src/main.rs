@@ -47,13 +47,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let config = cli.config.clone();
+    let sources = config::Sources {
+        profile: cli.profile.clone(),
+        file: cli.config.clone(),
+    };
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Split(a) => cmd::split::run(a).await,
+            Command::Config(c) => cmd::config::run(&sources, c).await,
             Command::Join(a) => cmd::join::run(a).await,
-            Command::Peer(a) => cmd::peer::run(config.as_deref(), a).await,
-            Command::Fetch(a) => cmd::fetch::run(config.as_deref(), a).await,
+            Command::Peer(a) => cmd::peer::run(&sources, a).await,
+            Command::Fetch(a) => cmd::fetch::run(&sources, a).await,
         }
     });
     // Don't wait for blocked stdin readers or lingering connections on the way out.

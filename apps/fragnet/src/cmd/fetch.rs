@@ -1,6 +1,6 @@
 //! `fragnet fetch`: parallel, verified, resumable download, then reassembly.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -19,10 +19,10 @@ use crate::config;
 use crate::progress::{FetchProgress, bytes_bar, sources};
 
 /// Runs `fragnet fetch`.
-pub async fn run(config_file: Option<&Path>, a: FetchArgs) -> Result<()> {
+pub async fn run(sources: &config::Sources, a: FetchArgs) -> Result<()> {
     let mut flags = node_flags_json(&a.node);
     flags.insert("peers".into(), json!(a.peer));
-    let cfg = config::load(config_file, serde_json::Value::Object(flags))?;
+    let cfg = config::load(sources, serde_json::Value::Object(flags))?;
     let video: Option<VideoId> = match &a.video {
         Some(v) => Some(v.parse().map_err(|e| anyhow!("--video: {e}"))?),
         None => cfg.default_video,

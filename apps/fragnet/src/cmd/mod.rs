@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod config;
 pub mod fetch;
 pub mod join;
 pub mod peer;

@@ -7,7 +7,6 @@
 //! ```
 
 use std::io::Write;
-use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Result, anyhow};
@@ -32,7 +31,7 @@ use crate::progress::FetchProgress;
 pub const PROMPT: &str = "Fragment to request (or 'exit'): ";
 
 /// Runs `fragnet peer` until Ctrl-C, SIGTERM or `exit`.
-pub async fn run(config_file: Option<&Path>, a: PeerArgs) -> Result<()> {
+pub async fn run(sources: &config::Sources, a: PeerArgs) -> Result<()> {
     let mut flags = node_flags_json(&a.node);
     if !a.listen.is_empty() {
         flags.insert("listen".into(), json!(a.listen));
@@ -46,7 +45,7 @@ pub async fn run(config_file: Option<&Path>, a: PeerArgs) -> Result<()> {
     if a.no_console {
         flags.insert("console".into(), json!(false));
     }
-    let cfg = config::load(config_file, serde_json::Value::Object(flags))?;
+    let cfg = config::load(sources, serde_json::Value::Object(flags))?;
     let listen = cfg.listen_addrs()?;
     let local = assemble::open_local(cfg.data_dir_or_default("peer")).await?;
     info!(node_id = %local.identity.node_id(), data_dir = %local.data_dir.display(), "node identity");
