@@ -42,6 +42,11 @@ pub enum Command {
     Peer(PeerArgs),
     /// Download a video's missing fragments from peers, in parallel, then reassemble it.
     Fetch(FetchArgs),
+    /// Check that a service answers (exit 0) or not (exit 1): for container healthchecks.
+    ///
+    /// URL is http://HOST:PORT/PATH (manager, peer HTTP; 2xx is healthy), tcp://HOST:PORT
+    /// or quic://HOST:PORT (a peer: protocol hello), or broker://HOST:PORT (PING → PONG).
+    Health(HealthArgs),
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -155,6 +160,16 @@ pub struct FetchArgs {
     pub force: bool,
     #[command(flatten)]
     pub node: NodeFlags,
+}
+
+/// `fragnet health`.
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// What to check.
+    pub url: String,
+    /// Seconds to wait for an answer.
+    #[arg(long, default_value_t = 3)]
+    pub timeout: u64,
 }
 
 /// Parses `0-4`, `5`, `0,2,5-7` into a sorted list of indices.

@@ -55,6 +55,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Split(a) => cmd::split::run(a).await,
             Command::Config(c) => cmd::config::run(&sources, c).await,
+            Command::Health(a) => cmd::health::run(a).await,
             Command::Join(a) => cmd::join::run(a).await,
             Command::Peer(a) => cmd::peer::run(&sources, a).await,
             Command::Fetch(a) => cmd::fetch::run(&sources, a).await,

@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod fetch;
+pub mod health;
 pub mod join;
 pub mod peer;
 pub mod split;
