@@ -11,7 +11,9 @@ use crate::QuicError;
 ///
 /// An address that names a node id is always checked against the id the remote proves,
 /// whatever the policy.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Trust {
     /// Trust on first use: accept the node id seen on the first connection to an address,
@@ -31,7 +33,9 @@ impl FromStr for Trust {
         match s.trim().to_ascii_lowercase().as_str() {
             "tofu" => Ok(Trust::Tofu),
             "strict" => Ok(Trust::Strict),
-            other => Err(QuicError::Config(format!("trust must be \"tofu\" or \"strict\", not {other:?}"))),
+            other => Err(QuicError::Config(format!(
+                "trust must be \"tofu\" or \"strict\", not {other:?}"
+            ))),
         }
     }
 }
@@ -180,11 +184,17 @@ impl Config {
     pub fn validate(&self) -> Result<(), QuicError> {
         let bad = |m: String| Err(QuicError::Config(m));
         if self.idle_timeout.is_zero() || self.idle_timeout > Duration::from_secs(3600) {
-            return bad(format!("idle_timeout must be between 1 ms and 1 h, not {:?}", self.idle_timeout));
+            return bad(format!(
+                "idle_timeout must be between 1 ms and 1 h, not {:?}",
+                self.idle_timeout
+            ));
         }
         if let Some(k) = self.keep_alive {
             if k.is_zero() || k >= self.idle_timeout {
-                return bad(format!("keep_alive ({k:?}) must be non-zero and shorter than idle_timeout ({:?})", self.idle_timeout));
+                return bad(format!(
+                    "keep_alive ({k:?}) must be non-zero and shorter than idle_timeout ({:?})",
+                    self.idle_timeout
+                ));
             }
         }
         if self.connect_timeout.is_zero() {
@@ -194,9 +204,15 @@ impl Config {
             return bad("max_concurrent_streams must be at least 1".into());
         }
         const VARINT_MAX: u64 = (1 << 62) - 1;
-        for (name, v) in [("stream_receive_window", self.stream_receive_window), ("receive_window", self.receive_window), ("send_window", self.send_window)] {
+        for (name, v) in [
+            ("stream_receive_window", self.stream_receive_window),
+            ("receive_window", self.receive_window),
+            ("send_window", self.send_window),
+        ] {
             if !(1200..=VARINT_MAX).contains(&v) {
-                return bad(format!("{name} must be between 1200 bytes and 2^62-1, not {v}"));
+                return bad(format!(
+                    "{name} must be between 1200 bytes and 2^62-1, not {v}"
+                ));
             }
         }
         if self.receive_window < self.stream_receive_window {
@@ -206,7 +222,10 @@ impl Config {
             ));
         }
         if !(1200..=65527).contains(&self.mtu_upper_bound) {
-            return bad(format!("mtu_upper_bound must be between 1200 and 65527, not {}", self.mtu_upper_bound));
+            return bad(format!(
+                "mtu_upper_bound must be between 1200 and 65527, not {}",
+                self.mtu_upper_bound
+            ));
         }
         if self.max_pending_handshakes == 0 {
             return bad("max_pending_handshakes must be at least 1".into());
@@ -232,12 +251,24 @@ mod tests {
     fn defaults_are_valid_and_bad_values_are_named() {
         Config::default().validate().unwrap();
         let cases = [
-            (Config::default().keep_alive(Some(Duration::from_secs(60))), "keep_alive"),
-            (Config::default().max_concurrent_streams(0), "max_concurrent_streams"),
-            (Config::default().stream_receive_window(100), "stream_receive_window"),
+            (
+                Config::default().keep_alive(Some(Duration::from_secs(60))),
+                "keep_alive",
+            ),
+            (
+                Config::default().max_concurrent_streams(0),
+                "max_concurrent_streams",
+            ),
+            (
+                Config::default().stream_receive_window(100),
+                "stream_receive_window",
+            ),
             (Config::default().receive_window(1 << 20), "receive_window"),
             (Config::default().mtu_upper_bound(70), "mtu_upper_bound"),
-            (Config::default().idle_timeout(Duration::ZERO), "idle_timeout"),
+            (
+                Config::default().idle_timeout(Duration::ZERO),
+                "idle_timeout",
+            ),
         ];
         for (c, name) in cases {
             let e = c.validate().unwrap_err().to_string();

@@ -34,7 +34,13 @@ pub(crate) struct Conn {
 
 impl Conn {
     pub(crate) fn new(quic: quinn::Connection, node_id: NodeId) -> Arc<Self> {
-        Arc::new(Conn { quic, node_id, open: AtomicUsize::new(0), idle_since: Mutex::new(Instant::now()), released: Notify::new() })
+        Arc::new(Conn {
+            quic,
+            node_id,
+            open: AtomicUsize::new(0),
+            idle_since: Mutex::new(Instant::now()),
+            released: Notify::new(),
+        })
     }
 
     /// Whether the connection is closed (by either side, a timeout or a reset).
@@ -52,7 +58,8 @@ impl Conn {
 
     /// Closes with an application code and a reason. Data still in flight is discarded.
     pub(crate) fn close(&self, code: u32, reason: &str) {
-        self.quic.close(quinn::VarInt::from_u32(code), reason.as_bytes());
+        self.quic
+            .close(quinn::VarInt::from_u32(code), reason.as_bytes());
     }
 
     /// Closes once every stream is acknowledged (or after [`LINGER`]).
@@ -74,12 +81,22 @@ impl Conn {
 
     /// Wraps a quinn stream pair into a [`BiStream`] that counts as open until both halves
     /// are gone.
-    pub(crate) fn stream(self: &Arc<Self>, send: quinn::SendStream, recv: quinn::RecvStream) -> BiStream {
+    pub(crate) fn stream(
+        self: &Arc<Self>,
+        send: quinn::SendStream,
+        recv: quinn::RecvStream,
+    ) -> BiStream {
         self.open.fetch_add(1, Ordering::SeqCst);
         let guard = Arc::new(StreamGuard(self.clone()));
         BiStream {
-            send: Box::pin(QuicSend { inner: Some(send), guard: Some(guard.clone()) }),
-            recv: Box::pin(QuicRecv { inner: recv, _guard: guard }),
+            send: Box::pin(QuicSend {
+                inner: Some(send),
+                guard: Some(guard.clone()),
+            }),
+            recv: Box::pin(QuicRecv {
+                inner: recv,
+                _guard: guard,
+            }),
         }
     }
 }
@@ -108,7 +125,11 @@ fn gone() -> io::Error {
 }
 
 impl AsyncWrite for QuicSend {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.inner.as_mut() {
             Some(s) => AsyncWrite::poll_write(Pin::new(s), cx, buf),
             None => Poll::Ready(Err(gone())),
@@ -132,7 +153,9 @@ impl AsyncWrite for QuicSend {
 
 impl Drop for QuicSend {
     fn drop(&mut self) {
-        let Some(mut send) = self.inner.take() else { return };
+        let Some(mut send) = self.inner.take() else {
+            return;
+        };
         // Finishing tells the peer the stream ended cleanly; already finished or reset is fine.
         let _ = send.finish();
         let guard = self.guard.take();
@@ -155,7 +178,11 @@ struct QuicRecv {
 }
 
 impl AsyncRead for QuicRecv {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         AsyncRead::poll_read(Pin::new(&mut self.inner), cx, buf)
     }
 }

@@ -84,7 +84,10 @@ pub struct QuicTransport {
 
 impl std::fmt::Debug for QuicTransport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("QuicTransport").field("node_id", &self.shared.node_id).field("config", &self.shared.config).finish_non_exhaustive()
+        f.debug_struct("QuicTransport")
+            .field("node_id", &self.shared.node_id)
+            .field("config", &self.shared.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -111,9 +114,18 @@ impl QuicTransport {
     pub fn new(identity: &Identity, config: Config) -> Result<Self, QuicError> {
         config.validate()?;
         let certified = tls::certificate(identity)?;
+        // Both keys derive from the node key, so a node restarted after a crash answers its
+        // old connections' packets with a valid stateless reset, and peers notice at once.
         let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(tls::reset_key(identity)));
-        endpoint_config.max_udp_payload_size(config.mtu_upper_bound.max(1472)).map_err(|e| QuicError::Config(e.to_string()))?;
-        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(tls::server_crypto(&certified)?));
+        let cid_key = tls::connection_id_key(identity);
+        endpoint_config.cid_generator(move || {
+            Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+        });
+        endpoint_config
+            .max_udp_payload_size(config.mtu_upper_bound.max(1472))
+            .map_err(|e| QuicError::Config(e.to_string()))?;
+        let mut server_config =
+            quinn::ServerConfig::with_crypto(Arc::new(tls::server_crypto(&certified)?));
         server_config.transport_config(Arc::new(transport_config(&config, true)?));
         server_config.max_incoming(config.max_pending_handshakes);
         let mut client_config = quinn::ClientConfig::new(Arc::new(tls::client_crypto(&certified)?));
@@ -151,8 +163,22 @@ impl QuicTransport {
 
     /// Dialed connections currently open (for metrics and tests).
     pub fn open_connections(&self) -> usize {
-        let slots: Vec<Slot> = self.shared.dialed.lock().unwrap().values().cloned().collect();
-        slots.iter().filter(|s| s.try_lock().map(|g| g.as_ref().is_some_and(|c| !c.is_closed())).unwrap_or(false)).count()
+        let slots: Vec<Slot> = self
+            .shared
+            .dialed
+            .lock()
+            .unwrap()
+            .values()
+            .cloned()
+            .collect();
+        slots
+            .iter()
+            .filter(|s| {
+                s.try_lock()
+                    .map(|g| g.as_ref().is_some_and(|c| !c.is_closed()))
+                    .unwrap_or(false)
+            })
+            .count()
     }
 }
 
@@ -161,9 +187,16 @@ impl QuicTransport {
 fn transport_config(c: &Config, accepting: bool) -> Result<quinn::TransportConfig, QuicError> {
     let varint = |v: u64| quinn::VarInt::from_u64(v).map_err(|e| QuicError::Config(e.to_string()));
     let mut t = quinn::TransportConfig::default();
-    t.max_concurrent_bidi_streams(if accepting { c.max_concurrent_streams.into() } else { 0u32.into() });
+    t.max_concurrent_bidi_streams(if accepting {
+        c.max_concurrent_streams.into()
+    } else {
+        0u32.into()
+    });
     t.max_concurrent_uni_streams(0u32.into());
-    t.max_idle_timeout(Some(quinn::IdleTimeout::try_from(c.idle_timeout).map_err(|e| QuicError::Config(e.to_string()))?));
+    t.max_idle_timeout(Some(
+        quinn::IdleTimeout::try_from(c.idle_timeout)
+            .map_err(|e| QuicError::Config(e.to_string()))?,
+    ));
     t.keep_alive_interval(c.keep_alive);
     t.stream_receive_window(varint(c.stream_receive_window)?);
     t.receive_window(varint(c.receive_window)?);
@@ -193,13 +226,30 @@ fn bind_udp(sa: SocketAddr, buffer: Option<usize>) -> std::io::Result<std::net::
 }
 
 fn check_scheme(addr: &PeerAddr) -> Result<(), TransportError> {
-    if addr.scheme == SCHEME { Ok(()) } else { Err(TransportError::UnsupportedAddr { transport: SCHEME, addr: addr.clone() }) }
+    if addr.scheme == SCHEME {
+        Ok(())
+    } else {
+        Err(TransportError::UnsupportedAddr {
+            transport: SCHEME,
+            addr: addr.clone(),
+        })
+    }
 }
 
 impl Shared {
-    fn endpoint(&self, config: quinn::ServerConfig, sa: SocketAddr, server: bool) -> std::io::Result<quinn::Endpoint> {
+    fn endpoint(
+        &self,
+        config: quinn::ServerConfig,
+        sa: SocketAddr,
+        server: bool,
+    ) -> std::io::Result<quinn::Endpoint> {
         let socket = bind_udp(sa, self.config.socket_buffer)?;
-        quinn::Endpoint::new(self.endpoint_config.clone(), server.then_some(config), socket, Arc::new(quinn::TokioRuntime))
+        quinn::Endpoint::new(
+            self.endpoint_config.clone(),
+            server.then_some(config),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
     }
 
     /// The dialing endpoint for a remote address's family, made on first use.
@@ -209,7 +259,11 @@ impl Shared {
         if let Some(ep) = &eps[i] {
             return Ok(ep.clone());
         }
-        let any: SocketAddr = if remote.is_ipv6() { "[::]:0".parse().unwrap() } else { "0.0.0.0:0".parse().unwrap() };
+        let any: SocketAddr = if remote.is_ipv6() {
+            "[::]:0".parse().unwrap()
+        } else {
+            "0.0.0.0:0".parse().unwrap()
+        };
         let ep = self.endpoint(self.server_config.clone(), any, false)?;
         eps[i] = Some(ep.clone());
         Ok(ep)
@@ -217,24 +271,46 @@ impl Shared {
 
     /// A live, authenticated connection to `addr`: the cached one, or a new one.
     async fn connect(self: &Arc<Self>, addr: &PeerAddr) -> Result<Arc<Conn>, TransportError> {
-        let dial_err = |reason: String| TransportError::Dial { addr: addr.clone(), reason };
+        let dial_err = |reason: String| TransportError::Dial {
+            addr: addr.clone(),
+            reason,
+        };
         let timeout = self.config.connect_timeout;
         let remote = tokio::time::timeout(timeout, tokio::net::lookup_host(addr.host_port()))
             .await
-            .map_err(|_| dial_err(format!("resolving {} timed out after {timeout:?}", addr.host)))?
+            .map_err(|_| {
+                dial_err(format!(
+                    "resolving {} timed out after {timeout:?}",
+                    addr.host
+                ))
+            })?
             .map_err(|e| dial_err(format!("resolving {}: {e}", addr.host)))?
             .next()
             .ok_or_else(|| dial_err(format!("{} resolves to no address", addr.host)))?;
-        if addr.node_id.is_none() && self.config.trust == Trust::Strict && self.pins.lock().unwrap().get(&remote).is_none() {
+        if addr.node_id.is_none() && self.config.trust == Trust::Strict {
             return Err(dial_err("trust = \"strict\" refuses an address without a node id; write it as quic://<node-id>@host:port".into()));
         }
         self.start_sweeper();
-        let slot = self.dialed.lock().unwrap().entry(remote).or_default().clone();
-        let mut slot = tokio::time::timeout(timeout, slot.lock()).await.map_err(|_| dial_err(format!("another dial to {remote} is stuck")))?;
+        let slot = self
+            .dialed
+            .lock()
+            .unwrap()
+            .entry(remote)
+            .or_default()
+            .clone();
+        let mut slot = tokio::time::timeout(timeout, slot.lock())
+            .await
+            .map_err(|_| dial_err(format!("another dial to {remote} is stuck")))?;
         if let Some(conn) = slot.as_ref().filter(|c| !c.is_closed()) {
-            let expected = addr.node_id.or_else(|| self.pins.lock().unwrap().get(&remote).copied());
+            let expected = addr
+                .node_id
+                .or_else(|| self.pins.lock().unwrap().get(&remote).copied());
             return match expected {
-                Some(expected) if expected != conn.node_id => Err(TransportError::WrongIdentity { addr: addr.clone(), expected, actual: conn.node_id }),
+                Some(expected) if expected != conn.node_id => Err(TransportError::WrongIdentity {
+                    addr: addr.clone(),
+                    expected,
+                    actual: conn.node_id,
+                }),
                 _ => Ok(conn.clone()),
             };
         }
@@ -248,11 +324,22 @@ impl Shared {
         match (addr.node_id, pinned) {
             (Some(expected), _) | (None, Some(expected)) if expected != actual => {
                 drop(pins);
-                conn.close(close_code::WRONG_IDENTITY, &format!("expected node {expected}"));
-                return Err(TransportError::WrongIdentity { addr: addr.clone(), expected, actual });
+                conn.close(
+                    close_code::WRONG_IDENTITY,
+                    &format!("expected node {expected}"),
+                );
+                return Err(TransportError::WrongIdentity {
+                    addr: addr.clone(),
+                    expected,
+                    actual,
+                });
             }
-            (None, None) => info!(%remote, node = %actual, "trusting the node on first use; pinned to this address"),
-            (Some(_), Some(old)) if old != actual => info!(%remote, node = %actual, previous = %old, "the address now names another node; pin updated"),
+            (None, None) => {
+                info!(%remote, node = %actual, "trusting the node on first use; pinned to this address")
+            }
+            (Some(_), Some(old)) if old != actual => {
+                info!(%remote, node = %actual, previous = %old, "the address now names another node; pin updated")
+            }
             _ => {}
         }
         pins.insert(remote, actual);
@@ -263,8 +350,12 @@ impl Shared {
     }
 
     async fn handshake(&self, remote: SocketAddr) -> Result<Arc<Conn>, String> {
-        let endpoint = self.client_endpoint(remote).map_err(|e| format!("binding a UDP socket to dial from: {e}"))?;
-        let connecting = endpoint.connect_with(self.client_config.clone(), remote, tls::SERVER_NAME).map_err(|e| e.to_string())?;
+        let endpoint = self
+            .client_endpoint(remote)
+            .map_err(|e| format!("binding a UDP socket to dial from: {e}"))?;
+        let connecting = endpoint
+            .connect_with(self.client_config.clone(), remote, tls::SERVER_NAME)
+            .map_err(|e| e.to_string())?;
         let quic = connecting.await.map_err(|e| e.to_string())?;
         match tls::peer_node_id(&quic) {
             Some(id) => Ok(Conn::new(quic, id)),
@@ -282,7 +373,8 @@ impl Shared {
             return;
         }
         let weak = Arc::downgrade(self);
-        let tick = (self.config.idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        let tick =
+            (self.config.idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(tick).await;
@@ -297,7 +389,9 @@ impl Shared {
         let idle_timeout = self.config.idle_timeout;
         self.dialed.lock().unwrap().retain(|remote, slot| {
             // A slot being dialed is in use; leave it.
-            let Ok(mut conn) = slot.try_lock() else { return true };
+            let Ok(mut conn) = slot.try_lock() else {
+                return true;
+            };
             if let Some(c) = conn.as_ref() {
                 if c.is_closed() {
                     *conn = None;
@@ -336,36 +430,74 @@ impl Transport for QuicTransport {
 
     async fn listen(&self, addr: &PeerAddr) -> Result<Box<dyn Listener>, TransportError> {
         check_scheme(addr)?;
-        let listen_err = |source: std::io::Error| TransportError::Listen { addr: addr.clone(), source };
+        let listen_err = |source: std::io::Error| TransportError::Listen {
+            addr: addr.clone(),
+            source,
+        };
         if let Some(id) = addr.node_id.filter(|id| *id != self.shared.node_id) {
             return Err(listen_err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
-                format!("the address names node {id}, but this node is {}", self.shared.node_id),
+                format!(
+                    "the address names node {id}, but this node is {}",
+                    self.shared.node_id
+                ),
             )));
         }
-        let sa = tokio::net::lookup_host(addr.host_port()).await.map_err(listen_err)?.next().ok_or_else(|| {
-            listen_err(std::io::Error::new(std::io::ErrorKind::AddrNotAvailable, format!("{} resolves to no address", addr.host)))
-        })?;
-        let endpoint = self.shared.endpoint(self.shared.server_config.clone(), sa, true).map_err(listen_err)?;
+        let sa = tokio::net::lookup_host(addr.host_port())
+            .await
+            .map_err(listen_err)?
+            .next()
+            .ok_or_else(|| {
+                listen_err(std::io::Error::new(
+                    std::io::ErrorKind::AddrNotAvailable,
+                    format!("{} resolves to no address", addr.host),
+                ))
+            })?;
+        let endpoint = self
+            .shared
+            .endpoint(self.shared.server_config.clone(), sa, true)
+            .map_err(listen_err)?;
         let bound = endpoint.local_addr().map_err(listen_err)?;
         let (tx, rx) = mpsc::channel(16);
         let c = &self.shared.config;
         let task = tokio::spawn(
-            accept_loop(endpoint.clone(), tx, c.connect_timeout, c.max_pending_handshakes, c.idle_timeout * 2).instrument(info_span!("quic_listen", %bound)),
+            accept_loop(
+                endpoint.clone(),
+                tx,
+                c.connect_timeout,
+                c.max_pending_handshakes,
+                c.idle_timeout * 2,
+            )
+            .instrument(info_span!("quic_listen", %bound)),
         );
-        Ok(Box::new(QuicListener { endpoint, local: addr.with_socket(bound), incoming: tokio::sync::Mutex::new(rx), task }))
+        Ok(Box::new(QuicListener {
+            endpoint,
+            local: addr.with_socket(bound),
+            incoming: tokio::sync::Mutex::new(rx),
+            task,
+        }))
     }
 
     async fn dial(&self, addr: &PeerAddr) -> Result<Box<dyn Connection>, TransportError> {
         check_scheme(addr)?;
         let conn = self.shared.connect(addr).await?;
-        Ok(Box::new(Dialed { shared: self.shared.clone(), addr: addr.clone(), conn: Mutex::new(conn) }))
+        Ok(Box::new(Dialed {
+            shared: self.shared.clone(),
+            addr: addr.clone(),
+            conn: Mutex::new(conn),
+        }))
     }
 }
 
 /// Takes incoming connection attempts, runs their handshakes concurrently (bounded), and
 /// queues the authenticated connections for [`QuicListener::accept`].
-async fn accept_loop(endpoint: quinn::Endpoint, tx: mpsc::Sender<Accepted>, timeout: Duration, max_pending: usize, idle_limit: Duration) {
+async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    tx: mpsc::Sender<Accepted>,
+    timeout: Duration,
+    max_pending: usize,
+    idle_limit: Duration,
+) {
     let pending = Arc::new(tokio::sync::Semaphore::new(max_pending));
     // Dropping the set (when the listener goes) abandons handshakes still running.
     let mut handshakes = JoinSet::new();
@@ -386,11 +518,17 @@ async fn accept_loop(endpoint: quinn::Endpoint, tx: mpsc::Sender<Accepted>, time
                 Err(_) => return debug!(%remote, "incoming QUIC handshake timed out"),
             };
             let Some(node_id) = tls::peer_node_id(&quic) else {
-                quic.close(close_code::NO_CERTIFICATE.into(), b"no usable client certificate");
+                quic.close(
+                    close_code::NO_CERTIFICATE.into(),
+                    b"no usable client certificate",
+                );
                 return;
             };
             debug!(%remote, node = %node_id.short(), "QUIC connection accepted");
-            let accepted = Accepted { conn: Conn::new(quic, node_id), idle_limit };
+            let accepted = Accepted {
+                conn: Conn::new(quic, node_id),
+                idle_limit,
+            };
             // Waits while the node is at its connection limit; dropped (closed) if the
             // listener is gone.
             let _ = tx.send(accepted).await;
@@ -448,7 +586,9 @@ impl Connection for Accepted {
     }
 
     async fn open_stream(&self) -> Result<BiStream, TransportError> {
-        Err(TransportError::Closed("the accepting side of a QUIC connection does not open streams; the dialer does".into()))
+        Err(TransportError::Closed(
+            "the accepting side of a QUIC connection does not open streams; the dialer does".into(),
+        ))
     }
 
     async fn accept_stream(&self) -> Result<Option<BiStream>, TransportError> {

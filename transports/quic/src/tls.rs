@@ -12,9 +12,15 @@ use std::sync::Arc;
 
 use fragnet_core::NodeId;
 use fragnet_core::identity::Identity;
-use quinn::rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use quinn::rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms, verify_tls12_signature, verify_tls13_signature};
-use quinn::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use quinn::rustls::client::danger::{
+    HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
+};
+use quinn::rustls::crypto::{
+    CryptoProvider, WebPkiSupportedAlgorithms, verify_tls12_signature, verify_tls13_signature,
+};
+use quinn::rustls::pki_types::{
+    CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime,
+};
 use quinn::rustls::server::ParsedCertificate;
 use quinn::rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use quinn::rustls::{self, DigitallySignedStruct, DistinguishedName, SignatureScheme};
@@ -46,20 +52,31 @@ pub(crate) fn certificate(identity: &Identity) -> Result<Certified, QuicError> {
     let key_pair = identity.key_pair();
     let mut params = rcgen::CertificateParams::new(vec![SERVER_NAME.to_string()])?;
     params.distinguished_name = rcgen::DistinguishedName::new();
-    params.distinguished_name.push(rcgen::DnType::CommonName, format!("fragnet node {}", identity.node_id()));
+    params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        format!("fragnet node {}", identity.node_id()),
+    );
     let cert = params.self_signed(&key_pair)?;
-    Ok(Certified { cert: cert.der().clone(), key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_pair.serialize_der())) })
+    Ok(Certified {
+        cert: cert.der().clone(),
+        key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_pair.serialize_der())),
+    })
 }
 
 /// The node id a certificate carries: BLAKE3 of its SubjectPublicKeyInfo DER.
 pub(crate) fn node_id_of_cert(cert: &CertificateDer<'_>) -> Result<NodeId, rustls::Error> {
     let parsed = ParsedCertificate::try_from(cert)?;
-    Ok(Identity::node_id_of_spki(parsed.subject_public_key_info().as_ref()))
+    Ok(Identity::node_id_of_spki(
+        parsed.subject_public_key_info().as_ref(),
+    ))
 }
 
 /// The node id the remote end of an established connection proved.
 pub(crate) fn peer_node_id(conn: &quinn::Connection) -> Option<NodeId> {
-    let certs = conn.peer_identity()?.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    let certs = conn
+        .peer_identity()?
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .ok()?;
     node_id_of_cert(certs.first()?).ok()
 }
 
@@ -72,7 +89,9 @@ struct NodeCertVerifier {
 
 impl NodeCertVerifier {
     fn new(provider: &CryptoProvider) -> Self {
-        NodeCertVerifier { algorithms: provider.signature_verification_algorithms }
+        NodeCertVerifier {
+            algorithms: provider.signature_verification_algorithms,
+        }
     }
 
     fn check(&self, end_entity: &CertificateDer<'_>) -> Result<(), rustls::Error> {
@@ -96,11 +115,21 @@ impl ServerCertVerifier for NodeCertVerifier {
         Ok(ServerCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         verify_tls12_signature(message, cert, dss, &self.algorithms)
     }
 
-    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         verify_tls13_signature(message, cert, dss, &self.algorithms)
     }
 
@@ -114,7 +143,12 @@ impl ClientCertVerifier for NodeCertVerifier {
         &[]
     }
 
-    fn verify_client_cert(&self, end_entity: &CertificateDer<'_>, _intermediates: &[CertificateDer<'_>], _now: UnixTime) -> Result<ClientCertVerified, rustls::Error> {
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
         self.check(end_entity)?;
         Ok(ClientCertVerified::assertion())
     }
@@ -124,11 +158,21 @@ impl ClientCertVerifier for NodeCertVerifier {
         true
     }
 
-    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         verify_tls12_signature(message, cert, dss, &self.algorithms)
     }
 
-    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         verify_tls13_signature(message, cert, dss, &self.algorithms)
     }
 
@@ -140,7 +184,9 @@ impl ClientCertVerifier for NodeCertVerifier {
 /// The rustls server side: TLS 1.3 only (QUIC requires it), the node certificate, a
 /// mandatory client certificate, ALPN `fragnet/1`, no session tickets (so every
 /// connection proves its key afresh and the peer's certificate is always at hand).
-pub(crate) fn server_crypto(certified: &Certified) -> Result<quinn::crypto::rustls::QuicServerConfig, QuicError> {
+pub(crate) fn server_crypto(
+    certified: &Certified,
+) -> Result<quinn::crypto::rustls::QuicServerConfig, QuicError> {
     let provider = provider();
     let mut tls = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -149,12 +195,15 @@ pub(crate) fn server_crypto(certified: &Certified) -> Result<quinn::crypto::rust
     tls.alpn_protocols = vec![ALPN.to_vec()];
     tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     tls.send_tls13_tickets = 0;
-    quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| QuicError::Config(e.to_string()))
+    quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|e| QuicError::Config(e.to_string()))
 }
 
 /// The rustls client side: TLS 1.3, the node certificate as client certificate, the
 /// node verifier, ALPN `fragnet/1`, no resumption.
-pub(crate) fn client_crypto(certified: &Certified) -> Result<quinn::crypto::rustls::QuicClientConfig, QuicError> {
+pub(crate) fn client_crypto(
+    certified: &Certified,
+) -> Result<quinn::crypto::rustls::QuicClientConfig, QuicError> {
     let provider = provider();
     let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -163,7 +212,8 @@ pub(crate) fn client_crypto(certified: &Certified) -> Result<quinn::crypto::rust
         .with_client_auth_cert(vec![certified.cert.clone()], certified.key.clone_key())?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
     tls.resumption = rustls::client::Resumption::disabled();
-    quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| QuicError::Config(e.to_string()))
+    quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| QuicError::Config(e.to_string()))
 }
 
 /// A stateless-reset key derived from the node's private key, so that a node restarted
@@ -171,8 +221,22 @@ pub(crate) fn client_crypto(certified: &Certified) -> Result<quinn::crypto::rust
 /// then notice at once instead of after the idle timeout). One-way: the key reveals
 /// nothing about the private key.
 pub(crate) fn reset_key(identity: &Identity) -> ring::hmac::Key {
-    let secret = blake3::derive_key("fragnet quic stateless reset key v1", identity.key_pem().as_bytes());
+    let secret = blake3::derive_key(
+        "fragnet quic stateless reset key v1",
+        identity.key_pem().as_bytes(),
+    );
     ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret)
+}
+
+/// The key of the connection-id generator, derived like [`reset_key`]: a restarted
+/// node must recognise its previous run's connection ids as its own, or it drops their
+/// packets instead of answering them with a stateless reset.
+pub(crate) fn connection_id_key(identity: &Identity) -> u64 {
+    let k = blake3::derive_key(
+        "fragnet quic connection id key v1",
+        identity.key_pem().as_bytes(),
+    );
+    u64::from_le_bytes(k[..8].try_into().expect("8 bytes"))
 }
 
 #[cfg(test)]
@@ -185,8 +249,14 @@ mod tests {
         let c = certificate(&id).unwrap();
         assert_eq!(node_id_of_cert(&c.cert).unwrap(), id.node_id());
         // A new certificate from the same key names the same node.
-        assert_eq!(node_id_of_cert(&certificate(&id).unwrap().cert).unwrap(), id.node_id());
-        assert_ne!(node_id_of_cert(&certificate(&Identity::generate()).unwrap().cert).unwrap(), id.node_id());
+        assert_eq!(
+            node_id_of_cert(&certificate(&id).unwrap().cert).unwrap(),
+            id.node_id()
+        );
+        assert_ne!(
+            node_id_of_cert(&certificate(&Identity::generate()).unwrap().cert).unwrap(),
+            id.node_id()
+        );
     }
 
     #[test]
