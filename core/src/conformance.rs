@@ -135,8 +135,10 @@ pub struct TestNode {
     pub identity: Arc<Identity>,
     /// Its transports (for dialing out).
     pub transports: Transports,
-    /// The address it listens on.
+    /// The address it listens on (the first, when several).
     pub addr: PeerAddr,
+    /// Every address it listens on, in the order asked for.
+    pub addrs: Vec<PeerAddr>,
     /// Its serving context (stats).
     pub ctx: Arc<ServeContext>,
     handle: Option<ServeHandle>,
@@ -156,6 +158,9 @@ pub struct NodeOptions {
     pub idle: Option<Duration>,
     /// Shutdown grace (default 5 s).
     pub grace: Option<Duration>,
+    /// More addresses to listen on besides the one given to [`TestNode::start`] (say,
+    /// another transport's); `make` must provide their transports.
+    pub also_listen: Vec<String>,
 }
 
 impl TestNode {
@@ -182,7 +187,10 @@ impl TestNode {
             timeouts,
             stats: ServeStats::default(),
         });
-        let listen = PeerAddr::parse(listen, "tcp").unwrap();
+        let listen: Vec<PeerAddr> = std::iter::once(listen)
+            .chain(opts.also_listen.iter().map(String::as_str))
+            .map(|a| PeerAddr::parse(a, "tcp").unwrap())
+            .collect();
         let limits = ServeLimits {
             max_connections: opts.max_connections.unwrap_or(256),
             shutdown_grace: opts.grace.unwrap_or(Duration::from_secs(5)),
@@ -192,7 +200,7 @@ impl TestNode {
             "listen",
             serve(
                 &transports,
-                &[listen],
+                &listen,
                 ctx.clone(),
                 limits,
                 CancellationToken::new(),
@@ -200,13 +208,20 @@ impl TestNode {
         )
         .await
         .unwrap();
-        let mut addr = handle.local_addrs()[0].clone();
-        addr.host = "127.0.0.1".into();
+        let addrs: Vec<PeerAddr> = handle
+            .local_addrs()
+            .iter()
+            .map(|a| PeerAddr {
+                host: "127.0.0.1".into(),
+                ..a.clone()
+            })
+            .collect();
         TestNode {
             store,
             identity,
             transports,
-            addr,
+            addr: addrs[0].clone(),
+            addrs,
             ctx,
             handle: Some(handle),
             _dir: dir,

@@ -189,13 +189,13 @@ impl Config {
                 self.idle_timeout
             ));
         }
-        if let Some(k) = self.keep_alive {
-            if k.is_zero() || k >= self.idle_timeout {
-                return bad(format!(
-                    "keep_alive ({k:?}) must be non-zero and shorter than idle_timeout ({:?})",
-                    self.idle_timeout
-                ));
-            }
+        if let Some(k) = self.keep_alive
+            && (k.is_zero() || k >= self.idle_timeout)
+        {
+            return bad(format!(
+                "keep_alive ({k:?}) must be non-zero and shorter than idle_timeout ({:?})",
+                self.idle_timeout
+            ));
         }
         if self.connect_timeout.is_zero() {
             return bad("connect_timeout must not be zero".into());

@@ -231,7 +231,7 @@ fn check_scheme(addr: &PeerAddr) -> Result<(), TransportError> {
     } else {
         Err(TransportError::UnsupportedAddr {
             transport: SCHEME,
-            addr: addr.clone(),
+            addr: addr.to_string(),
         })
     }
 }
@@ -272,7 +272,7 @@ impl Shared {
     /// A live, authenticated connection to `addr`: the cached one, or a new one.
     async fn connect(self: &Arc<Self>, addr: &PeerAddr) -> Result<Arc<Conn>, TransportError> {
         let dial_err = |reason: String| TransportError::Dial {
-            addr: addr.clone(),
+            addr: addr.to_string(),
             reason,
         };
         let timeout = self.config.connect_timeout;
@@ -307,7 +307,7 @@ impl Shared {
                 .or_else(|| self.pins.lock().unwrap().get(&remote).copied());
             return match expected {
                 Some(expected) if expected != conn.node_id => Err(TransportError::WrongIdentity {
-                    addr: addr.clone(),
+                    addr: addr.to_string(),
                     expected,
                     actual: conn.node_id,
                 }),
@@ -329,7 +329,7 @@ impl Shared {
                     &format!("expected node {expected}"),
                 );
                 return Err(TransportError::WrongIdentity {
-                    addr: addr.clone(),
+                    addr: addr.to_string(),
                     expected,
                     actual,
                 });
@@ -413,10 +413,10 @@ impl Drop for Shared {
     fn drop(&mut self) {
         // Nothing can use these connections any more (handles hold the transport).
         for slot in self.dialed.get_mut().unwrap().values() {
-            if let Ok(conn) = slot.try_lock() {
-                if let Some(c) = conn.as_ref() {
-                    c.close(close_code::DONE, "closing");
-                }
+            if let Ok(conn) = slot.try_lock()
+                && let Some(c) = conn.as_ref()
+            {
+                c.close(close_code::DONE, "closing");
             }
         }
     }
@@ -430,9 +430,9 @@ impl Transport for QuicTransport {
 
     async fn listen(&self, addr: &PeerAddr) -> Result<Box<dyn Listener>, TransportError> {
         check_scheme(addr)?;
-        let listen_err = |source: std::io::Error| TransportError::Listen {
-            addr: addr.clone(),
-            source,
+        let listen_err = |error: std::io::Error| TransportError::Listen {
+            addr: addr.to_string(),
+            error,
         };
         if let Some(id) = addr.node_id.filter(|id| *id != self.shared.node_id) {
             return Err(listen_err(std::io::Error::new(

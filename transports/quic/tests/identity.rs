@@ -230,9 +230,9 @@ async fn addresses_of_other_schemes_and_foreign_listen_ids_are_refused() {
         Identity::generate().node_id(),
     );
     match t.listen(&foreign).await {
-        Err(TransportError::Listen { source, .. }) => assert!(
-            source.to_string().contains(&id.node_id().to_string()),
-            "{source}"
+        Err(TransportError::Listen { error, .. }) => assert!(
+            error.to_string().contains(&id.node_id().to_string()),
+            "{error}"
         ),
         Err(other) => panic!("expected a Listen error, got {other}"),
         Ok(_) => panic!("listening under another node's id must be refused"),
