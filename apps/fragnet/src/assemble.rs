@@ -19,12 +19,20 @@ use tracing::{info, warn};
 use crate::config::Config;
 
 /// Transport schemes this build can use.
-pub const SCHEMES: &[&str] = &["tcp"];
+pub const SCHEMES: &[&str] = &["tcp", "quic"];
 
 /// Every transport this build has. A node listens on the ones its `listen` names and
-/// can dial any of them.
-pub fn transports(_identity: &Arc<Identity>) -> Transports {
-    Transports::new().with(Arc::new(fragnet_tcp::TcpTransport::default()))
+/// can dial any of them, so TCP-only and QUIC-only nodes share one swarm. QUIC
+/// authenticates with the node's key; `trust` says what to do with a bare address.
+pub fn transports(identity: &Arc<Identity>, cfg: &Config) -> Result<Transports> {
+    let quic = fragnet_quic::QuicTransport::new(
+        identity,
+        fragnet_quic::Config::default().trust(cfg.trust),
+    )
+    .context("setting up the QUIC transport")?;
+    Ok(Transports::new()
+        .with(Arc::new(fragnet_tcp::TcpTransport::default()))
+        .with(Arc::new(quic)))
 }
 
 /// Timeouts from `limits.*`.

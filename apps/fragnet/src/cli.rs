@@ -98,7 +98,7 @@ pub struct NodeFlags {
     /// Data directory (store and node key). Default: one per listen port.
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
-    /// Transport for bare addresses: tcp.
+    /// Transport for bare addresses and listen entries without a scheme: tcp or quic.
     #[arg(long)]
     pub transport: Option<String>,
     /// Display name of this node.
@@ -118,7 +118,8 @@ pub struct NodeFlags {
 /// `fragnet peer`.
 #[derive(Debug, Args)]
 pub struct PeerArgs {
-    /// Listen address: PORT (all interfaces), HOST:PORT or tcp://HOST:PORT. Repeats.
+    /// Listen address: PORT (all interfaces), HOST:PORT, tcp://HOST:PORT or quic://HOST:PORT.
+    /// Repeats: a node may listen on both transports.
     #[arg(long, short, value_name = "ADDR")]
     pub listen: Vec<String>,
     /// A peer to fetch from: HOST:PORT or tcp://HOST:PORT. Repeats.

@@ -18,8 +18,11 @@ pub struct Config {
     pub name: Option<String>,
     /// The node's store and key (default: `fragnet-data/node-<port>`, one per listen port).
     pub data_dir: Option<PathBuf>,
-    /// `tcp` (or, once available, `quic`): the scheme of bare addresses and listen entries.
+    /// `tcp` or `quic`: the scheme of bare addresses and of listen entries without one.
     pub transport: String,
+    /// QUIC identity policy for addresses without a node id: `tofu` (trust on first use,
+    /// then pin) or `strict` (refuse them).
+    pub trust: fragnet_quic::Trust,
     /// Listen addresses: `PORT`, `HOST:PORT` or `scheme://HOST:PORT`.
     #[serde(deserialize_with = "string_or_seq")]
     pub listen: Vec<String>,
@@ -74,6 +77,7 @@ impl Default for Config {
             name: None,
             data_dir: None,
             transport: "tcp".into(),
+            trust: fragnet_quic::Trust::Tofu,
             listen: vec!["6001".into()],
             peers: Vec::new(),
             default_video: None,

@@ -385,3 +385,79 @@ fn port_in_use_says_what_to_do() {
         text(&o)
     );
 }
+
+/// Swapping TCP for QUIC is one key: the same walkthrough with FRAGNET_TRANSPORT=quic,
+/// and a dual-stack node serving a TCP-only and a QUIC-only client.
+#[test]
+fn quic_is_one_key_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    assert!(
+        fragnet(d, &["split", sample().to_str().unwrap()])
+            .status
+            .success()
+    );
+    let port = free_port();
+    let child = Command::new(BIN)
+        .args([
+            "peer",
+            "--listen",
+            &port.to_string(),
+            "--listen",
+            &format!("tcp://0.0.0.0:{port}"),
+            "--seed",
+            "fragments",
+            "--no-console",
+        ])
+        .current_dir(d)
+        .env("FRAGNET_TRANSPORT", "quic")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut node = Proc(child);
+    let lines = wait_for_line(
+        &mut node,
+        &format!("Node listening on tcp://0.0.0.0:{port}"),
+        20,
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(&format!("quic://0.0.0.0:{port}"))),
+        "{lines:?}"
+    );
+    let quic = Command::new(BIN)
+        .args([
+            "fetch",
+            "--peer",
+            &format!("localhost:{port}"),
+            "--data",
+            "q",
+            "--out",
+            "via-quic.mp4",
+        ])
+        .current_dir(d)
+        .env("FRAGNET_TRANSPORT", "quic")
+        .output()
+        .unwrap();
+    assert!(quic.status.success(), "{}", text(&quic));
+    let tcp = fragnet(
+        d,
+        &[
+            "fetch",
+            "--peer",
+            &format!("tcp://localhost:{port}"),
+            "--data",
+            "t",
+            "--out",
+            "via-tcp.mp4",
+        ],
+    );
+    assert!(tcp.status.success(), "{}", text(&tcp));
+    let original = std::fs::read(sample()).unwrap();
+    assert!(std::fs::read(d.join("via-quic.mp4")).unwrap() == original);
+    assert!(std::fs::read(d.join("via-tcp.mp4")).unwrap() == original);
+    let h = fragnet(d, &["health", &format!("quic://127.0.0.1:{port}")]);
+    assert!(h.status.success(), "{}", text(&h));
+}

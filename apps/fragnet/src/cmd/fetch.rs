@@ -38,7 +38,7 @@ pub async fn run(sources: &config::Sources, a: FetchArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| PathBuf::from("fragnet-data/fetch"));
     let local = assemble::open_local(data_dir).await?;
-    let transports = assemble::transports(&local.identity);
+    let transports = assemble::transports(&local.identity, &cfg)?;
     let fetcher = assemble::fetcher(&cfg, &local, transports);
     let progress = Arc::new(FetchProgress::new(false));
     let cancel = CancellationToken::new();

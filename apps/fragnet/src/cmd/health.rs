@@ -55,7 +55,7 @@ async fn check(url: &str, limit: Duration) -> Result<()> {
         .with_context(|| "expected http://…, tcp://…, quic://… or broker://…".to_string())?;
     // A throwaway identity: health checks must not touch a node's key.
     let identity = Arc::new(Identity::generate());
-    let transports = assemble::transports(&identity);
+    let transports = assemble::transports(&identity, &crate::config::Config::default())?;
     let mut client = fragnet_core::protocol::connect(
         &transports,
         &addr,

@@ -63,7 +63,7 @@ pub async fn run(sources: &config::Sources, a: PeerArgs) -> Result<()> {
         println!("Seeded video {video}: fragments {}", ranges(&got));
     }
 
-    let transports = assemble::transports(&local.identity);
+    let transports = assemble::transports(&local.identity, &cfg)?;
     let cancel = CancellationToken::new();
     let (handle, ctx) =
         assemble::start_serving(&cfg, &local, &transports, &listen, cancel.clone()).await?;
