@@ -25,6 +25,7 @@ pub const MAX_MANIFEST_BYTES: usize = 80 << 20;
 
 /// A video's description: its size, hash and fragments.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
     /// Bytes per chunk (every chunk of a fragment but its last has this size).
@@ -47,6 +48,7 @@ pub struct Manifest {
 
 /// One fragment of a video.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct FragmentInfo {
     /// BLAKE3 of each chunk, in order.
