@@ -56,6 +56,7 @@ pub struct FragmentInfo {
     /// BLAKE3 of the fragment's bytes.
     pub hash: Digest,
     /// Position in the video, from 0.
+    #[cfg_attr(feature = "openapi", schema(value_type = u32))]
     pub index: FragmentIndex,
     /// Byte offset of the fragment in the whole file.
     pub offset: u64,

@@ -125,6 +125,7 @@ pub struct Holding {
     /// The video.
     pub video: VideoId,
     /// Fragment indices held, ascending.
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<u32>))]
     pub have: Vec<FragmentIndex>,
 }
 
@@ -147,7 +148,7 @@ pub struct Announcement {
     /// The video.
     pub video: VideoId,
     /// Fragment indices the node holds, complete and verified (at most 4096 entries).
-    #[cfg_attr(feature = "openapi", schema(max_items = 4096))]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<u32>, max_items = 4096))]
     pub have: Vec<FragmentIndex>,
 }
 
@@ -158,6 +159,7 @@ pub struct Holders {
     /// The video.
     pub video: VideoId,
     /// The fragment.
+    #[cfg_attr(feature = "openapi", schema(value_type = u32))]
     pub index: FragmentIndex,
     /// How many live nodes hold the fragment.
     pub total: u64,
@@ -192,6 +194,7 @@ pub struct FragmentEntry {
     /// The video.
     pub video: VideoId,
     /// The fragment's index.
+    #[cfg_attr(feature = "openapi", schema(value_type = u32))]
     pub index: FragmentIndex,
     /// The fragment's seed-style file name, `fragment_<index>.bin`.
     pub file: String,
