@@ -53,7 +53,10 @@ pub const MAX_SAMPLE: usize = 20;
 #[serde(deny_unknown_fields)]
 pub struct NodeRegistration {
     /// Display name (1 to 64 bytes).
-    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 64, example = "peer-6001"))]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(min_length = 1, max_length = 64, example = "peer-6001")
+    )]
     pub name: String,
     /// Transport addresses others can dial, with their schemes (at most 8).
     #[cfg_attr(feature = "openapi", schema(max_items = 8))]
@@ -62,7 +65,11 @@ pub struct NodeRegistration {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(
         feature = "openapi",
-        schema(max_length = 256, pattern = r"^https?://[^\s]+$", example = "http://192.0.2.10:8001")
+        schema(
+            max_length = 256,
+            pattern = r"^https?://[^\s]+$",
+            example = "http://192.0.2.10:8001"
+        )
     )]
     pub http: Option<String>,
 }
@@ -149,6 +156,7 @@ pub struct Announcement {
     pub video: VideoId,
     /// Fragment indices the node holds, complete and verified (at most 4096 entries).
     #[cfg_attr(feature = "openapi", schema(value_type = Vec<u32>, max_items = 4096))]
+    #[serde(deserialize_with = "integral_indices")]
     pub have: Vec<FragmentIndex>,
 }
 
@@ -222,9 +230,17 @@ impl std::fmt::Display for FragmentCursor {
 impl std::str::FromStr for FragmentCursor {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("invalid cursor {:?}: expected <video-id>.<index> as returned in next_cursor", s.chars().take(80).collect::<String>());
+        let bad = || {
+            format!(
+                "invalid cursor {:?}: expected <video-id>.<index> as returned in next_cursor",
+                s.chars().take(80).collect::<String>()
+            )
+        };
         let (v, i) = s.split_once('.').ok_or_else(bad)?;
-        Ok(FragmentCursor { video: v.parse().map_err(|_| bad())?, index: i.parse().map_err(|_| bad())? })
+        Ok(FragmentCursor {
+            video: v.parse().map_err(|_| bad())?,
+            index: i.parse().map_err(|_| bad())?,
+        })
     }
 }
 
@@ -310,7 +326,12 @@ pub trait Registry: Send + Sync + 'static {
 
     /// Sets the fragments `id` holds of `video`, replacing what it announced before;
     /// an empty `have` withdraws the video.
-    async fn announce(&self, id: NodeId, video: VideoId, have: &[FragmentIndex]) -> Result<(), RegistryError>;
+    async fn announce(
+        &self,
+        id: NodeId,
+        video: VideoId,
+        have: &[FragmentIndex],
+    ) -> Result<(), RegistryError>;
 
     /// Withdraws everything `id` announced for `video`.
     async fn withdraw(&self, id: NodeId, video: VideoId) -> Result<(), RegistryError> {
@@ -319,7 +340,12 @@ pub trait Registry: Send + Sync + 'static {
 
     /// A random sample of at most `limit` live holders of fragment `index` (clamped to
     /// [`MAX_LOCATE`]), and how many there are.
-    async fn locate(&self, video: VideoId, index: FragmentIndex, limit: usize) -> Result<Holders, RegistryError>;
+    async fn locate(
+        &self,
+        video: VideoId,
+        index: FragmentIndex,
+        limit: usize,
+    ) -> Result<Holders, RegistryError>;
 
     /// Registers a video by manifest (validated; its id recomputed from the canonical
     /// bytes). Registering a known video again is not an error.
@@ -335,39 +361,107 @@ pub trait Registry: Send + Sync + 'static {
     async fn nodes(&self) -> Result<Vec<NodeInfo>, RegistryError>;
 }
 
+/// Fragment indices, accepting integral floats (`7.0`): JSON Schema's `integer` does,
+/// and some JSON writers (Python's for floats) produce them.
+fn integral_indices<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<FragmentIndex>, D::Error> {
+    struct Index(FragmentIndex);
+    impl<'de> Deserialize<'de> for Index {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl serde::de::Visitor<'_> for V {
+                type Value = Index;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("a fragment index (an integer from 0 to 4294967295)")
+                }
+                fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Index, E> {
+                    FragmentIndex::try_from(v)
+                        .map(Index)
+                        .map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(v), &self))
+                }
+                fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Index, E> {
+                    FragmentIndex::try_from(v)
+                        .map(Index)
+                        .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
+                }
+                fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Index, E> {
+                    if v.fract() == 0.0 && (0.0..=FragmentIndex::MAX as f64).contains(&v) {
+                        Ok(Index(v as FragmentIndex))
+                    } else {
+                        Err(E::invalid_value(serde::de::Unexpected::Float(v), &self))
+                    }
+                }
+            }
+            d.deserialize_any(V)
+        }
+    }
+    Ok(Vec::<Index>::deserialize(d)?
+        .into_iter()
+        .map(|i| i.0)
+        .collect())
+}
+
 /// Checks a registration's name, addresses and HTTP URL.
 pub fn validate_registration(node: &NodeRegistration) -> Result<(), RegistryError> {
     let bad = |m: String| Err(RegistryError::Invalid(m));
-    if node.name.is_empty() || node.name.len() > MAX_NAME_LEN || node.name.chars().any(char::is_control) {
-        return bad(format!("name must be 1..={MAX_NAME_LEN} bytes without control characters"));
+    if node.name.is_empty()
+        || node.name.len() > MAX_NAME_LEN
+        || node.name.chars().any(char::is_control)
+    {
+        return bad(format!(
+            "name must be 1..={MAX_NAME_LEN} bytes without control characters"
+        ));
     }
     if node.addrs.len() > MAX_ADDRS {
-        return bad(format!("{} addresses; at most {MAX_ADDRS} are accepted", node.addrs.len()));
+        return bad(format!(
+            "{} addresses; at most {MAX_ADDRS} are accepted",
+            node.addrs.len()
+        ));
     }
     for a in &node.addrs {
         if a.port == 0 {
-            return bad(format!("address {a} has port 0: register the port actually bound"));
+            return bad(format!(
+                "address {a} has port 0: register the port actually bound"
+            ));
         }
         if a.host.len() > 253 {
             return bad("address host is longer than 253 bytes".into());
         }
     }
     if let Some(h) = &node.http {
-        let rest = h.strip_prefix("http://").or_else(|| h.strip_prefix("https://"));
-        if h.len() > MAX_HTTP_LEN || rest.is_none_or(|r| r.is_empty() || r.contains(char::is_whitespace)) {
-            return bad(format!("http must be an http:// or https:// URL of at most {MAX_HTTP_LEN} bytes without spaces"));
+        let rest = h
+            .strip_prefix("http://")
+            .or_else(|| h.strip_prefix("https://"));
+        if h.len() > MAX_HTTP_LEN
+            || rest.is_none_or(|r| r.is_empty() || r.contains(char::is_whitespace))
+        {
+            return bad(format!(
+                "http must be an http:// or https:// URL of at most {MAX_HTTP_LEN} bytes without spaces"
+            ));
         }
     }
     Ok(())
 }
 
 /// Checks a have-set against a video's fragment count; returns it sorted and deduplicated.
-pub fn normalize_have(video: VideoId, fragment_count: u32, have: &[FragmentIndex]) -> Result<Vec<FragmentIndex>, RegistryError> {
+pub fn normalize_have(
+    video: VideoId,
+    fragment_count: u32,
+    have: &[FragmentIndex],
+) -> Result<Vec<FragmentIndex>, RegistryError> {
     if have.len() > MAX_FRAGMENTS as usize {
-        return Err(RegistryError::Invalid(format!("{} fragment indices; at most {MAX_FRAGMENTS} are accepted", have.len())));
+        return Err(RegistryError::Invalid(format!(
+            "{} fragment indices; at most {MAX_FRAGMENTS} are accepted",
+            have.len()
+        )));
     }
     if let Some(&index) = have.iter().find(|&&i| i >= fragment_count) {
-        return Err(RegistryError::UnknownFragment { video, index, count: fragment_count });
+        return Err(RegistryError::UnknownFragment {
+            video,
+            index,
+            count: fragment_count,
+        });
     }
     let mut v = have.to_vec();
     v.sort_unstable();
@@ -376,8 +470,13 @@ pub fn normalize_have(video: VideoId, fragment_count: u32, have: &[FragmentIndex
 }
 
 /// Validates a manifest from the network and, if the caller claimed an id, checks it.
-pub fn check_manifest(manifest: &Manifest, claimed: Option<VideoId>) -> Result<VideoId, RegistryError> {
-    manifest.validate().map_err(|e| RegistryError::Invalid(e.to_string()))?;
+pub fn check_manifest(
+    manifest: &Manifest,
+    claimed: Option<VideoId>,
+) -> Result<VideoId, RegistryError> {
+    manifest
+        .validate()
+        .map_err(|e| RegistryError::Invalid(e.to_string()))?;
     let actual = manifest.video_id();
     match claimed {
         Some(claimed) if claimed != actual => Err(RegistryError::IdMismatch { claimed, actual }),
@@ -431,12 +530,19 @@ mod tests {
                 hits[i] += 1;
             }
         }
-        assert!(hits.iter().all(|&h| h > 0), "some holder was never sampled: {hits:?}");
+        assert!(
+            hits.iter().all(|&h| h > 0),
+            "some holder was never sampled: {hits:?}"
+        );
     }
 
     #[test]
     fn registrations_are_checked() {
-        let ok = NodeRegistration { name: "n".into(), addrs: vec!["tcp://127.0.0.1:6001".parse().unwrap()], http: Some("http://127.0.0.1:8001".into()) };
+        let ok = NodeRegistration {
+            name: "n".into(),
+            addrs: vec!["tcp://127.0.0.1:6001".parse().unwrap()],
+            http: Some("http://127.0.0.1:8001".into()),
+        };
         validate_registration(&ok).unwrap();
         let mut r = ok.clone();
         r.name = "x".repeat(65);
@@ -449,7 +555,12 @@ mod tests {
         assert!(validate_registration(&r).is_err());
         let mut r = ok.clone();
         r.addrs = vec!["tcp://h:0".parse().unwrap()];
-        assert!(validate_registration(&r).unwrap_err().to_string().contains("port 0"));
+        assert!(
+            validate_registration(&r)
+                .unwrap_err()
+                .to_string()
+                .contains("port 0")
+        );
         for h in ["ftp://x", "http://", "http://a b", "localhost:80"] {
             let mut r = ok.clone();
             r.http = Some(h.into());
@@ -461,13 +572,39 @@ mod tests {
     fn have_sets_are_normalized() {
         let v = VideoId(crate::ids::Digest::of(b"v"));
         assert_eq!(normalize_have(v, 10, &[3, 1, 3]).unwrap(), vec![1, 3]);
-        assert_eq!(normalize_have(v, 10, &[10]).unwrap_err(), RegistryError::UnknownFragment { video: v, index: 10, count: 10 });
+        assert_eq!(
+            normalize_have(v, 10, &[10]).unwrap_err(),
+            RegistryError::UnknownFragment {
+                video: v,
+                index: 10,
+                count: 10
+            }
+        );
         assert!(normalize_have(v, 10, &vec![0; 5000]).is_err());
     }
 
     #[test]
+    fn announcements_accept_integral_floats_only() {
+        let v = "ab".repeat(32);
+        let a: Announcement =
+            serde_json::from_str(&format!(r#"{{"video":"{v}","have":[1,2.0,4294967295]}}"#))
+                .unwrap();
+        assert_eq!(a.have, vec![1, 2, u32::MAX]);
+        for bad in ["[1.5]", "[-1]", "[4294967296]", "[\"1\"]", "[null]"] {
+            assert!(
+                serde_json::from_str::<Announcement>(&format!(r#"{{"video":"{v}","have":{bad}}}"#))
+                    .is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
     fn cursors_round_trip() {
-        let c = FragmentCursor { video: VideoId(crate::ids::Digest::of(b"v")), index: 7 };
+        let c = FragmentCursor {
+            video: VideoId(crate::ids::Digest::of(b"v")),
+            index: 7,
+        };
         assert_eq!(c.to_string().parse::<FragmentCursor>().unwrap(), c);
         assert!("nope".parse::<FragmentCursor>().is_err());
         assert!(format!("{}.x", c.video).parse::<FragmentCursor>().is_err());

@@ -47,14 +47,31 @@ async fn main() -> anyhow::Result<()> {
         println!("{}", fragnet_manager::openapi().to_pretty_json()?);
         return Ok(());
     }
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into())).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut config = ManagerConfig { listen: args.listen, data_dir: args.data, ttl_secs: args.ttl, token_file: args.token_file, ..Default::default() };
+    let mut config = ManagerConfig {
+        listen: args.listen,
+        data_dir: args.data,
+        ttl_secs: args.ttl,
+        token_file: args.token_file,
+        ..Default::default()
+    };
     config.limits.max_nodes = args.max_nodes;
     let cancel = CancellationToken::new();
-    let handle = fragnet_manager::spawn(config, cancel.clone()).await.context("starting the manager")?;
-    println!("manager listening on {} (Swagger UI: {}/apidocs)", handle.local_addr(), handle.url());
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let handle = fragnet_manager::spawn(config, cancel.clone())
+        .await
+        .context("starting the manager")?;
+    println!(
+        "manager listening on {} (Swagger UI: {}/apidocs)",
+        handle.local_addr(),
+        handle.url()
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}

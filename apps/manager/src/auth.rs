@@ -21,17 +21,41 @@ pub fn is_write(method: &Method) -> bool {
 
 /// Middleware: refuses writes without the right bearer token (401).
 pub async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let Some(token) = state.token.as_deref() else { return next.run(req).await };
+    let Some(token) = state.token.as_deref() else {
+        return next.run(req).await;
+    };
     if !is_write(req.method()) {
         return next.run(req).await;
     }
-    let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::trim);
-    let bearer = given.and_then(|v| v.split_once(' ')).filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer")).map(|(_, t)| t.trim());
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim);
+    let bearer = given
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim());
     match (given, bearer) {
         (_, Some(t)) if same(t.as_bytes(), token.as_bytes()) => next.run(req).await,
-        (None, _) => ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, "this manager requires Authorization: Bearer <token> on writes").into_response(),
-        (Some(_), None) => ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, "the Authorization header must be Bearer <token>").into_response(),
-        (Some(_), Some(_)) => ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, "wrong token").into_response(),
+        (None, _) => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized,
+            "this manager requires Authorization: Bearer <token> on writes",
+        )
+        .into_response(),
+        (Some(_), None) => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized,
+            "the Authorization header must be Bearer <token>",
+        )
+        .into_response(),
+        (Some(_), Some(_)) => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized,
+            "wrong token",
+        )
+        .into_response(),
     }
 }
 

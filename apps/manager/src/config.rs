@@ -93,7 +93,9 @@ impl std::fmt::Debug for ManagerConfig {
 
 fn secs(what: &str, v: f64, max: f64) -> Result<Duration, ManagerError> {
     if !(v.is_finite() && v > 0.0 && v <= max) {
-        return Err(ManagerError::Config(format!("{what} must be a number of seconds in (0, {max}], got {v}")));
+        return Err(ManagerError::Config(format!(
+            "{what} must be a number of seconds in (0, {max}], got {v}"
+        )));
     }
     Ok(Duration::from_secs_f64(v))
 }
@@ -101,7 +103,11 @@ fn secs(what: &str, v: f64, max: f64) -> Result<Duration, ManagerError> {
 impl ManagerConfig {
     /// A configuration for tests and embedding: `127.0.0.1:0`, the given data dir.
     pub fn local(data_dir: impl Into<PathBuf>) -> Self {
-        ManagerConfig { listen: SocketAddr::from(([127, 0, 0, 1], 0)), data_dir: data_dir.into(), ..Default::default() }
+        ManagerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir: data_dir.into(),
+            ..Default::default()
+        }
     }
 
     /// The node TTL.
@@ -111,7 +117,11 @@ impl ManagerConfig {
 
     /// The header and body timeout.
     pub fn request_timeout(&self) -> Result<Duration, ManagerError> {
-        secs("limits.request_timeout_secs", self.limits.request_timeout_secs, 3_600.0)
+        secs(
+            "limits.request_timeout_secs",
+            self.limits.request_timeout_secs,
+            3_600.0,
+        )
     }
 
     /// The write token: `token`, else the contents of `token_file`, else
@@ -119,7 +129,11 @@ impl ManagerConfig {
     /// empty token, is an error.
     pub fn resolve_token(&self) -> Result<Option<String>, ManagerError> {
         let token = match (&self.token, &self.token_file) {
-            (Some(_), Some(_)) => return Err(ManagerError::Config("set token or token_file, not both".into())),
+            (Some(_), Some(_)) => {
+                return Err(ManagerError::Config(
+                    "set token or token_file, not both".into(),
+                ));
+            }
             (Some(t), None) => Some(t.clone()),
             (None, Some(path)) => Some(read_token_file(path)?),
             (None, None) => std::env::var(TOKEN_ENV).ok(),
@@ -149,7 +163,9 @@ impl ManagerConfig {
                 return Err(ManagerError::Config(format!("{name} must be at least 1")));
             }
         }
-        if l.max_manifest_bytes < 1024 || l.max_manifest_bytes > fragnet_core::manifest::MAX_MANIFEST_BYTES {
+        if l.max_manifest_bytes < 1024
+            || l.max_manifest_bytes > fragnet_core::manifest::MAX_MANIFEST_BYTES
+        {
             return Err(ManagerError::Config(format!(
                 "limits.max_manifest_bytes must be within 1024..={}",
                 fragnet_core::manifest::MAX_MANIFEST_BYTES
@@ -160,11 +176,16 @@ impl ManagerConfig {
 }
 
 fn read_token_file(path: &Path) -> Result<String, ManagerError> {
-    let meta = std::fs::metadata(path).map_err(|e| ManagerError::Config(format!("reading token file {}: {e}", path.display())))?;
+    let meta = std::fs::metadata(path)
+        .map_err(|e| ManagerError::Config(format!("reading token file {}: {e}", path.display())))?;
     if meta.len() > 8192 {
-        return Err(ManagerError::Config(format!("token file {} is larger than 8 KiB", path.display())));
+        return Err(ManagerError::Config(format!(
+            "token file {} is larger than 8 KiB",
+            path.display()
+        )));
     }
-    std::fs::read_to_string(path).map_err(|e| ManagerError::Config(format!("reading token file {}: {e}", path.display())))
+    std::fs::read_to_string(path)
+        .map_err(|e| ManagerError::Config(format!("reading token file {}: {e}", path.display())))
 }
 
 #[cfg(test)]
@@ -178,8 +199,12 @@ mod tests {
         assert_eq!(c.listen.to_string(), "0.0.0.0:5001");
         assert!(serde_json::from_str::<ManagerConfig>(r#"{"listn": "1.2.3.4:5"}"#).is_err());
         assert!(serde_json::from_str::<ManagerConfig>(r#"{"limits": {"max_node": 1}}"#).is_err());
-        let c: ManagerConfig = serde_json::from_str(r#"{"ttl_secs": 0.5, "limits": {"max_nodes": 3}}"#).unwrap();
-        assert_eq!((c.ttl().unwrap(), c.limits.max_nodes, c.limits.max_videos), (Duration::from_millis(500), 3, 10_000));
+        let c: ManagerConfig =
+            serde_json::from_str(r#"{"ttl_secs": 0.5, "limits": {"max_nodes": 3}}"#).unwrap();
+        assert_eq!(
+            (c.ttl().unwrap(), c.limits.max_nodes, c.limits.max_videos),
+            (Duration::from_millis(500), 3, 10_000)
+        );
     }
 
     #[test]
@@ -187,26 +212,75 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("token");
         std::fs::write(&f, "s3cret\n").unwrap();
-        let c = ManagerConfig { token_file: Some(f.clone()), ..Default::default() };
+        let c = ManagerConfig {
+            token_file: Some(f.clone()),
+            ..Default::default()
+        };
         assert_eq!(c.resolve_token().unwrap().as_deref(), Some("s3cret"));
-        let both = ManagerConfig { token: Some("x".into()), token_file: Some(f), ..Default::default() };
+        let both = ManagerConfig {
+            token: Some("x".into()),
+            token_file: Some(f),
+            ..Default::default()
+        };
         assert!(both.resolve_token().is_err());
-        let empty = ManagerConfig { token: Some("  ".into()), ..Default::default() };
+        let empty = ManagerConfig {
+            token: Some("  ".into()),
+            ..Default::default()
+        };
         assert!(empty.resolve_token().is_err());
-        let spaced = ManagerConfig { token: Some("a b".into()), ..Default::default() };
+        let spaced = ManagerConfig {
+            token: Some("a b".into()),
+            ..Default::default()
+        };
         assert!(spaced.resolve_token().is_err());
-        let missing = ManagerConfig { token_file: Some(dir.path().join("nope")), ..Default::default() };
-        assert!(missing.resolve_token().unwrap_err().to_string().contains("nope"));
-        assert!(format!("{:?}", ManagerConfig { token: Some("hidden".into()), ..Default::default() }).contains("redacted"));
+        let missing = ManagerConfig {
+            token_file: Some(dir.path().join("nope")),
+            ..Default::default()
+        };
+        assert!(
+            missing
+                .resolve_token()
+                .unwrap_err()
+                .to_string()
+                .contains("nope")
+        );
+        assert!(
+            format!(
+                "{:?}",
+                ManagerConfig {
+                    token: Some("hidden".into()),
+                    ..Default::default()
+                }
+            )
+            .contains("redacted")
+        );
     }
 
     #[test]
     fn bad_values_are_refused() {
         for c in [
-            ManagerConfig { ttl_secs: 0.0, ..Default::default() },
-            ManagerConfig { ttl_secs: f64::NAN, ..Default::default() },
-            ManagerConfig { limits: ManagerLimits { max_nodes: 0, ..Default::default() }, ..Default::default() },
-            ManagerConfig { limits: ManagerLimits { max_manifest_bytes: 10, ..Default::default() }, ..Default::default() },
+            ManagerConfig {
+                ttl_secs: 0.0,
+                ..Default::default()
+            },
+            ManagerConfig {
+                ttl_secs: f64::NAN,
+                ..Default::default()
+            },
+            ManagerConfig {
+                limits: ManagerLimits {
+                    max_nodes: 0,
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+            ManagerConfig {
+                limits: ManagerLimits {
+                    max_manifest_bytes: 10,
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
         ] {
             assert!(c.validate().is_err(), "{c:?}");
         }

@@ -21,7 +21,7 @@ pub enum ErrorCode {
     UnknownNode,
     /// The video is not registered (404).
     UnknownVideo,
-    /// The video has no such fragment (404 on a lookup, 422 in an announcement).
+    /// The video has no such fragment (404).
     UnknownFragment,
     /// The method is not allowed on this route (405).
     MethodNotAllowed,
@@ -92,7 +92,12 @@ pub struct ApiError {
 impl ApiError {
     /// An error with the given status, code and message.
     pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into(), details: None }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            details: None,
+        }
     }
 
     /// 400: a malformed id, index, cursor or parameter.
@@ -102,12 +107,20 @@ impl ApiError {
 
     /// 422: a body that is not acceptable.
     pub fn invalid(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::Invalid, message)
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::Invalid,
+            message,
+        )
     }
 
     /// 500.
     pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, message)
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            message,
+        )
     }
 
     /// The code that goes with a status, for responses made outside the handlers
@@ -128,7 +141,12 @@ impl ApiError {
 
     /// The JSON body.
     pub fn body(&self) -> ErrorBody {
-        ErrorBody { status: self.status.as_u16(), code: self.code, message: self.message.clone(), details: self.details.clone() }
+        ErrorBody {
+            status: self.status.as_u16(),
+            code: self.code,
+            message: self.message.clone(),
+            details: self.details.clone(),
+        }
     }
 }
 
@@ -136,22 +154,62 @@ impl From<RegistryError> for ApiError {
     fn from(e: RegistryError) -> Self {
         let d = ErrorDetails::default();
         let (status, code, details) = match &e {
-            RegistryError::UnknownNode(n) => (StatusCode::NOT_FOUND, ErrorCode::UnknownNode, Some(ErrorDetails { node: Some(*n), ..d })),
-            RegistryError::UnknownVideo(v) => (StatusCode::NOT_FOUND, ErrorCode::UnknownVideo, Some(ErrorDetails { video: Some(*v), ..d })),
-            RegistryError::UnknownFragment { video, index, count } => (
+            RegistryError::UnknownNode(n) => (
+                StatusCode::NOT_FOUND,
+                ErrorCode::UnknownNode,
+                Some(ErrorDetails {
+                    node: Some(*n),
+                    ..d
+                }),
+            ),
+            RegistryError::UnknownVideo(v) => (
+                StatusCode::NOT_FOUND,
+                ErrorCode::UnknownVideo,
+                Some(ErrorDetails {
+                    video: Some(*v),
+                    ..d
+                }),
+            ),
+            RegistryError::UnknownFragment {
+                video,
+                index,
+                count,
+            } => (
                 StatusCode::NOT_FOUND,
                 ErrorCode::UnknownFragment,
-                Some(ErrorDetails { video: Some(*video), index: Some(*index), fragment_count: Some(*count), ..d }),
+                Some(ErrorDetails {
+                    video: Some(*video),
+                    index: Some(*index),
+                    fragment_count: Some(*count),
+                    ..d
+                }),
             ),
-            RegistryError::IdMismatch { claimed, actual } => {
-                (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::IdMismatch, Some(ErrorDetails { video: Some(*claimed), actual: Some(*actual), ..d }))
+            RegistryError::IdMismatch { claimed, actual } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorCode::IdMismatch,
+                Some(ErrorDetails {
+                    video: Some(*claimed),
+                    actual: Some(*actual),
+                    ..d
+                }),
+            ),
+            RegistryError::Invalid(_) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::Invalid, None)
             }
-            RegistryError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::Invalid, None),
             RegistryError::Full(_) => (StatusCode::INSUFFICIENT_STORAGE, ErrorCode::Full, None),
-            RegistryError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, None),
-            RegistryError::Unavailable(_) | RegistryError::Protocol(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, None),
+            RegistryError::Unauthorized(_) => {
+                (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, None)
+            }
+            RegistryError::Unavailable(_) | RegistryError::Protocol(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, None)
+            }
         };
-        ApiError { status, code, message: e.to_string(), details }
+        ApiError {
+            status,
+            code,
+            message: e.to_string(),
+            details,
+        }
     }
 }
 
@@ -160,18 +218,50 @@ impl ErrorBody {
     pub fn to_registry_error(&self) -> RegistryError {
         let d = self.details.clone().unwrap_or_default();
         let m = self.message.clone();
-        match (self.code, d.node, d.video, d.index, d.fragment_count, d.actual) {
+        match (
+            self.code,
+            d.node,
+            d.video,
+            d.index,
+            d.fragment_count,
+            d.actual,
+        ) {
             (ErrorCode::UnknownNode, Some(n), ..) => RegistryError::UnknownNode(n),
             (ErrorCode::UnknownVideo, _, Some(v), ..) => RegistryError::UnknownVideo(v),
-            (ErrorCode::UnknownFragment, _, Some(video), Some(index), Some(count), _) => RegistryError::UnknownFragment { video, index, count },
-            (ErrorCode::IdMismatch, _, Some(claimed), _, _, Some(actual)) => RegistryError::IdMismatch { claimed, actual },
-            (ErrorCode::Unauthorized, ..) => RegistryError::Unauthorized(m),
-            (ErrorCode::Full, ..) => RegistryError::Full(m.strip_prefix("registry is full: ").unwrap_or(&m).to_string()),
-            (ErrorCode::Invalid | ErrorCode::PayloadTooLarge | ErrorCode::BadRequest | ErrorCode::UnknownFragment, ..) => {
-                RegistryError::Invalid(m.strip_prefix("invalid request: ").unwrap_or(&m).to_string())
+            (ErrorCode::UnknownFragment, _, Some(video), Some(index), Some(count), _) => {
+                RegistryError::UnknownFragment {
+                    video,
+                    index,
+                    count,
+                }
             }
-            (ErrorCode::Internal | ErrorCode::Timeout, ..) => RegistryError::Unavailable(format!("manager answered {}: {m}", self.status)),
-            _ => RegistryError::Protocol(format!("manager answered {} {:?}: {m}", self.status, self.code)),
+            (ErrorCode::IdMismatch, _, Some(claimed), _, _, Some(actual)) => {
+                RegistryError::IdMismatch { claimed, actual }
+            }
+            (ErrorCode::Unauthorized, ..) => RegistryError::Unauthorized(m),
+            (ErrorCode::Full, ..) => RegistryError::Full(
+                m.strip_prefix("registry is full: ")
+                    .unwrap_or(&m)
+                    .to_string(),
+            ),
+            (
+                ErrorCode::Invalid
+                | ErrorCode::PayloadTooLarge
+                | ErrorCode::BadRequest
+                | ErrorCode::UnknownFragment,
+                ..,
+            ) => RegistryError::Invalid(
+                m.strip_prefix("invalid request: ")
+                    .unwrap_or(&m)
+                    .to_string(),
+            ),
+            (ErrorCode::Internal | ErrorCode::Timeout, ..) => {
+                RegistryError::Unavailable(format!("manager answered {}: {m}", self.status))
+            }
+            _ => RegistryError::Protocol(format!(
+                "manager answered {} {:?}: {m}",
+                self.status, self.code
+            )),
         }
     }
 }
@@ -183,7 +273,10 @@ impl IntoResponse for ApiError {
         }
         let mut resp = (self.status, axum::Json(self.body())).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
-            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"fragnet-manager\""));
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"fragnet-manager\""),
+            );
         }
         resp
     }

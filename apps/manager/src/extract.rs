@@ -14,21 +14,40 @@ use crate::state::AppState;
 /// Reads a whole body, refusing more than `limit` bytes (413) or a client slower than
 /// the request timeout (408).
 pub async fn read_body(state: &AppState, req: Request, limit: usize) -> Result<Bytes, ApiError> {
-    let too_large = || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge, format!("request body is larger than {limit} bytes"));
-    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::PayloadTooLarge,
+            format!("request body is larger than {limit} bytes"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
     let body: Body = req.into_body();
     match tokio::time::timeout(state.request_timeout, axum::body::to_bytes(body, limit)).await {
-        Err(_) => Err(ApiError::new(StatusCode::REQUEST_TIMEOUT, ErrorCode::Timeout, "the request body did not arrive in time")),
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            ErrorCode::Timeout,
+            "the request body did not arrive in time",
+        )),
         Ok(Ok(b)) => Ok(b),
         Ok(Err(e)) => {
             let inner = e.into_inner();
-            if inner.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            if inner
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
                 Err(too_large())
             } else {
-                Err(ApiError::bad_request(format!("reading the request body: {inner}")))
+                Err(ApiError::bad_request(format!(
+                    "reading the request body: {inner}"
+                )))
             }
         }
     }
@@ -44,24 +63,43 @@ impl<T: DeserializeOwned + Send> FromRequest<AppState> for JsonBody<T> {
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
         let bytes = read_body(state, req, state.limits.max_body_bytes).await?;
-        serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| ApiError::invalid(format!("request body is not valid JSON of the expected shape: {e}")))
+        serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| {
+            ApiError::invalid(format!(
+                "request body is not valid JSON of the expected shape: {e}"
+            ))
+        })
     }
 }
 
 /// Parses a video id from a path segment (400 when malformed).
 pub fn video_id(s: &str) -> Result<VideoId, ApiError> {
-    s.parse().map_err(|_| ApiError::bad_request(format!("{:?} is not a video id (64 lowercase hex characters)", clip(s))))
+    s.parse().map_err(|_| {
+        ApiError::bad_request(format!(
+            "{:?} is not a video id (64 lowercase hex characters)",
+            clip(s)
+        ))
+    })
 }
 
 /// Parses a node id from a path segment (400 when malformed).
 pub fn node_id(s: &str) -> Result<NodeId, ApiError> {
-    s.parse().map_err(|_| ApiError::bad_request(format!("{:?} is not a node id (64 lowercase hex characters)", clip(s))))
+    s.parse().map_err(|_| {
+        ApiError::bad_request(format!(
+            "{:?} is not a node id (64 lowercase hex characters)",
+            clip(s)
+        ))
+    })
 }
 
 /// Parses a fragment index from a path segment (400 when malformed).
 pub fn fragment_index(s: &str) -> Result<FragmentIndex, ApiError> {
     let ok = !s.is_empty() && s.len() <= 10 && s.bytes().all(|b| b.is_ascii_digit());
-    ok.then(|| s.parse().ok()).flatten().ok_or_else(|| ApiError::bad_request(format!("{:?} is not a fragment index (0 to 4294967295)", clip(s))))
+    ok.then(|| s.parse().ok()).flatten().ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "{:?} is not a fragment index (0 to 4294967295)",
+            clip(s)
+        ))
+    })
 }
 
 fn clip(s: &str) -> String {
@@ -97,6 +135,9 @@ mod tests {
         }
         assert!(video_id(&"a".repeat(64)).is_ok());
         assert_eq!(video_id("A").unwrap_err().code, ErrorCode::BadRequest);
-        assert!(node_id(&"é".repeat(1000)).unwrap_err().message.len() < 300, "clipped");
+        assert!(
+            node_id(&"é".repeat(1000)).unwrap_err().message.len() < 300,
+            "clipped"
+        );
     }
 }

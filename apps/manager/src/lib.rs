@@ -91,7 +91,11 @@ impl ManagerHandle {
     pub fn url(&self) -> String {
         let mut a = self.addr;
         if a.ip().is_unspecified() {
-            a.set_ip(if a.is_ipv4() { [127, 0, 0, 1].into() } else { std::net::Ipv6Addr::LOCALHOST.into() });
+            a.set_ip(if a.is_ipv4() {
+                [127, 0, 0, 1].into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            });
         }
         format!("http://{a}")
     }
@@ -111,22 +115,34 @@ impl ManagerHandle {
 
 fn router(state: AppState) -> Router {
     let (api, spec) = api::api_router().split_for_parts();
-    api.route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token))
-        .merge(SwaggerUi::new("/apidocs").url("/openapi.json", spec))
-        .fallback(api::not_found)
-        .layer(axum::middleware::map_response(api::json_errors))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
-        .with_state(state)
+    api.route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        auth::require_token,
+    ))
+    .merge(SwaggerUi::new("/apidocs").url("/openapi.json", spec))
+    .fallback(api::not_found)
+    .layer(axum::middleware::map_response(api::json_errors))
+    .layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        metrics::track,
+    ))
+    .with_state(state)
 }
 
 /// Starts a manager: validates the configuration, loads the persisted manifests, binds
 /// `config.listen` and serves until `cancel` fires or [`ManagerHandle::shutdown`].
-pub async fn spawn(config: ManagerConfig, cancel: CancellationToken) -> Result<ManagerHandle, ManagerError> {
+pub async fn spawn(
+    config: ManagerConfig,
+    cancel: CancellationToken,
+) -> Result<ManagerHandle, ManagerError> {
     config.validate()?;
     let ttl = config.ttl()?;
     let request_timeout = config.request_timeout()?;
     let token = config.resolve_token()?;
-    let data_err = |source| ManagerError::DataDir { path: config.data_dir.clone(), source };
+    let data_err = |source| ManagerError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    };
     let dir = config.data_dir.clone();
     let max_manifest = config.limits.max_manifest_bytes;
     let (manifests, loaded) = tokio::task::spawn_blocking(move || {
@@ -138,14 +154,26 @@ pub async fn spawn(config: ManagerConfig, cancel: CancellationToken) -> Result<M
     .map_err(|e| data_err(std::io::Error::other(e)))?
     .map_err(data_err)?;
 
-    let registry = Arc::new(MemoryRegistry::new(MemoryRegistryConfig { ttl, max_nodes: config.limits.max_nodes, max_videos: config.limits.max_videos }));
+    let registry = Arc::new(MemoryRegistry::new(MemoryRegistryConfig {
+        ttl,
+        max_nodes: config.limits.max_nodes,
+        max_videos: config.limits.max_videos,
+    }));
     for m in &loaded {
         if let Err(e) = registry.insert_video(m, None) {
             warn!(video = %m.video_id(), error = %e, "persisted manifest not loaded");
         }
     }
-    let listener = TcpListener::bind(config.listen).await.map_err(|source| ManagerError::Bind { addr: config.listen, source })?;
-    let addr = listener.local_addr().map_err(|source| ManagerError::Bind { addr: config.listen, source })?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ManagerError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ManagerError::Bind {
+        addr: config.listen,
+        source,
+    })?;
     let state: AppState = Arc::new(Shared {
         registry: registry.clone(),
         manifests,
@@ -158,6 +186,17 @@ pub async fn spawn(config: ManagerConfig, cancel: CancellationToken) -> Result<M
     });
     info!(%addr, videos = loaded.len(), ttl_secs = ttl.as_secs_f64(), auth = state.token.is_some(), data_dir = %config.data_dir.display(), "manager listening; Swagger UI at /apidocs");
     let cancel = cancel.child_token();
-    let task = tokio::spawn(server::serve(listener, router(state), config.limits.max_connections, request_timeout, cancel.clone()));
-    Ok(ManagerHandle { addr, registry, cancel, task })
+    let task = tokio::spawn(server::serve(
+        listener,
+        router(state),
+        config.limits.max_connections,
+        request_timeout,
+        cancel.clone(),
+    ));
+    Ok(ManagerHandle {
+        addr,
+        registry,
+        cancel,
+        task,
+    })
 }

@@ -42,7 +42,10 @@ impl ManifestDir {
             if name.starts_with('.') {
                 continue;
             }
-            let Some(id) = name.strip_suffix(".json").and_then(|s| s.parse::<VideoId>().ok()) else {
+            let Some(id) = name
+                .strip_suffix(".json")
+                .and_then(|s| s.parse::<VideoId>().ok())
+            else {
                 warn!(file = %entry.path().display(), "ignoring a file that is not <video-id>.json");
                 continue;
             };
@@ -58,9 +61,14 @@ impl ManifestDir {
                 }
                 Ok(_) => {}
             }
-            match std::fs::read(&path).map_err(|e| e.to_string()).and_then(|b| Manifest::from_bytes(&b).map_err(|e| e.to_string())) {
+            match std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| Manifest::from_bytes(&b).map_err(|e| e.to_string()))
+            {
                 Ok(m) if m.video_id() == id => out.push(m),
-                Ok(m) => warn!(file = %path.display(), actual = %m.video_id(), "ignoring a manifest whose id does not match its file name"),
+                Ok(m) => {
+                    warn!(file = %path.display(), actual = %m.video_id(), "ignoring a manifest whose id does not match its file name")
+                }
                 Err(e) => warn!(file = %path.display(), error = %e, "ignoring a damaged manifest"),
             }
         }
@@ -91,10 +99,21 @@ mod tests {
         let d = ManifestDir::open(dir.path()).unwrap();
         let m = test_manifest("a.mp4", 3);
         let id = d.save(&m).unwrap();
-        assert_eq!(std::fs::read(d.path().join(format!("{id}.json"))).unwrap(), m.canonical_bytes());
+        assert_eq!(
+            std::fs::read(d.path().join(format!("{id}.json"))).unwrap(),
+            m.canonical_bytes()
+        );
         let other = test_manifest("b.mp4", 1);
-        std::fs::write(d.path().join(format!("{}.json", other.video_id())), b"{not json").unwrap();
-        std::fs::write(d.path().join(format!("{}.json", "0".repeat(64))), m.canonical_bytes()).unwrap();
+        std::fs::write(
+            d.path().join(format!("{}.json", other.video_id())),
+            b"{not json",
+        )
+        .unwrap();
+        std::fs::write(
+            d.path().join(format!("{}.json", "0".repeat(64))),
+            m.canonical_bytes(),
+        )
+        .unwrap();
         std::fs::write(d.path().join("README"), b"hi").unwrap();
         std::fs::write(d.path().join(".x.json.tmp-1"), b"partial").unwrap();
         assert_eq!(d.load_all(1 << 20).unwrap(), vec![m]);

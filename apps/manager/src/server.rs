@@ -20,11 +20,20 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Serves `router` on `listener` until `cancel` fires, then stops accepting, lets
 /// in-flight requests finish (up to [`SHUTDOWN_GRACE`]) and returns.
-pub async fn serve(listener: TcpListener, router: Router, max_connections: usize, header_timeout: Duration, cancel: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    max_connections: usize,
+    header_timeout: Duration,
+    cancel: CancellationToken,
+) {
     let permits = Arc::new(Semaphore::new(max_connections.max(1)));
     let graceful = GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(header_timeout).max_buf_size(64 * 1024);
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .max_buf_size(64 * 1024);
     loop {
         // Wait for a free slot before accepting: excess clients queue in the backlog.
         let permit = tokio::select! {
@@ -44,7 +53,10 @@ pub async fn serve(listener: TcpListener, router: Router, max_connections: usize
             },
         };
         let _ = stream.set_nodelay(true);
-        let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(router.clone()));
+        let conn = builder.serve_connection(
+            TokioIo::new(stream),
+            TowerToHyperService::new(router.clone()),
+        );
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {

@@ -63,10 +63,19 @@ fn refs(v: &Value, out: &mut Vec<String>) {
 #[test]
 fn spec_is_well_formed_and_complete() {
     let spec = spec();
-    assert!(spec["openapi"].as_str().unwrap().starts_with("3.1"), "OpenAPI 3.1");
-    assert!(!spec["info"]["title"].as_str().unwrap().is_empty() && !spec["info"]["version"].as_str().unwrap().is_empty());
+    assert!(
+        spec["openapi"].as_str().unwrap().starts_with("3.1"),
+        "OpenAPI 3.1"
+    );
+    assert!(
+        !spec["info"]["title"].as_str().unwrap().is_empty()
+            && !spec["info"]["version"].as_str().unwrap().is_empty()
+    );
     let bearer = &spec["components"]["securitySchemes"]["bearer"];
-    assert_eq!((bearer["type"].as_str(), bearer["scheme"].as_str()), (Some("http"), Some("bearer")));
+    assert_eq!(
+        (bearer["type"].as_str(), bearer["scheme"].as_str()),
+        (Some("http"), Some("bearer"))
+    );
 
     let expected: BTreeSet<(&str, &str)> = [
         ("/fragments", "get"),
@@ -90,30 +99,61 @@ fn spec_is_well_formed_and_complete() {
         for (method, op) in item.as_object().unwrap() {
             found.insert((path.as_str(), method.as_str()));
             let what = format!("{method} {path}");
-            assert!(op_ids.insert(op["operationId"].as_str().unwrap().to_string()), "{what}: duplicate operationId");
-            assert!(op["summary"].as_str().is_some_and(|s| s.len() > 10), "{what}: the handler's doc comment is the summary");
+            assert!(
+                op_ids.insert(op["operationId"].as_str().unwrap().to_string()),
+                "{what}: duplicate operationId"
+            );
+            assert!(
+                op["summary"].as_str().is_some_and(|s| s.len() > 10),
+                "{what}: the handler's doc comment is the summary"
+            );
             assert!(!op["tags"].as_array().unwrap().is_empty(), "{what}: tagged");
             let responses = op["responses"].as_object().unwrap();
-            assert!(responses.keys().any(|k| k.starts_with('2')), "{what}: a success response");
+            assert!(
+                responses.keys().any(|k| k.starts_with('2')),
+                "{what}: a success response"
+            );
             for (status, r) in responses {
                 if status.starts_with('4') || status.starts_with('5') {
-                    assert_eq!(r["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/ErrorBody", "{what} {status}: errors use ErrorBody");
+                    assert_eq!(
+                        r["content"]["application/json"]["schema"]["$ref"],
+                        "#/components/schemas/ErrorBody",
+                        "{what} {status}: errors use ErrorBody"
+                    );
                 }
             }
             let params = op["parameters"].as_array().cloned().unwrap_or_default();
-            for seg in path.split('/').filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}'))) {
-                assert!(params.iter().any(|p| p["name"] == seg && p["in"] == "path" && p["required"] == true), "{what}: path parameter {seg} documented");
+            for seg in path
+                .split('/')
+                .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            {
+                assert!(
+                    params
+                        .iter()
+                        .any(|p| p["name"] == seg && p["in"] == "path" && p["required"] == true),
+                    "{what}: path parameter {seg} documented"
+                );
             }
             let write = matches!(method.as_str(), "put" | "post" | "delete");
             if write {
-                assert_eq!(op["security"], serde_json::json!([{"bearer": []}]), "{what}: writes declare the bearer token");
+                assert_eq!(
+                    op["security"],
+                    serde_json::json!([{"bearer": []}]),
+                    "{what}: writes declare the bearer token"
+                );
                 assert!(responses.contains_key("401"), "{what}: 401 documented");
             } else {
                 assert!(op.get("security").is_none(), "{what}: reads are open");
             }
             if matches!(method.as_str(), "put" | "post") {
-                assert!(op["requestBody"]["content"]["application/json"]["schema"]["$ref"].is_string(), "{what}: body documented");
-                assert!(responses.contains_key("413") && responses.contains_key("422"), "{what}: 413 and 422 documented");
+                assert!(
+                    op["requestBody"]["content"]["application/json"]["schema"]["$ref"].is_string(),
+                    "{what}: body documented"
+                );
+                assert!(
+                    responses.contains_key("413") && responses.contains_key("422"),
+                    "{what}: 413 and 422 documented"
+                );
             }
         }
     }
@@ -123,10 +163,24 @@ fn spec_is_well_formed_and_complete() {
     refs(&spec, &mut all);
     let schemas = spec["components"]["schemas"].as_object().unwrap();
     for r in &all {
-        let name = r.strip_prefix("#/components/schemas/").unwrap_or_else(|| panic!("unexpected $ref {r}"));
+        let name = r
+            .strip_prefix("#/components/schemas/")
+            .unwrap_or_else(|| panic!("unexpected $ref {r}"));
         assert!(schemas.contains_key(name), "dangling $ref {r}");
     }
-    for name in ["Manifest", "NodeRegistration", "Announcement", "Lease", "Holders", "FragmentPage", "VideoPage", "NodePage", "NodeDetail", "ErrorBody", "Health"] {
+    for name in [
+        "Manifest",
+        "NodeRegistration",
+        "Announcement",
+        "Lease",
+        "Holders",
+        "FragmentPage",
+        "VideoPage",
+        "NodePage",
+        "NodeDetail",
+        "ErrorBody",
+        "Health",
+    ] {
         assert!(schemas.contains_key(name), "schema {name} present");
     }
 }

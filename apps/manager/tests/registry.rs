@@ -14,8 +14,14 @@ use futures::future::BoxFuture;
 
 fn make_memory(ttl: Duration) -> BoxFuture<'static, Subject> {
     async move {
-        let registry = Arc::new(MemoryRegistry::new(MemoryRegistryConfig { ttl, ..Default::default() }));
-        Subject { registry, shutdown: async {}.boxed() }
+        let registry = Arc::new(MemoryRegistry::new(MemoryRegistryConfig {
+            ttl,
+            ..Default::default()
+        }));
+        Subject {
+            registry,
+            shutdown: async {}.boxed(),
+        }
     }
     .boxed()
 }
@@ -27,8 +33,13 @@ fn make_http(ttl: Duration) -> BoxFuture<'static, Subject> {
             c.token = Some(common::TOKEN.into());
         })
         .await;
-        let registry = Arc::new(fragnet_manager::HttpRegistry::new(&m.base, Some(common::TOKEN.into())).unwrap());
-        Subject { registry, shutdown: async move { m.stop().await }.boxed() }
+        let registry = Arc::new(
+            fragnet_manager::HttpRegistry::new(&m.base, Some(common::TOKEN.into())).unwrap(),
+        );
+        Subject {
+            registry,
+            shutdown: async move { m.stop().await }.boxed(),
+        }
     }
     .boxed()
 }
@@ -46,9 +57,24 @@ mod http {
 async fn unreachable_manager_is_unavailable() {
     use fragnet_core::{Registry, RegistryError};
     // Bind then drop: a port nobody listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let r = fragnet_manager::HttpRegistry::with_timeouts(&format!("127.0.0.1:{port}"), None, Duration::from_secs(2), Duration::from_secs(3)).unwrap();
-    let err = fragnet_core::conformance::within(10, "videos", r.videos()).await.unwrap_err();
-    assert!(matches!(&err, RegistryError::Unavailable(m) if m.contains(&port.to_string())), "{err}");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let r = fragnet_manager::HttpRegistry::with_timeouts(
+        &format!("127.0.0.1:{port}"),
+        None,
+        Duration::from_secs(2),
+        Duration::from_secs(3),
+    )
+    .unwrap();
+    let err = fragnet_core::conformance::within(10, "videos", r.videos())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, RegistryError::Unavailable(m) if m.contains(&port.to_string())),
+        "{err}"
+    );
     assert!(fragnet_manager::HttpRegistry::new("ftp://x", None).is_err());
 }

@@ -16,8 +16,10 @@ use indexmap::IndexSet;
 use tokio::time::Instant;
 
 use super::{
-    FragmentCursor, FragmentEntry, FragmentPage, FragmentQuery, Holders, Holding, Lease, MAX_LOCATE, MAX_PAGE, MAX_SAMPLE, NodeDetail, NodeInfo, NodeRecord,
-    NodeRegistration, Registry, RegistryError, VideoInfo, check_manifest, normalize_have, sample_positions, validate_registration,
+    FragmentCursor, FragmentEntry, FragmentPage, FragmentQuery, Holders, Holding, Lease,
+    MAX_LOCATE, MAX_PAGE, MAX_SAMPLE, NodeDetail, NodeInfo, NodeRecord, NodeRegistration, Registry,
+    RegistryError, VideoInfo, check_manifest, normalize_have, sample_positions,
+    validate_registration,
 };
 use crate::ids::{FragmentIndex, NodeId, VideoId};
 use crate::manifest::Manifest;
@@ -36,7 +38,11 @@ pub struct MemoryRegistryConfig {
 
 impl Default for MemoryRegistryConfig {
     fn default() -> Self {
-        MemoryRegistryConfig { ttl: Duration::from_secs(30), max_nodes: 10_000, max_videos: 10_000 }
+        MemoryRegistryConfig {
+            ttl: Duration::from_secs(30),
+            max_nodes: 10_000,
+            max_videos: 10_000,
+        }
     }
 }
 
@@ -83,7 +89,10 @@ pub struct MemoryRegistry {
 
 impl std::fmt::Debug for MemoryRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MemoryRegistry").field("config", &self.config).field("stats", &self.stats()).finish()
+        f.debug_struct("MemoryRegistry")
+            .field("config", &self.config)
+            .field("stats", &self.stats())
+            .finish()
     }
 }
 
@@ -95,7 +104,9 @@ impl Default for MemoryRegistry {
 
 impl State {
     fn remove_node(&mut self, id: &NodeId) -> bool {
-        let Some(entry) = self.nodes.remove(id) else { return false };
+        let Some(entry) = self.nodes.remove(id) else {
+            return false;
+        };
         for (video, have) in &entry.holdings {
             if let Some(v) = self.videos.get_mut(video) {
                 for &i in have {
@@ -109,11 +120,21 @@ impl State {
     }
 
     fn sweep(&mut self, now: Instant, ttl: Duration) -> usize {
-        let expired: Vec<NodeId> = self.nodes.iter().filter(|(_, n)| n.last_seen + ttl <= now).map(|(id, _)| *id).collect();
+        let expired: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.last_seen + ttl <= now)
+            .map(|(id, _)| *id)
+            .collect();
         for id in &expired {
             self.remove_node(id);
         }
-        self.next_expiry = self.nodes.values().map(|n| n.last_seen + ttl).min().unwrap_or(now + ttl);
+        self.next_expiry = self
+            .nodes
+            .values()
+            .map(|n| n.last_seen + ttl)
+            .min()
+            .unwrap_or(now + ttl);
         expired.len()
     }
 
@@ -122,7 +143,10 @@ impl State {
     }
 
     fn sample(&self, set: &IndexSet<NodeId>, count: usize) -> Vec<NodeRecord> {
-        sample_positions(set.len(), count).into_iter().filter_map(|p| set.get_index(p).and_then(|id| self.record(id))).collect()
+        sample_positions(set.len(), count)
+            .into_iter()
+            .filter_map(|p| set.get_index(p).and_then(|id| self.record(id)))
+            .collect()
     }
 
     fn video_info(&self, id: VideoId, v: &VideoEntry) -> VideoInfo {
@@ -153,19 +177,36 @@ impl State {
 
     fn entry(&self, video: VideoId, index: FragmentIndex, sample: usize) -> FragmentEntry {
         let set = &self.videos[&video].holders[index as usize];
-        FragmentEntry { video, index, file: fragment_file_name(index), holders: set.len() as u64, sample: self.sample(set, sample) }
+        FragmentEntry {
+            video,
+            index,
+            file: fragment_file_name(index),
+            holders: set.len() as u64,
+            sample: self.sample(set, sample),
+        }
     }
 }
 
 fn after<K: Ord + Copy>(cursor: Option<K>) -> (Bound<K>, Bound<K>) {
-    (cursor.map_or(Bound::Unbounded, Bound::Excluded), Bound::Unbounded)
+    (
+        cursor.map_or(Bound::Unbounded, Bound::Excluded),
+        Bound::Unbounded,
+    )
 }
 
 impl MemoryRegistry {
     /// An empty registry.
     pub fn new(config: MemoryRegistryConfig) -> Self {
-        let state = State { nodes: BTreeMap::new(), videos: BTreeMap::new(), next_expiry: Instant::now() + config.ttl, held: 0 };
-        MemoryRegistry { config, state: RwLock::new(state) }
+        let state = State {
+            nodes: BTreeMap::new(),
+            videos: BTreeMap::new(),
+            next_expiry: Instant::now() + config.ttl,
+            held: 0,
+        };
+        MemoryRegistry {
+            config,
+            state: RwLock::new(state),
+        }
     }
 
     /// Its limits.
@@ -207,15 +248,28 @@ impl MemoryRegistry {
     /// Counts of live nodes, videos and holdings.
     pub fn stats(&self) -> RegistryStats {
         let g = self.read();
-        RegistryStats { nodes: g.nodes.len() as u64, videos: g.videos.len() as u64, fragments_held: g.held }
+        RegistryStats {
+            nodes: g.nodes.len() as u64,
+            videos: g.videos.len() as u64,
+            fragments_held: g.held,
+        }
     }
 
     /// Registers or refreshes a node.
-    pub fn register_node(&self, id: NodeId, node: &NodeRegistration) -> Result<Lease, RegistryError> {
+    pub fn register_node(
+        &self,
+        id: NodeId,
+        node: &NodeRegistration,
+    ) -> Result<Lease, RegistryError> {
         validate_registration(node)?;
         let mut g = self.write();
         let now = Instant::now();
-        let record = NodeRecord { id, name: node.name.clone(), addrs: node.addrs.clone(), http: node.http.clone() };
+        let record = NodeRecord {
+            id,
+            name: node.name.clone(),
+            addrs: node.addrs.clone(),
+            http: node.http.clone(),
+        };
         let new = match g.nodes.get_mut(&id) {
             Some(n) => {
                 n.record = record;
@@ -224,27 +278,57 @@ impl MemoryRegistry {
             }
             None => {
                 if g.nodes.len() >= self.config.max_nodes {
-                    return Err(RegistryError::Full(format!("{} nodes registered (the limit)", self.config.max_nodes)));
+                    return Err(RegistryError::Full(format!(
+                        "{} nodes registered (the limit)",
+                        self.config.max_nodes
+                    )));
                 }
-                g.nodes.insert(id, NodeEntry { record, last_seen: now, holdings: BTreeMap::new(), fragments: 0 });
+                g.nodes.insert(
+                    id,
+                    NodeEntry {
+                        record,
+                        last_seen: now,
+                        holdings: BTreeMap::new(),
+                        fragments: 0,
+                    },
+                );
                 true
             }
         };
         let ttl = self.config.ttl;
-        Ok(Lease { ttl_ms: ttl.as_millis() as u64, heartbeat_ms: (ttl / 3).as_millis() as u64, new })
+        Ok(Lease {
+            ttl_ms: ttl.as_millis() as u64,
+            heartbeat_ms: (ttl / 3).as_millis() as u64,
+            new,
+        })
     }
 
     /// Removes a node and its holdings.
     pub fn remove_node(&self, id: NodeId) -> Result<(), RegistryError> {
-        if self.write().remove_node(&id) { Ok(()) } else { Err(RegistryError::UnknownNode(id)) }
+        if self.write().remove_node(&id) {
+            Ok(())
+        } else {
+            Err(RegistryError::UnknownNode(id))
+        }
     }
 
     /// Replaces a node's have-set for a video (empty withdraws it).
-    pub fn set_have(&self, id: NodeId, video: VideoId, have: &[FragmentIndex]) -> Result<(), RegistryError> {
+    pub fn set_have(
+        &self,
+        id: NodeId,
+        video: VideoId,
+        have: &[FragmentIndex],
+    ) -> Result<(), RegistryError> {
         let mut g = self.write();
         let state = &mut *g;
-        let node = state.nodes.get_mut(&id).ok_or(RegistryError::UnknownNode(id))?;
-        let v = state.videos.get_mut(&video).ok_or(RegistryError::UnknownVideo(video))?;
+        let node = state
+            .nodes
+            .get_mut(&id)
+            .ok_or(RegistryError::UnknownNode(id))?;
+        let v = state
+            .videos
+            .get_mut(&video)
+            .ok_or(RegistryError::UnknownVideo(video))?;
         let new = normalize_have(video, v.manifest.fragment_count, have)?;
         let old = node.holdings.remove(&video).unwrap_or_default();
         // Both lists are sorted: touch only the indices that changed.
@@ -281,26 +365,60 @@ impl MemoryRegistry {
     }
 
     /// A random sample of at most `limit` holders of a fragment (clamped to [`MAX_LOCATE`]).
-    pub fn holders(&self, video: VideoId, index: FragmentIndex, limit: usize) -> Result<Holders, RegistryError> {
+    pub fn holders(
+        &self,
+        video: VideoId,
+        index: FragmentIndex,
+        limit: usize,
+    ) -> Result<Holders, RegistryError> {
         let g = self.read();
-        let v = g.videos.get(&video).ok_or(RegistryError::UnknownVideo(video))?;
-        let set = v.holders.get(index as usize).ok_or(RegistryError::UnknownFragment { video, index, count: v.manifest.fragment_count })?;
-        Ok(Holders { video, index, total: set.len() as u64, peers: g.sample(set, limit.min(MAX_LOCATE)) })
+        let v = g
+            .videos
+            .get(&video)
+            .ok_or(RegistryError::UnknownVideo(video))?;
+        let set = v
+            .holders
+            .get(index as usize)
+            .ok_or(RegistryError::UnknownFragment {
+                video,
+                index,
+                count: v.manifest.fragment_count,
+            })?;
+        Ok(Holders {
+            video,
+            index,
+            total: set.len() as u64,
+            peers: g.sample(set, limit.min(MAX_LOCATE)),
+        })
     }
 
     /// Registers a video; `claimed` is the id the caller expects. Returns the id and
     /// whether it was new.
-    pub fn insert_video(&self, manifest: &Manifest, claimed: Option<VideoId>) -> Result<(VideoId, bool), RegistryError> {
+    pub fn insert_video(
+        &self,
+        manifest: &Manifest,
+        claimed: Option<VideoId>,
+    ) -> Result<(VideoId, bool), RegistryError> {
         let id = check_manifest(manifest, claimed)?;
         let mut g = self.write();
         if g.videos.contains_key(&id) {
             return Ok((id, false));
         }
         if g.videos.len() >= self.config.max_videos {
-            return Err(RegistryError::Full(format!("{} videos registered (the limit)", self.config.max_videos)));
+            return Err(RegistryError::Full(format!(
+                "{} videos registered (the limit)",
+                self.config.max_videos
+            )));
         }
         let holders = vec![IndexSet::new(); manifest.fragment_count as usize];
-        g.videos.insert(id, VideoEntry { manifest: Arc::new(manifest.clone()), holders, nodes: 0 });
+        g.videos.insert(
+            id,
+            VideoEntry {
+                manifest: Arc::new(manifest.clone()),
+                holders,
+                nodes: 0,
+            },
+        );
         Ok((id, true))
     }
 
@@ -318,29 +436,57 @@ impl MemoryRegistry {
 
     /// A video's manifest.
     pub fn video_manifest(&self, id: VideoId) -> Result<Arc<Manifest>, RegistryError> {
-        self.read().videos.get(&id).map(|v| v.manifest.clone()).ok_or(RegistryError::UnknownVideo(id))
+        self.read()
+            .videos
+            .get(&id)
+            .map(|v| v.manifest.clone())
+            .ok_or(RegistryError::UnknownVideo(id))
     }
 
     /// Videos after `cursor` in id order, at most `limit` (clamped to [`MAX_PAGE`]), and
     /// the cursor of the next page if there is one.
-    pub fn videos_page(&self, cursor: Option<VideoId>, limit: usize) -> (Vec<VideoInfo>, Option<VideoId>) {
+    pub fn videos_page(
+        &self,
+        cursor: Option<VideoId>,
+        limit: usize,
+    ) -> (Vec<VideoInfo>, Option<VideoId>) {
         let g = self.read();
         let limit = limit.clamp(1, MAX_PAGE);
         let mut it = g.videos.range(after(cursor));
-        let page: Vec<VideoInfo> = it.by_ref().take(limit).map(|(id, v)| g.video_info(*id, v)).collect();
-        let next = if it.next().is_some() { page.last().map(|v| v.id) } else { None };
+        let page: Vec<VideoInfo> = it
+            .by_ref()
+            .take(limit)
+            .map(|(id, v)| g.video_info(*id, v))
+            .collect();
+        let next = if it.next().is_some() {
+            page.last().map(|v| v.id)
+        } else {
+            None
+        };
         (page, next)
     }
 
     /// Live nodes after `cursor` in id order, at most `limit` (clamped to [`MAX_PAGE`]),
     /// and the cursor of the next page if there is one.
-    pub fn nodes_page(&self, cursor: Option<NodeId>, limit: usize) -> (Vec<NodeInfo>, Option<NodeId>) {
+    pub fn nodes_page(
+        &self,
+        cursor: Option<NodeId>,
+        limit: usize,
+    ) -> (Vec<NodeInfo>, Option<NodeId>) {
         let g = self.read();
         let (now, ttl) = (Instant::now(), self.config.ttl);
         let limit = limit.clamp(1, MAX_PAGE);
         let mut it = g.nodes.range(after(cursor));
-        let page: Vec<NodeInfo> = it.by_ref().take(limit).map(|(_, n)| g.node_info(n, now, ttl)).collect();
-        let next = if it.next().is_some() { page.last().map(|n| n.id) } else { None };
+        let page: Vec<NodeInfo> = it
+            .by_ref()
+            .take(limit)
+            .map(|(_, n)| g.node_info(n, now, ttl))
+            .collect();
+        let next = if it.next().is_some() {
+            page.last().map(|n| n.id)
+        } else {
+            None
+        };
         (page, next)
     }
 
@@ -350,7 +496,14 @@ impl MemoryRegistry {
         let n = g.nodes.get(&id).ok_or(RegistryError::UnknownNode(id))?;
         Ok(NodeDetail {
             node: g.node_info(n, Instant::now(), self.config.ttl),
-            holdings: n.holdings.iter().map(|(v, have)| Holding { video: *v, have: have.clone() }).collect(),
+            holdings: n
+                .holdings
+                .iter()
+                .map(|(v, have)| Holding {
+                    video: *v,
+                    have: have.clone(),
+                })
+                .collect(),
         })
     }
 
@@ -365,7 +518,10 @@ impl MemoryRegistry {
         }
         // The fragments in listing order, resumed after the cursor.
         let start_video = q.after.map(|c| c.video);
-        let skip = |video: VideoId, index: FragmentIndex| q.after.is_some_and(|c| c.video == video && index <= c.index);
+        let skip = |video: VideoId, index: FragmentIndex| {
+            q.after
+                .is_some_and(|c| c.video == video && index <= c.index)
+        };
         let mut out = Vec::with_capacity(limit.min(256));
         let mut more = false;
         let mut push = |video: VideoId, index: FragmentIndex, out: &mut Vec<FragmentEntry>| {
@@ -402,8 +558,21 @@ impl MemoryRegistry {
                 }
             }
         }
-        let next_cursor = if more { out.last().map(|e| FragmentCursor { video: e.video, index: e.index }.to_string()) } else { None };
-        Ok(FragmentPage { fragments: out, next_cursor })
+        let next_cursor = if more {
+            out.last().map(|e| {
+                FragmentCursor {
+                    video: e.video,
+                    index: e.index,
+                }
+                .to_string()
+            })
+        } else {
+            None
+        };
+        Ok(FragmentPage {
+            fragments: out,
+            next_cursor,
+        })
     }
 }
 
@@ -417,11 +586,21 @@ impl Registry for MemoryRegistry {
         self.remove_node(id)
     }
 
-    async fn announce(&self, id: NodeId, video: VideoId, have: &[FragmentIndex]) -> Result<(), RegistryError> {
+    async fn announce(
+        &self,
+        id: NodeId,
+        video: VideoId,
+        have: &[FragmentIndex],
+    ) -> Result<(), RegistryError> {
         self.set_have(id, video, have)
     }
 
-    async fn locate(&self, video: VideoId, index: FragmentIndex, limit: usize) -> Result<Holders, RegistryError> {
+    async fn locate(
+        &self,
+        video: VideoId,
+        index: FragmentIndex,
+        limit: usize,
+    ) -> Result<Holders, RegistryError> {
         self.holders(video, index, limit)
     }
 
@@ -431,7 +610,10 @@ impl Registry for MemoryRegistry {
 
     async fn videos(&self) -> Result<Vec<VideoInfo>, RegistryError> {
         let g = self.read();
-        Ok(g.videos.iter().map(|(id, v)| g.video_info(*id, v)).collect())
+        Ok(g.videos
+            .iter()
+            .map(|(id, v)| g.video_info(*id, v))
+            .collect())
     }
 
     async fn manifest(&self, video: VideoId) -> Result<Arc<Manifest>, RegistryError> {
@@ -441,7 +623,10 @@ impl Registry for MemoryRegistry {
     async fn nodes(&self) -> Result<Vec<NodeInfo>, RegistryError> {
         let g = self.read();
         let now = Instant::now();
-        Ok(g.nodes.values().map(|n| g.node_info(n, now, self.config.ttl)).collect())
+        Ok(g.nodes
+            .values()
+            .map(|n| g.node_info(n, now, self.config.ttl))
+            .collect())
     }
 }
 
@@ -456,7 +641,15 @@ mod tests {
         Manifest {
             chunk_size: 4,
             fragment_count: fragments,
-            fragments: (0..fragments).map(|i| FragmentInfo { chunks: vec![h], hash: h, index: i, offset: i as u64 * 4, size: 4 }).collect(),
+            fragments: (0..fragments)
+                .map(|i| FragmentInfo {
+                    chunks: vec![h],
+                    hash: h,
+                    index: i,
+                    offset: i as u64 * 4,
+                    size: 4,
+                })
+                .collect(),
             hash: h,
             mime: "video/mp4".into(),
             name: name.into(),
@@ -467,12 +660,22 @@ mod tests {
 
     fn node(i: u32) -> (NodeId, NodeRegistration) {
         let id = NodeId(Digest::of(&i.to_le_bytes()));
-        (id, NodeRegistration { name: format!("n{i}"), addrs: vec![format!("tcp://127.0.0.1:{}", 6000 + i).parse().unwrap()], http: None })
+        (
+            id,
+            NodeRegistration {
+                name: format!("n{i}"),
+                addrs: vec![format!("tcp://127.0.0.1:{}", 6000 + i).parse().unwrap()],
+                http: None,
+            },
+        )
     }
 
     #[tokio::test(start_paused = true)]
     async fn expiry_is_exact_without_a_sweeper() {
-        let r = MemoryRegistry::new(MemoryRegistryConfig { ttl: Duration::from_secs(30), ..Default::default() });
+        let r = MemoryRegistry::new(MemoryRegistryConfig {
+            ttl: Duration::from_secs(30),
+            ..Default::default()
+        });
         let (vid, _) = r.insert_video(&manifest("a", 2), None).unwrap();
         let (a, ra) = node(1);
         let (b, rb) = node(2);
@@ -486,10 +689,28 @@ mod tests {
         tokio::time::advance(Duration::from_secs(10)).await;
         // a's deadline (t=30) has passed, b's (t=50) has not.
         assert_eq!(r.holders(vid, 0, 10).unwrap().total, 0);
-        assert_eq!(r.holders(vid, 1, 10).unwrap().peers.iter().map(|p| p.id).collect::<Vec<_>>(), vec![b]);
-        assert_eq!(r.stats(), RegistryStats { nodes: 1, videos: 1, fragments_held: 1 });
+        assert_eq!(
+            r.holders(vid, 1, 10)
+                .unwrap()
+                .peers
+                .iter()
+                .map(|p| p.id)
+                .collect::<Vec<_>>(),
+            vec![b]
+        );
+        assert_eq!(
+            r.stats(),
+            RegistryStats {
+                nodes: 1,
+                videos: 1,
+                fragments_held: 1
+            }
+        );
         assert_eq!(r.set_have(a, vid, &[0]), Err(RegistryError::UnknownNode(a)));
-        assert!(r.register_node(a, &ra).unwrap().new, "an expired node is new again");
+        assert!(
+            r.register_node(a, &ra).unwrap().new,
+            "an expired node is new again"
+        );
         tokio::time::advance(Duration::from_secs(31)).await;
         assert_eq!(r.stats().nodes, 0);
         assert_eq!(r.video(vid).unwrap().holders, 0);
@@ -507,7 +728,13 @@ mod tests {
         r.set_have(a, vid, &[2, 3]).unwrap();
         assert_eq!(r.holders(vid, 0, 5).unwrap().total, 0);
         assert_eq!(r.holders(vid, 3, 5).unwrap().total, 1);
-        assert_eq!(r.node(a).unwrap().holdings, vec![Holding { video: vid, have: vec![2, 3] }]);
+        assert_eq!(
+            r.node(a).unwrap().holdings,
+            vec![Holding {
+                video: vid,
+                have: vec![2, 3]
+            }]
+        );
         assert_eq!(r.video(vid).unwrap().available, 2);
         assert_eq!(r.stats().fragments_held, 2);
         r.set_have(a, vid, &[]).unwrap();
@@ -537,29 +764,89 @@ mod tests {
                 }
             }
         };
-        let everything = all(FragmentQuery { limit: 2, sample: 1, ..Default::default() });
+        let everything = all(FragmentQuery {
+            limit: 2,
+            sample: 1,
+            ..Default::default()
+        });
         assert_eq!(everything.len(), 5);
-        assert!(everything.windows(2).all(|w| (w[0].0, w[0].1) < (w[1].0, w[1].1)), "sorted, no repeats");
+        assert!(
+            everything
+                .windows(2)
+                .all(|w| (w[0].0, w[0].1) < (w[1].0, w[1].1)),
+            "sorted, no repeats"
+        );
         assert_eq!(everything.iter().map(|e| e.2).sum::<u64>(), 3);
-        let held = all(FragmentQuery { node: Some(a), limit: 1, ..Default::default() });
+        let held = all(FragmentQuery {
+            node: Some(a),
+            limit: 1,
+            ..Default::default()
+        });
         assert_eq!(held.len(), 3);
-        assert_eq!(all(FragmentQuery { node: Some(a), video: Some(v1), limit: 1, ..Default::default() }).len(), 2);
-        assert_eq!(all(FragmentQuery { video: Some(v2), limit: 1, ..Default::default() }), vec![(v2, 0, 0), (v2, 1, 1)]);
-        let p = r.fragments(&FragmentQuery { limit: 10, sample: 5, ..Default::default() }).unwrap();
+        assert_eq!(
+            all(FragmentQuery {
+                node: Some(a),
+                video: Some(v1),
+                limit: 1,
+                ..Default::default()
+            })
+            .len(),
+            2
+        );
+        assert_eq!(
+            all(FragmentQuery {
+                video: Some(v2),
+                limit: 1,
+                ..Default::default()
+            }),
+            vec![(v2, 0, 0), (v2, 1, 1)]
+        );
+        let p = r
+            .fragments(&FragmentQuery {
+                limit: 10,
+                sample: 5,
+                ..Default::default()
+            })
+            .unwrap();
         assert!(p.next_cursor.is_none());
-        let e = p.fragments.iter().find(|e| e.video == v2 && e.index == 1).unwrap();
-        assert_eq!((e.file.as_str(), e.sample.len(), e.sample[0].id), ("fragment_1.bin", 1, a));
+        let e = p
+            .fragments
+            .iter()
+            .find(|e| e.video == v2 && e.index == 1)
+            .unwrap();
+        assert_eq!(
+            (e.file.as_str(), e.sample.len(), e.sample[0].id),
+            ("fragment_1.bin", 1, a)
+        );
         let unknown = NodeId(Digest::of(b"nobody"));
-        assert_eq!(r.fragments(&FragmentQuery { node: Some(unknown), limit: 1, ..Default::default() }), Err(RegistryError::UnknownNode(unknown)));
+        assert_eq!(
+            r.fragments(&FragmentQuery {
+                node: Some(unknown),
+                limit: 1,
+                ..Default::default()
+            }),
+            Err(RegistryError::UnknownNode(unknown))
+        );
     }
 
     #[test]
     fn capacity_is_enforced() {
-        let r = MemoryRegistry::new(MemoryRegistryConfig { max_nodes: 1, max_videos: 1, ..Default::default() });
+        let r = MemoryRegistry::new(MemoryRegistryConfig {
+            max_nodes: 1,
+            max_videos: 1,
+            ..Default::default()
+        });
         r.register_node(node(1).0, &node(1).1).unwrap();
-        assert!(matches!(r.register_node(node(2).0, &node(2).1), Err(RegistryError::Full(_))));
-        r.register_node(node(1).0, &node(1).1).expect("a heartbeat is not a new node");
+        assert!(matches!(
+            r.register_node(node(2).0, &node(2).1),
+            Err(RegistryError::Full(_))
+        ));
+        r.register_node(node(1).0, &node(1).1)
+            .expect("a heartbeat is not a new node");
         r.insert_video(&manifest("a", 1), None).unwrap();
-        assert!(matches!(r.insert_video(&manifest("b", 1), None), Err(RegistryError::Full(_))));
+        assert!(matches!(
+            r.insert_video(&manifest("b", 1), None),
+            Err(RegistryError::Full(_))
+        ));
     }
 }

@@ -44,7 +44,9 @@ pub const DEFAULT_SAMPLE: u32 = 5;
 pub fn page_limit(limit: Option<u32>, default: u32, max: usize) -> Result<usize, ApiError> {
     match limit.unwrap_or(default) {
         0 => Err(ApiError::bad_request("limit must be at least 1")),
-        n if n as usize > max => Err(ApiError::bad_request(format!("limit must be at most {max}"))),
+        n if n as usize > max => Err(ApiError::bad_request(format!(
+            "limit must be at most {max}"
+        ))),
         n => Ok(n as usize),
     }
 }
@@ -65,14 +67,30 @@ pub fn page_limit(limit: Option<u32>, default: u32, max: usize) -> Result<usize,
         (status = 404, description = "The video or node filter names nothing registered", body = ErrorBody),
     )
 )]
-async fn list_fragments(State(state): State<AppState>, ApiQuery(p): ApiQuery<FragmentsParams>) -> ApiResult<Json<FragmentPage>> {
+async fn list_fragments(
+    State(state): State<AppState>,
+    ApiQuery(p): ApiQuery<FragmentsParams>,
+) -> ApiResult<Json<FragmentPage>> {
     let limit = page_limit(p.limit, DEFAULT_PAGE, MAX_PAGE)?;
     let sample = p.sample.unwrap_or(DEFAULT_SAMPLE) as usize;
     if sample > MAX_SAMPLE {
-        return Err(ApiError::bad_request(format!("sample must be at most {MAX_SAMPLE}")));
+        return Err(ApiError::bad_request(format!(
+            "sample must be at most {MAX_SAMPLE}"
+        )));
     }
-    let after = p.cursor.as_deref().map(str::parse::<FragmentCursor>).transpose().map_err(ApiError::bad_request)?;
-    let q = FragmentQuery { video: p.video, node: p.node, after, limit, sample };
+    let after = p
+        .cursor
+        .as_deref()
+        .map(str::parse::<FragmentCursor>)
+        .transpose()
+        .map_err(ApiError::bad_request)?;
+    let q = FragmentQuery {
+        video: p.video,
+        node: p.node,
+        after,
+        limit,
+        sample,
+    };
     Ok(Json(state.registry.fragments(&q)?))
 }
 

@@ -4,8 +4,10 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use fragnet_core::registry::{Announcement, Lease, MAX_PAGE, NodeDetail, NodeInfo, NodeRegistration};
-use fragnet_core::{NodeId, RegistryError};
+use fragnet_core::NodeId;
+use fragnet_core::registry::{
+    Announcement, Lease, MAX_PAGE, NodeDetail, NodeInfo, NodeRegistration,
+};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -13,7 +15,7 @@ use utoipa_axum::routes;
 
 use super::PageParams;
 use super::fragments::{DEFAULT_PAGE, page_limit};
-use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::error::{ApiResult, ErrorBody};
 use crate::extract::{ApiQuery, JsonBody, node_id};
 use crate::state::AppState;
 
@@ -41,7 +43,10 @@ pub struct NodePage {
         (status = 400, description = "A malformed parameter", body = ErrorBody),
     )
 )]
-async fn list_nodes(State(state): State<AppState>, ApiQuery(p): ApiQuery<PageParams>) -> ApiResult<Json<NodePage>> {
+async fn list_nodes(
+    State(state): State<AppState>,
+    ApiQuery(p): ApiQuery<PageParams>,
+) -> ApiResult<Json<NodePage>> {
     let limit = page_limit(p.limit, DEFAULT_PAGE, MAX_PAGE)?;
     let cursor = p.cursor.as_deref().map(node_id).transpose()?;
     let (nodes, next_cursor) = state.registry.nodes_page(cursor, limit);
@@ -60,7 +65,10 @@ async fn list_nodes(State(state): State<AppState>, ApiQuery(p): ApiQuery<PagePar
         (status = 404, description = "No such live node", body = ErrorBody),
     )
 )]
-async fn get_node(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<NodeDetail>> {
+async fn get_node(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<NodeDetail>> {
     Ok(Json(state.registry.node(node_id(&id)?)?))
 }
 
@@ -88,13 +96,21 @@ async fn get_node(State(state): State<AppState>, Path(id): Path<String>) -> ApiR
         (status = 507, description = "The manager holds as many nodes as it may", body = ErrorBody),
     )
 )]
-async fn put_node(State(state): State<AppState>, Path(id): Path<String>, JsonBody(reg): JsonBody<NodeRegistration>) -> ApiResult<Response> {
+async fn put_node(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(reg): JsonBody<NodeRegistration>,
+) -> ApiResult<Response> {
     let id = node_id(&id)?;
     let lease = state.registry.register_node(id, &reg)?;
     if lease.new {
         tracing::info!(node = %id, name = %reg.name, "node registered");
     }
-    let status = if lease.new { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if lease.new {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((status, Json(lease)).into_response())
 }
 
@@ -112,7 +128,10 @@ async fn put_node(State(state): State<AppState>, Path(id): Path<String>, JsonBod
         (status = 404, description = "No such live node", body = ErrorBody),
     )
 )]
-async fn delete_node(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+async fn delete_node(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
     let id = node_id(&id)?;
     state.registry.remove_node(id)?;
     tracing::info!(node = %id, "node deregistered");
@@ -134,27 +153,26 @@ async fn delete_node(State(state): State<AppState>, Path(id): Path<String>) -> A
         (status = 204, description = "Recorded"),
         (status = 400, description = "A malformed node id", body = ErrorBody),
         (status = 401, description = "Missing or wrong token", body = ErrorBody),
-        (status = 404, description = "The node is not registered (or expired), or the video is not", body = ErrorBody),
+        (status = 404, description = "The node is not registered (or expired), the video is not, or it has no such fragment", body = ErrorBody),
         (status = 408, description = "The body did not arrive in time", body = ErrorBody),
         (status = 413, description = "The body is larger than the limit", body = ErrorBody),
-        (status = 422, description = "Not a valid announcement (e.g. an index the video does not have)", body = ErrorBody),
+        (status = 422, description = "Not a valid announcement", body = ErrorBody),
     )
 )]
-async fn put_fragments(State(state): State<AppState>, Path(id): Path<String>, JsonBody(a): JsonBody<Announcement>) -> ApiResult<StatusCode> {
+async fn put_fragments(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(a): JsonBody<Announcement>,
+) -> ApiResult<StatusCode> {
     let id = node_id(&id)?;
-    match state.registry.set_have(id, a.video, &a.have) {
-        Ok(()) => Ok(StatusCode::NO_CONTENT),
-        // In a body, an index the video lacks is bad input, not a missing resource.
-        Err(e @ RegistryError::UnknownFragment { .. }) => {
-            let mut err = ApiError::from(e);
-            err.status = StatusCode::UNPROCESSABLE_ENTITY;
-            Err(err)
-        }
-        Err(e) => Err(e.into()),
-    }
+    state.registry.set_have(id, a.video, &a.have)?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// The `/nodes` routes.
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(list_nodes)).routes(routes!(get_node, put_node, delete_node)).routes(routes!(put_fragments))
+    OpenApiRouter::new()
+        .routes(routes!(list_nodes))
+        .routes(routes!(get_node, put_node, delete_node))
+        .routes(routes!(put_fragments))
 }

@@ -5,7 +5,9 @@ use axum::extract::{Path, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use fragnet_core::manifest::ManifestError;
-use fragnet_core::registry::{DEFAULT_LOCATE, Holders, MAX_LOCATE, MAX_PAGE, VideoInfo, check_manifest};
+use fragnet_core::registry::{
+    DEFAULT_LOCATE, Holders, MAX_LOCATE, MAX_PAGE, VideoInfo, check_manifest,
+};
 use fragnet_core::{Manifest, VideoId};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -60,11 +62,17 @@ pub struct PeersParams {
         (status = 400, description = "A malformed parameter", body = ErrorBody),
     )
 )]
-async fn list_videos(State(state): State<AppState>, ApiQuery(p): ApiQuery<PageParams>) -> ApiResult<Json<VideoPage>> {
+async fn list_videos(
+    State(state): State<AppState>,
+    ApiQuery(p): ApiQuery<PageParams>,
+) -> ApiResult<Json<VideoPage>> {
     let limit = page_limit(p.limit, DEFAULT_PAGE, MAX_PAGE)?;
     let cursor = p.cursor.as_deref().map(video_id).transpose()?;
     let (videos, next_cursor) = state.registry.videos_page(cursor, limit);
-    Ok(Json(VideoPage { videos, next_cursor }))
+    Ok(Json(VideoPage {
+        videos,
+        next_cursor,
+    }))
 }
 
 /// Register a video by its manifest.
@@ -90,10 +98,18 @@ async fn list_videos(State(state): State<AppState>, ApiQuery(p): ApiQuery<PagePa
         (status = 507, description = "The manager holds as many videos as it may", body = ErrorBody),
     )
 )]
-async fn add_video(State(state): State<AppState>, ApiQuery(p): ApiQuery<AddVideoParams>, req: Request) -> ApiResult<Response> {
+async fn add_video(
+    State(state): State<AppState>,
+    ApiQuery(p): ApiQuery<AddVideoParams>,
+    req: Request,
+) -> ApiResult<Response> {
     let bytes = read_body(&state, req, state.limits.max_manifest_bytes).await?;
     let manifest = Manifest::from_bytes(&bytes).map_err(|e| match e {
-        ManifestError::TooLarge => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge, e.to_string()),
+        ManifestError::TooLarge => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::PayloadTooLarge,
+            e.to_string(),
+        ),
         e => ApiError::invalid(e.to_string()),
     })?;
     let id = check_manifest(&manifest, p.id)?;
@@ -103,7 +119,10 @@ async fn add_video(State(state): State<AppState>, ApiQuery(p): ApiQuery<AddVideo
     }
     let max = state.registry.config().max_videos;
     if state.registry.stats().videos as usize >= max {
-        return Err(fragnet_core::RegistryError::Full(format!("{max} videos registered (the limit)")).into());
+        return Err(fragnet_core::RegistryError::Full(format!(
+            "{max} videos registered (the limit)"
+        ))
+        .into());
     }
     // Durable first: a 201 means the manifest survives a restart.
     let dir = state.manifests.clone();
@@ -111,14 +130,24 @@ async fn add_video(State(state): State<AppState>, ApiQuery(p): ApiQuery<AddVideo
     tokio::task::spawn_blocking(move || dir.save(&m))
         .await
         .map_err(|e| ApiError::internal(format!("saving the manifest: {e}")))?
-        .map_err(|e| ApiError::internal(format!("saving the manifest in {}: {e}", state.manifests.path().display())))?;
+        .map_err(|e| {
+            ApiError::internal(format!(
+                "saving the manifest in {}: {e}",
+                state.manifests.path().display()
+            ))
+        })?;
     if let Err(e) = state.registry.insert_video(&manifest, Some(id)) {
         let _ = state.manifests.remove(id);
         return Err(e.into());
     }
     tracing::info!(video = %id, name = %manifest.name, fragments = manifest.fragment_count, "video registered");
     let info = state.registry.video(id)?;
-    Ok((StatusCode::CREATED, [(header::LOCATION, format!("/videos/{id}"))], Json(info)).into_response())
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, format!("/videos/{id}"))],
+        Json(info),
+    )
+        .into_response())
 }
 
 /// Get a video's manifest.
@@ -137,7 +166,11 @@ async fn add_video(State(state): State<AppState>, ApiQuery(p): ApiQuery<AddVideo
 )]
 async fn get_video(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
     let m = state.registry.video_manifest(video_id(&id)?)?;
-    Ok(([(header::CONTENT_TYPE, "application/json")], m.canonical_bytes()).into_response())
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        m.canonical_bytes(),
+    )
+        .into_response())
 }
 
 /// Who holds a fragment: a bounded random sample of live holders.
@@ -159,17 +192,26 @@ async fn get_video(State(state): State<AppState>, Path(id): Path<String>) -> Api
         (status = 404, description = "No such video or fragment", body = ErrorBody),
     )
 )]
-async fn fragment_peers(State(state): State<AppState>, Path((id, index)): Path<(String, String)>, ApiQuery(p): ApiQuery<PeersParams>) -> ApiResult<Json<Holders>> {
+async fn fragment_peers(
+    State(state): State<AppState>,
+    Path((id, index)): Path<(String, String)>,
+    ApiQuery(p): ApiQuery<PeersParams>,
+) -> ApiResult<Json<Holders>> {
     let video = video_id(&id)?;
     let index = fragment_index(&index)?;
     let limit = p.limit.map_or(DEFAULT_LOCATE, |l| l as usize);
     if limit > MAX_LOCATE {
-        return Err(ApiError::bad_request(format!("limit must be at most {MAX_LOCATE}")));
+        return Err(ApiError::bad_request(format!(
+            "limit must be at most {MAX_LOCATE}"
+        )));
     }
     Ok(Json(state.registry.holders(video, index, limit)?))
 }
 
 /// The `/videos` routes.
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(list_videos, add_video)).routes(routes!(get_video)).routes(routes!(fragment_peers))
+    OpenApiRouter::new()
+        .routes(routes!(list_videos, add_video))
+        .routes(routes!(get_video))
+        .routes(routes!(fragment_peers))
 }

@@ -27,7 +27,10 @@ pub struct TestManager {
 
 pub fn client() -> Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    Client::builder().timeout(std::time::Duration::from_secs(10)).build().unwrap()
+    Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
+        .unwrap()
 }
 
 impl TestManager {
@@ -40,9 +43,20 @@ impl TestManager {
     pub async fn start_in(dir: TempDir, tweak: impl FnOnce(&mut ManagerConfig)) -> Self {
         let mut config = ManagerConfig::local(dir.path().to_path_buf());
         tweak(&mut config);
-        let handle = within(10, "manager start", fragnet_manager::spawn(config, CancellationToken::new())).await.unwrap();
+        let handle = within(
+            10,
+            "manager start",
+            fragnet_manager::spawn(config, CancellationToken::new()),
+        )
+        .await
+        .unwrap();
         let base = handle.url();
-        TestManager { handle, dir, base, client: client() }
+        TestManager {
+            handle,
+            dir,
+            base,
+            client: client(),
+        }
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -54,7 +68,13 @@ impl TestManager {
     }
 
     /// Sends a request with an optional raw body and bearer token.
-    pub async fn send(&self, method: Method, path: &str, body: Option<Vec<u8>>, token: Option<&str>) -> Response {
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        token: Option<&str>,
+    ) -> Response {
         let mut rb = self.client.request(method, self.url(path));
         if let Some(b) = body {
             rb = rb.header("content-type", "application/json").body(b);
@@ -70,7 +90,16 @@ impl TestManager {
     }
 
     pub async fn put(&self, path: &str, body: &Value) -> (u16, Value) {
-        json(self.send(Method::PUT, path, Some(serde_json::to_vec(body).unwrap()), None).await).await
+        json(
+            self.send(
+                Method::PUT,
+                path,
+                Some(serde_json::to_vec(body).unwrap()),
+                None,
+            )
+            .await,
+        )
+        .await
     }
 
     pub async fn post_raw(&self, path: &str, body: Vec<u8>) -> (u16, Value) {
@@ -90,7 +119,12 @@ impl TestManager {
 pub async fn json(resp: Response) -> (u16, Value) {
     let status = resp.status().as_u16();
     let bytes = within(10, "body", resp.bytes()).await.unwrap();
-    let v = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&bytes))) };
+    let v = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&bytes)))
+    };
     (status, v)
 }
 
@@ -101,7 +135,10 @@ pub fn assert_error(got: &(u16, Value), status: u16, code: &str) {
     assert_eq!(*s, status, "status; body {v}");
     assert_eq!(v["status"], status, "body repeats the status: {v}");
     assert_eq!(v["code"], code, "code: {v}");
-    assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "message: {v}");
+    assert!(
+        v["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "message: {v}"
+    );
 }
 
 pub fn reg_json(i: u32) -> (String, Value) {
