@@ -16,9 +16,11 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
 EXAMPLES=${ST_EXAMPLES:-30}
 SEED=${ST_SEED:-20261126}
-VENV=${ST_VENV:-$ROOT/target/schemathesis-venv}
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+VENV=${ST_VENV:-$TARGET/schemathesis-venv}
 
 if [ ! -x "$VENV/bin/st" ] || ! "$VENV/bin/python" -c 'import openapi_spec_validator' 2>/dev/null; then
     echo "schemathesis.sh: installing schemathesis and openapi-spec-validator into $VENV"
@@ -27,7 +29,7 @@ if [ ! -x "$VENV/bin/st" ] || ! "$VENV/bin/python" -c 'import openapi_spec_valid
 fi
 
 cargo build --quiet -p fragnet-manager --example serve
-BIN="$ROOT/target/debug/examples/serve"
+BIN="$TARGET/debug/examples/serve"
 
 DATA=$(mktemp -d)
 PORT=$("$VENV/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')

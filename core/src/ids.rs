@@ -159,9 +159,18 @@ mod openapi_schema {
             impl utoipa::ToSchema for $ty {}
         };
     }
-    schema!(super::Digest, "A BLAKE3 digest, 64 lowercase hex characters.");
-    schema!(super::VideoId, "A video id: the BLAKE3 of the manifest's canonical bytes, 64 lowercase hex characters.");
-    schema!(super::NodeId, "A node id: the BLAKE3 of the node's public key, 64 lowercase hex characters.");
+    schema!(
+        super::Digest,
+        "A BLAKE3 digest, 64 lowercase hex characters."
+    );
+    schema!(
+        super::VideoId,
+        "A video id: the BLAKE3 of the manifest's canonical bytes, 64 lowercase hex characters."
+    );
+    schema!(
+        super::NodeId,
+        "A node id: the BLAKE3 of the node's public key, 64 lowercase hex characters."
+    );
 }
 
 #[cfg(test)]

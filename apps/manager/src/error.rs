@@ -85,8 +85,8 @@ pub struct ApiError {
     pub code: ErrorCode,
     /// The message.
     pub message: String,
-    /// Structured facts.
-    pub details: Option<ErrorDetails>,
+    /// Structured facts (boxed: errors travel in `Result`s and should stay small).
+    pub details: Option<Box<ErrorDetails>>,
 }
 
 impl ApiError {
@@ -145,7 +145,7 @@ impl ApiError {
             status: self.status.as_u16(),
             code: self.code,
             message: self.message.clone(),
-            details: self.details.clone(),
+            details: self.details.as_deref().cloned(),
         }
     }
 }
@@ -208,7 +208,7 @@ impl From<RegistryError> for ApiError {
             status,
             code,
             message: e.to_string(),
-            details,
+            details: details.map(Box::new),
         }
     }
 }

@@ -475,7 +475,7 @@ async fn announcements_peers_and_fragments() {
         "bad_request",
     );
     assert_error(
-        &m.get(&format!("/videos/bad/fragments/0/peers")).await,
+        &m.get("/videos/bad/fragments/0/peers").await,
         400,
         "bad_request",
     );
