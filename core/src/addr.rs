@@ -139,6 +139,30 @@ impl<'de> serde::Deserialize<'de> for PeerAddr {
     }
 }
 
+/// A regular expression for the addresses [`PeerAddr`] parses that name a scheme and a
+/// dialable port (what the registry stores), used in the OpenAPI schema.
+pub const PEER_ADDR_PATTERN: &str = concat!(
+    "^[a-z][a-z0-9]{0,15}://([0-9a-f]{64}@)?",
+    "([A-Za-z0-9][A-Za-z0-9.-]{0,252}|\\[[0-9A-Fa-f:.]{2,45}\\]):",
+    "([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$"
+);
+
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for PeerAddr {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some(PEER_ADDR_PATTERN))
+            .max_length(Some(340))
+            .description(Some("A transport address with its scheme: `tcp://host:port`, `quic://host:port` or `quic://<node-id>@host:port`."))
+            .examples(["tcp://192.0.2.10:6001"])
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for PeerAddr {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

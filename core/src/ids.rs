@@ -132,6 +132,47 @@ id_type!(
     NodeId
 );
 
+/// OpenAPI schemas: ids are 64 lowercase hex characters.
+#[cfg(feature = "openapi")]
+mod openapi_schema {
+    use utoipa::openapi::RefOr;
+    use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+
+    fn hex64(description: &str) -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some("^[0-9a-f]{64}$"))
+            .min_length(Some(64))
+            .max_length(Some(64))
+            .description(Some(description))
+            .examples(["9f2c1b3a5d7e9f2c1b3a5d7e9f2c1b3a5d7e9f2c1b3a5d7e9f2c1b3a5d7e9f2c"])
+            .into()
+    }
+
+    macro_rules! schema {
+        ($ty:ty, $desc:expr) => {
+            impl utoipa::PartialSchema for $ty {
+                fn schema() -> RefOr<Schema> {
+                    hex64($desc)
+                }
+            }
+            impl utoipa::ToSchema for $ty {}
+        };
+    }
+    schema!(
+        super::Digest,
+        "A BLAKE3 digest, 64 lowercase hex characters."
+    );
+    schema!(
+        super::VideoId,
+        "A video id: the BLAKE3 of the manifest's canonical bytes, 64 lowercase hex characters."
+    );
+    schema!(
+        super::NodeId,
+        "A node id: the BLAKE3 of the node's public key, 64 lowercase hex characters."
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,6 +9,7 @@
 //! - [`protocol`]: the peer wire protocol; [`serve`] answers it from a store.
 //! - [`fetch`]: parallel, verified, resumable download from several peers.
 //! - [`node`]: accept loops, connection limits and orderly shutdown.
+//! - [`registry`]: the [`Registry`] plugin trait (who holds what) and its in-memory implementation.
 //!
 //! Core opens no concrete socket and knows no HTTP framework and no CLI.
 
@@ -21,6 +22,7 @@ pub mod manifest;
 pub mod node;
 pub mod protocol;
 pub mod ratelimit;
+pub mod registry;
 pub mod serve;
 pub mod split;
 pub mod store;
@@ -32,5 +34,6 @@ pub mod conformance;
 pub use addr::PeerAddr;
 pub use ids::{FragmentIndex, NodeId, VideoId};
 pub use manifest::Manifest;
+pub use registry::{MemoryRegistry, Registry, RegistryError};
 pub use store::FragmentStore;
 pub use transport::{Connection, Listener, Transport, Transports};

@@ -25,39 +25,51 @@ pub const MAX_MANIFEST_BYTES: usize = 80 << 20;
 
 /// A video's description: its size, hash and fragments.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
     /// Bytes per chunk (every chunk of a fragment but its last has this size).
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub chunk_size: u32,
     /// Number of fragments.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 4096))]
     pub fragment_count: u32,
-    /// The fragments, in order.
+    /// The fragments, in order: `fragment_count` of them, contiguous from offset 0.
+    #[cfg_attr(feature = "openapi", schema(min_items = 1, max_items = 4096))]
     pub fragments: Vec<FragmentInfo>,
     /// BLAKE3 of the whole file.
     pub hash: Digest,
     /// MIME type, e.g. `video/mp4`.
+    #[cfg_attr(feature = "openapi", schema(max_length = 255))]
     pub mime: String,
     /// File name for display and reassembly (never used as a path as is).
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 255))]
     pub name: String,
-    /// Total size in bytes.
+    /// Total size in bytes: the sum of the fragments' sizes.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub size: u64,
     /// Format version, [`MANIFEST_VERSION`].
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 1))]
     pub version: u32,
 }
 
 /// One fragment of a video.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct FragmentInfo {
-    /// BLAKE3 of each chunk, in order.
+    /// BLAKE3 of each chunk, in order: ceil(size / chunk_size) of them.
+    #[cfg_attr(feature = "openapi", schema(min_items = 1))]
     pub chunks: Vec<Digest>,
     /// BLAKE3 of the fragment's bytes.
     pub hash: Digest,
     /// Position in the video, from 0.
+    #[cfg_attr(feature = "openapi", schema(value_type = u32))]
     pub index: FragmentIndex,
     /// Byte offset of the fragment in the whole file.
     pub offset: u64,
     /// Size in bytes.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub size: u64,
 }
 
