@@ -9,6 +9,7 @@
 //! - [`protocol`]: the peer wire protocol; [`serve`] answers it from a store.
 //! - [`fetch`]: parallel, verified, resumable download from several peers.
 //! - [`node`]: accept loops, connection limits and orderly shutdown.
+//! - [`pubsub`]: the [`PubSub`] plugin trait, the in-process bus and fragment events.
 //!
 //! Core opens no concrete socket and knows no HTTP framework and no CLI.
 
@@ -20,6 +21,7 @@ pub mod ids;
 pub mod manifest;
 pub mod node;
 pub mod protocol;
+pub mod pubsub;
 pub mod ratelimit;
 pub mod serve;
 pub mod split;
@@ -32,5 +34,6 @@ pub mod conformance;
 pub use addr::PeerAddr;
 pub use ids::{FragmentIndex, NodeId, VideoId};
 pub use manifest::Manifest;
+pub use pubsub::{FragmentEvent, LocalPubSub, PubSub, PubSubError, Subscription};
 pub use store::FragmentStore;
 pub use transport::{Connection, Listener, Transport, Transports};
