@@ -42,6 +42,10 @@ use crate::wire::{
 /// The broker's default listen address (the original project's port).
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:5555";
 
+/// How long a cut-off subscriber's socket may take to accept `ERR:slow consumer`
+/// (it gets it if it starts reading again within this time).
+const NOTICE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Broker settings. Every field has a default, so `BrokerConfig::default()` is the
 /// original's open broker on port 5555.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -480,7 +484,9 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, cancel: Cancell
     drop(listener);
     tracker.close();
     // Connections watch the same token; this only bounds a writer stuck on a dead peer.
-    let grace = Duration::from_millis(shared.limits.shutdown_grace_ms) + Duration::from_secs(1);
+    let grace = Duration::from_millis(shared.limits.shutdown_grace_ms)
+        + NOTICE_TIMEOUT
+        + Duration::from_secs(2);
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
         warn!(
             left = tracker.len(),
@@ -524,8 +530,14 @@ async fn serve_connection(
     outbox.offer(Out::Close, &shared.counters);
     let grace = Duration::from_millis(shared.limits.shutdown_grace_ms);
     if tokio::time::timeout(grace, &mut write_task).await.is_err() {
+        // A peer that does not read: stop writing where we are.
         outbox.closing.cancel();
-        write_task.abort();
+        if tokio::time::timeout(NOTICE_TIMEOUT + Duration::from_secs(1), &mut write_task)
+            .await
+            .is_err()
+        {
+            write_task.abort();
+        }
     }
     shared.counters.connections.fetch_sub(1, Ordering::Relaxed);
     debug!(reason = why, "disconnected");
@@ -605,7 +617,7 @@ async fn write_loop(
     bump(&shared.counters.dropped, unsent);
     if outbox.slow.load(Ordering::Acquire) {
         buf.extend_from_slice(&err_line(SLOW_CONSUMER));
-        let _ = tokio::time::timeout(Duration::from_secs(1), w.write_all(&buf)).await;
+        let _ = tokio::time::timeout(NOTICE_TIMEOUT, w.write_all(&buf)).await;
     }
 }
 
@@ -658,16 +670,11 @@ impl Connection {
                     return "no AUTH in time";
                 }
                 None => return "idle timeout",
-                Some(None) if self.subs.is_empty() => return "closed by client",
-                Some(None) => {
-                    // Half-closed (`printf 'SUB:t\n' | nc -N host 5555`): the client may
-                    // still be reading. Keep delivering until its socket fails.
-                    tokio::select! {
-                        _ = shutdown.cancelled() => {}
-                        _ = self.outbox.closing.cancelled() => {}
-                    }
-                    return "closed by client";
-                }
+                // End of input closes the connection (after what is queued is flushed),
+                // as Mosquitto and NATS do: a client that has gone cannot be told from
+                // one that only closed its sending side, and a gone subscriber must not
+                // linger in the topic table until a write fails.
+                Some(None) => return "closed by client",
                 Some(Some(Err(e))) => {
                     debug!(error = %e, "read failed");
                     return "read failed";

@@ -155,7 +155,7 @@ pub async fn topics_are_separate(f: &dyn PubSubFixture) {
 /// another client right after it returns is delivered.
 pub async fn subscription_is_in_place_when_subscribe_returns(f: &dyn PubSubFixture) {
     let publisher = f.client().await;
-    for i in 0..20 {
+    for i in 0..50 {
         let c = f.client().await;
         let topic = format!("race.{i}");
         let mut sub = within(10, "subscribe", c.subscribe(&topic)).await.unwrap();

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use fragnet_broker::{BrokerClientConfig, BrokerConfig, BrokerHandle, BrokerPubSub, NatsConfig, NatsPubSub};
+use fragnet_broker::{
+    BrokerClientConfig, BrokerConfig, BrokerHandle, BrokerPubSub, NatsConfig, NatsPubSub,
+};
 use fragnet_core::PubSub;
 use fragnet_core::conformance::pubsub::PubSubFixture;
 use fragnet_core::conformance::within;
@@ -19,17 +21,30 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 /// A broker config listening on a free loopback port.
 pub fn loopback_config() -> BrokerConfig {
-    BrokerConfig { listen: "127.0.0.1:0".into(), ..BrokerConfig::default() }
+    BrokerConfig {
+        listen: "127.0.0.1:0".into(),
+        ..BrokerConfig::default()
+    }
 }
 
 /// Starts a broker.
 pub async fn start_broker(config: BrokerConfig) -> BrokerHandle {
-    within(10, "starting the broker", fragnet_broker::spawn(config, CancellationToken::new())).await.expect("broker starts")
+    within(
+        10,
+        "starting the broker",
+        fragnet_broker::spawn(config, CancellationToken::new()),
+    )
+    .await
+    .expect("broker starts")
 }
 
 /// Client settings for tests: quick reconnects.
 pub fn client_config(addr: SocketAddr) -> BrokerClientConfig {
-    BrokerClientConfig { reconnect_min_ms: 20, reconnect_max_ms: 300, ..BrokerClientConfig::new(addr.to_string()) }
+    BrokerClientConfig {
+        reconnect_min_ms: 20,
+        reconnect_max_ms: 300,
+        ..BrokerClientConfig::new(addr.to_string())
+    }
 }
 
 /// Polls `cond` every 10 ms until it holds, failing after `secs`.
@@ -50,8 +65,13 @@ pub struct BrokerFixture {
 
 pub async fn broker_fixture() -> BrokerFixture {
     let stop = CancellationToken::new();
-    let handle = fragnet_broker::spawn(loopback_config(), stop.clone()).await.expect("broker starts");
-    BrokerFixture { handle, _stop: stop.drop_guard() }
+    let handle = fragnet_broker::spawn(loopback_config(), stop.clone())
+        .await
+        .expect("broker starts");
+    BrokerFixture {
+        handle,
+        _stop: stop.drop_guard(),
+    }
 }
 
 #[async_trait]
@@ -63,7 +83,11 @@ impl PubSubFixture for BrokerFixture {
 
 /// A free loopback port (bound and released; nats-server takes it right after).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A real `nats-server` on a loopback port, killed when dropped.
@@ -121,7 +145,15 @@ impl Drop for NatsServer {
 #[async_trait]
 impl PubSubFixture for NatsServer {
     async fn client(&self) -> Arc<dyn PubSub> {
-        Arc::new(within(10, "connecting to NATS", NatsPubSub::connect(&NatsConfig::new(self.url()))).await.unwrap())
+        Arc::new(
+            within(
+                10,
+                "connecting to NATS",
+                NatsPubSub::connect(&NatsConfig::new(self.url())),
+            )
+            .await
+            .unwrap(),
+        )
     }
 }
 
@@ -133,23 +165,41 @@ pub struct Raw {
 
 impl Raw {
     pub async fn connect(addr: SocketAddr) -> Raw {
-        let s = within(10, "connecting", TcpStream::connect(addr)).await.unwrap();
+        let s = within(10, "connecting", TcpStream::connect(addr))
+            .await
+            .unwrap();
         let (r, w) = s.into_split();
-        Raw { reader: BufReader::new(r), writer: w }
+        Raw {
+            reader: BufReader::new(r),
+            writer: w,
+        }
     }
 
     pub async fn send(&mut self, bytes: impl AsRef<[u8]>) {
-        within(10, "writing", self.writer.write_all(bytes.as_ref())).await.unwrap();
+        within(10, "writing", self.writer.write_all(bytes.as_ref()))
+            .await
+            .unwrap();
     }
 
     /// The next line without its `\n`; `None` at end of stream.
     pub async fn line(&mut self) -> Option<String> {
         let mut buf = Vec::new();
-        let n = within(10, "reading a line", self.reader.read_until(b'\n', &mut buf)).await.unwrap();
+        let n = within(
+            10,
+            "reading a line",
+            self.reader.read_until(b'\n', &mut buf),
+        )
+        .await
+        .unwrap();
         if n == 0 {
             return None;
         }
-        assert_eq!(buf.pop(), Some(b'\n'), "line not terminated: {:?}", String::from_utf8_lossy(&buf));
+        assert_eq!(
+            buf.pop(),
+            Some(b'\n'),
+            "line not terminated: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
         Some(String::from_utf8(buf).expect("the broker sends UTF-8"))
     }
 
@@ -165,7 +215,11 @@ impl Raw {
 
     /// Expects the broker to close the connection next.
     pub async fn expect_eof(&mut self) {
-        assert_eq!(self.line().await, None, "expected the broker to close the connection");
+        assert_eq!(
+            self.line().await,
+            None,
+            "expected the broker to close the connection"
+        );
     }
 
     /// Subscribes and waits for the broker to confirm.
