@@ -161,6 +161,11 @@ impl BrokerPubSub {
         })
     }
 
+    /// The broker's `HOST:PORT`.
+    pub fn broker_addr(&self) -> &str {
+        &self.dialer.host_port
+    }
+
     /// Round trip to the broker on the publishing connection: reachable, token accepted.
     pub async fn ping(&self) -> Result<(), PubSubError> {
         self.request(b"PING\n").await
