@@ -66,7 +66,9 @@ struct Server {
 
 impl Server {
     async fn start(kind: Kind) -> Result<Server> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
         let p = port.to_string();
         let mut cmd = match kind {
             Kind::Fragnet => {
@@ -85,7 +87,11 @@ impl Server {
                 c
             }
         };
-        let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().with_context(|| format!("starting {} (is it installed?)", kind.name()))?;
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {} (is it installed?)", kind.name()))?;
         let server = Server { kind, port, child };
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
@@ -99,8 +105,13 @@ impl Server {
 
     /// Resident memory in KiB, from /proc.
     fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
-        status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()).unwrap_or(0)
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
     }
 }
 
@@ -118,11 +129,17 @@ async fn dial(port: u16) -> Result<TcpStream> {
 }
 
 /// Reads into `buf` until `done(buf)` says the awaited reply is there.
-async fn read_until(s: &mut TcpStream, buf: &mut BytesMut, mut done: impl FnMut(&mut BytesMut) -> Result<bool>) -> Result<()> {
+async fn read_until(
+    s: &mut TcpStream,
+    buf: &mut BytesMut,
+    mut done: impl FnMut(&mut BytesMut) -> Result<bool>,
+) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !done(buf)? {
         let left = deadline.saturating_duration_since(Instant::now());
-        let n = tokio::time::timeout(left, s.read_buf(buf)).await.context("no reply in 10 s")??;
+        let n = tokio::time::timeout(left, s.read_buf(buf))
+            .await
+            .context("no reply in 10 s")??;
         if n == 0 {
             bail!("connection closed during the handshake");
         }
@@ -134,7 +151,11 @@ async fn read_until(s: &mut TcpStream, buf: &mut BytesMut, mut done: impl FnMut(
 fn take_line(buf: &mut BytesMut, want: &[u8]) -> bool {
     while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
         let line = buf.split_to(pos + 1);
-        if line.strip_suffix(b"\n").map(|l| l.strip_suffix(b"\r").unwrap_or(l)) == Some(want) {
+        if line
+            .strip_suffix(b"\n")
+            .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+            == Some(want)
+        {
             return true;
         }
     }
@@ -160,7 +181,8 @@ fn mqtt_wait(buf: &mut BytesMut, want: impl Fn(&Packet) -> bool) -> Result<bool>
 }
 
 fn write_packet(p: Packet, out: &mut BytesMut) -> Result<()> {
-    p.write(out, MAX_PACKET).map_err(|e| anyhow::anyhow!("MQTT encode: {e:?}"))?;
+    p.write(out, MAX_PACKET)
+        .map_err(|e| anyhow::anyhow!("MQTT encode: {e:?}"))?;
     Ok(())
 }
 
@@ -170,11 +192,18 @@ async fn subscriber(kind: Kind, port: u16, id: &str) -> Result<(TcpStream, Bytes
     let mut buf = BytesMut::with_capacity(64 * 1024);
     match kind {
         Kind::Fragnet => {
-            s.write_all(format!("SUB:{TOPIC}\nPING\n").as_bytes()).await?;
+            s.write_all(format!("SUB:{TOPIC}\nPING\n").as_bytes())
+                .await?;
             read_until(&mut s, &mut buf, |b| Ok(take_line(b, b"PONG"))).await?;
         }
         Kind::Nats => {
-            s.write_all(format!("CONNECT {{\"verbose\":false,\"pedantic\":false}}\r\nSUB {TOPIC} 1\r\nPING\r\n").as_bytes()).await?;
+            s.write_all(
+                format!(
+                    "CONNECT {{\"verbose\":false,\"pedantic\":false}}\r\nSUB {TOPIC} 1\r\nPING\r\n"
+                )
+                .as_bytes(),
+            )
+            .await?;
             read_until(&mut s, &mut buf, |b| Ok(take_line(b, b"PONG"))).await?;
         }
         Kind::Mosquitto => {
@@ -186,7 +215,10 @@ async fn subscriber(kind: Kind, port: u16, id: &str) -> Result<(TcpStream, Bytes
             sub.pkid = 1;
             write_packet(Packet::Subscribe(sub), &mut out)?;
             s.write_all(&out).await?;
-            read_until(&mut s, &mut buf, |b| mqtt_wait(b, |p| matches!(p, Packet::SubAck(_)))).await?;
+            read_until(&mut s, &mut buf, |b| {
+                mqtt_wait(b, |p| matches!(p, Packet::SubAck(_)))
+            })
+            .await?;
         }
     }
     Ok((s, buf))
@@ -199,7 +231,8 @@ async fn publisher(kind: Kind, port: u16, id: &str) -> Result<TcpStream> {
     match kind {
         Kind::Fragnet => {}
         Kind::Nats => {
-            s.write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\nPING\r\n").await?;
+            s.write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\nPING\r\n")
+                .await?;
             read_until(&mut s, &mut buf, |b| Ok(take_line(b, b"PONG"))).await?;
         }
         Kind::Mosquitto => {
@@ -208,7 +241,10 @@ async fn publisher(kind: Kind, port: u16, id: &str) -> Result<TcpStream> {
             connect.keep_alive = 0;
             write_packet(Packet::Connect(connect), &mut out)?;
             s.write_all(&out).await?;
-            read_until(&mut s, &mut buf, |b| mqtt_wait(b, |p| matches!(p, Packet::ConnAck(_)))).await?;
+            read_until(&mut s, &mut buf, |b| {
+                mqtt_wait(b, |p| matches!(p, Packet::ConnAck(_)))
+            })
+            .await?;
         }
     }
     Ok(s)
@@ -227,7 +263,10 @@ fn encode_publish(kind: Kind, payload: &[u8], out: &mut BytesMut) -> Result<()> 
             out.extend_from_slice(payload);
             out.extend_from_slice(b"\r\n");
         }
-        Kind::Mosquitto => write_packet(Packet::Publish(Publish::new(TOPIC, QoS::AtMostOnce, payload.to_vec())), out)?,
+        Kind::Mosquitto => write_packet(
+            Packet::Publish(Publish::new(TOPIC, QoS::AtMostOnce, payload.to_vec())),
+            out,
+        )?,
     }
     Ok(())
 }
@@ -251,7 +290,11 @@ fn drain_deliveries(kind: Kind, buf: &mut BytesMut, mut f: impl FnMut(&[u8])) ->
             while let Some(pos) = buf[at..].windows(2).position(|w| w == b"\r\n") {
                 let line = &buf[at..at + pos];
                 if line.starts_with(b"MSG ") {
-                    let len: usize = std::str::from_utf8(line)?.rsplit(' ').next().unwrap_or("").parse()?;
+                    let len: usize = std::str::from_utf8(line)?
+                        .rsplit(' ')
+                        .next()
+                        .unwrap_or("")
+                        .parse()?;
                     let start = at + pos + 2;
                     if buf.len() < start + len + 2 {
                         break;
@@ -290,7 +333,14 @@ struct Readers {
 impl Readers {
     /// `n` subscribers, each expecting `messages`; with `origin`, each payload's
     /// timestamp is turned into a latency sample (ns) from message `skip` on.
-    async fn start(kind: Kind, port: u16, n: usize, messages: u64, message_size: usize, origin: Option<(Instant, u64)>) -> Result<Readers> {
+    async fn start(
+        kind: Kind,
+        port: u16,
+        n: usize,
+        messages: u64,
+        message_size: usize,
+        origin: Option<(Instant, u64)>,
+    ) -> Result<Readers> {
         let counts: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
         let progress = Arc::new(Notify::new());
         let mut tasks = JoinSet::new();
@@ -307,8 +357,14 @@ impl Readers {
                     drain_deliveries(kind, &mut buf, |payload| {
                         got += 1;
                         if let Some((origin, skip)) = origin {
-                            let seq: u64 = std::str::from_utf8(&payload[..12]).ok().and_then(|t| t.parse().ok()).unwrap_or(0);
-                            let sent: u64 = std::str::from_utf8(&payload[12..28]).ok().and_then(|t| t.parse().ok()).unwrap_or(0);
+                            let seq: u64 = std::str::from_utf8(&payload[..12])
+                                .ok()
+                                .and_then(|t| t.parse().ok())
+                                .unwrap_or(0);
+                            let sent: u64 = std::str::from_utf8(&payload[12..28])
+                                .ok()
+                                .and_then(|t| t.parse().ok())
+                                .unwrap_or(0);
                             if seq >= skip {
                                 samples.push(origin.elapsed().as_nanos() as u64 - sent);
                             }
@@ -320,11 +376,21 @@ impl Readers {
                 Ok(samples)
             });
         }
-        Ok(Readers { counts, progress, tasks, samples: Vec::new(), window: (WINDOW_BYTES / message_size as u64).max(BATCH) })
+        Ok(Readers {
+            counts,
+            progress,
+            tasks,
+            samples: Vec::new(),
+            window: (WINDOW_BYTES / message_size as u64).max(BATCH),
+        })
     }
 
     fn slowest(&self) -> u64 {
-        self.counts.iter().map(|c| c.load(Ordering::Acquire)).min().unwrap_or(0)
+        self.counts
+            .iter()
+            .map(|c| c.load(Ordering::Acquire))
+            .min()
+            .unwrap_or(0)
     }
 
     async fn wait_window(&mut self, sent: u64) -> Result<()> {
@@ -347,7 +413,10 @@ impl Readers {
 
     async fn finish(mut self) -> Result<Vec<u64>> {
         let mut all = std::mem::take(&mut self.samples);
-        while let Some(r) = tokio::time::timeout(Duration::from_secs(120), self.tasks.join_next()).await.context("subscribers did not finish in 120 s")? {
+        while let Some(r) = tokio::time::timeout(Duration::from_secs(120), self.tasks.join_next())
+            .await
+            .context("subscribers did not finish in 120 s")?
+        {
             all.extend(r??);
         }
         Ok(all)
@@ -453,7 +522,13 @@ async fn stalled_memory(server: &Server, messages: u64) -> Result<Memory> {
     })
     .await
     .unwrap_or(false);
-    Ok(Memory { before_kib, peak_kib, after_kib, stalled_cut_off, seconds })
+    Ok(Memory {
+        before_kib,
+        peak_kib,
+        after_kib,
+        stalled_cut_off,
+        seconds,
+    })
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -467,7 +542,11 @@ fn pct(sorted: &[u64], p: f64) -> f64 {
 }
 
 fn sh(cmd: &str) -> String {
-    Command::new("sh").args(["-c", cmd]).output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default()
+    Command::new("sh")
+        .args(["-c", cmd])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
 }
 
 struct Row {
@@ -479,12 +558,26 @@ struct Row {
 }
 
 async fn run(quick: bool) -> Result<()> {
-    let (n11, nfan, lat_secs, mem_msgs, reps) = if quick { (50_000, 5_000, 2, 50_000, 1) } else { (200_000, 20_000, 5, 200_000, 3) };
+    let (n11, nfan, lat_secs, mem_msgs, reps) = if quick {
+        (50_000, 5_000, 2, 50_000, 1)
+    } else {
+        (200_000, 20_000, 5, 200_000, 3)
+    };
     println!("## Machine\n");
     println!("- nproc: {}", sh("nproc"));
-    println!("- CPU: {}", sh("lscpu | grep 'Model name' | sed 's/Model name: *//'"));
-    println!("- memory: {}", sh("free -g | awk '/Mem:/ {print $2 \" GiB total, \" $7 \" GiB available\"}'"));
-    println!("- Mosquitto: {}; nats-server: {}", sh("mosquitto -h | head -1"), sh("nats-server --version"));
+    println!(
+        "- CPU: {}",
+        sh("lscpu | grep 'Model name' | sed 's/Model name: *//'")
+    );
+    println!(
+        "- memory: {}",
+        sh("free -g | awk '/Mem:/ {print $2 \" GiB total, \" $7 \" GiB available\"}'")
+    );
+    println!(
+        "- Mosquitto: {}; nats-server: {}",
+        sh("mosquitto -h | head -1"),
+        sh("nats-server --version")
+    );
     println!("- runs per throughput figure: {reps} (median shown)\n");
     let mut rows = Vec::new();
     for kind in [Kind::Fragnet, Kind::Mosquitto, Kind::Nats] {
@@ -493,17 +586,49 @@ async fn run(quick: bool) -> Result<()> {
         let mut a = Vec::new();
         let mut b = Vec::new();
         for _ in 0..reps {
-            a.push(fan_out(kind, server.port, 1, n11).await.with_context(|| format!("{} 1->1", kind.name()))?);
-            b.push(fan_out(kind, server.port, 50, nfan).await.with_context(|| format!("{} 1->50", kind.name()))?);
+            a.push(
+                fan_out(kind, server.port, 1, n11)
+                    .await
+                    .with_context(|| format!("{} 1->1", kind.name()))?,
+            );
+            b.push(
+                fan_out(kind, server.port, 50, nfan)
+                    .await
+                    .with_context(|| format!("{} 1->50", kind.name()))?,
+            );
         }
-        let samples = latency(kind, server.port, 10, 1000, lat_secs).await.with_context(|| format!("{} latency", kind.name()))?;
-        let lat = (pct(&samples, 0.5), pct(&samples, 0.99), pct(&samples, 0.999), pct(&samples, 1.0));
-        let mem = stalled_memory(&server, mem_msgs).await.with_context(|| format!("{} stalled", kind.name()))?;
-        eprintln!("   1->1 {:.0}/s, 1->50 {:.0}/s, p50 {:.0} us, p99 {:.0} us, peak RSS {} KiB", median(a.clone()), median(b.clone()), lat.0, lat.1, mem.peak_kib);
-        rows.push(Row { kind, one_to_one: median(a), fan_out: median(b), lat, mem });
+        let samples = latency(kind, server.port, 10, 1000, lat_secs)
+            .await
+            .with_context(|| format!("{} latency", kind.name()))?;
+        let lat = (
+            pct(&samples, 0.5),
+            pct(&samples, 0.99),
+            pct(&samples, 0.999),
+            pct(&samples, 1.0),
+        );
+        let mem = stalled_memory(&server, mem_msgs)
+            .await
+            .with_context(|| format!("{} stalled", kind.name()))?;
+        eprintln!(
+            "   1->1 {:.0}/s, 1->50 {:.0}/s, p50 {:.0} us, p99 {:.0} us, peak RSS {} KiB",
+            median(a.clone()),
+            median(b.clone()),
+            lat.0,
+            lat.1,
+            mem.peak_kib
+        );
+        rows.push(Row {
+            kind,
+            one_to_one: median(a),
+            fan_out: median(b),
+            lat,
+            mem,
+        });
     }
     println!("## Results\n");
-    println!("| broker | 1→1 msg/s | 1→50 deliveries/s | p50 µs | p99 µs | p99.9 µs | max µs | RSS idle | RSS peak, 1 stalled sub | RSS after | stalled sub cut off | stalled run s |");
+    println!(
+        "| broker | 1→1 msg/s | 1→50 deliveries/s | p50 µs | p99 µs | p99.9 µs | max µs | RSS idle | RSS peak, 1 stalled sub | RSS after | stalled sub cut off | stalled run s |"
+    );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|");
     for r in &rows {
         println!(
@@ -552,8 +677,12 @@ fn main() -> Result<()> {
         // The broker under test, as its own process with the default runtime and limits.
         let port = args.get(1).context("serve-fragnet PORT")?;
         return tokio::runtime::Runtime::new()?.block_on(async {
-            let config = fragnet_broker::BrokerConfig { listen: format!("127.0.0.1:{port}"), ..Default::default() };
-            let _broker = fragnet_broker::spawn(config, tokio_util::sync::CancellationToken::new()).await?;
+            let config = fragnet_broker::BrokerConfig {
+                listen: format!("127.0.0.1:{port}"),
+                ..Default::default()
+            };
+            let _broker =
+                fragnet_broker::spawn(config, tokio_util::sync::CancellationToken::new()).await?;
             std::future::pending::<()>().await;
             Ok(())
         });

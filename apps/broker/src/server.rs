@@ -8,6 +8,12 @@
 //! publisher or anyone else. Replies (`PONG`, `ERR:`) go through the same queue, so
 //! they come out in order with the messages.
 //!
+//! The broker runs on a thread of its own with a single-threaded tokio runtime, like
+//! Mosquitto's event loop, whatever runtime calls [`spawn`]: one core carries millions
+//! of deliveries a second, and keeping every connection's tasks on one thread avoids
+//! cross-thread wake-ups, which on a 2-core machine tripled the p99 latency
+//! (BENCHMARKS.md).
+//!
 //! Shutdown order: stop accepting, tell every connection to stop reading, give writers
 //! [`BrokerLimits::shutdown_grace_ms`] to flush what is queued, then drop the sockets.
 
@@ -25,12 +31,11 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
-use tokio::task::JoinHandle;
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::BrokerError;
 use crate::token::AuthToken;
@@ -357,7 +362,8 @@ impl Shared {
 pub struct BrokerHandle {
     local_addr: SocketAddr,
     cancel: CancellationToken,
-    task: JoinHandle<()>,
+    /// Fires (or is dropped) when the broker's thread has finished.
+    done: oneshot::Receiver<()>,
     shared: Arc<Shared>,
 }
 
@@ -382,15 +388,15 @@ impl BrokerHandle {
 
     /// Stops accepting, closes every connection (after the shutdown grace for queued
     /// messages), and returns when all is closed.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         self.cancel.cancel();
-        let _ = self.task.await;
+        let _ = (&mut self.done).await;
     }
 
     /// Waits until the broker has stopped (because the token given to [`spawn`] was
     /// cancelled), without stopping it.
     pub async fn stopped(&mut self) {
-        let _ = (&mut self.task).await;
+        let _ = (&mut self.done).await;
     }
 }
 
@@ -410,16 +416,17 @@ pub async fn spawn(
             config.listen
         )));
     }
-    let listener = TcpListener::bind(addr.host_port())
-        .await
-        .map_err(|source| BrokerError::Bind {
-            addr: addr.host_port(),
-            source,
-        })?;
-    let local_addr = listener.local_addr().map_err(|source| BrokerError::Bind {
+    let bind_err = |source| BrokerError::Bind {
         addr: addr.host_port(),
         source,
-    })?;
+    };
+    // Bound here, in the caller's runtime, so that errors come back from `spawn`; served
+    // on the broker's own thread.
+    let listener = TcpListener::bind(addr.host_port())
+        .await
+        .map_err(bind_err)?;
+    let local_addr = listener.local_addr().map_err(bind_err)?;
+    let listener = listener.into_std().map_err(bind_err)?;
     info!(addr = %local_addr, auth = token.is_some(), "broker listening");
     let shared = Arc::new(Shared {
         limits: config.limits,
@@ -428,14 +435,34 @@ pub async fn spawn(
         counters: Counters::default(),
     });
     let cancel = cancel.child_token();
-    let task = tokio::spawn(
-        accept_loop(listener, shared.clone(), cancel.clone())
-            .instrument(info_span!("broker", addr = %local_addr)),
-    );
+    let (done_tx, done) = oneshot::channel();
+    let (thread_shared, thread_cancel) = (shared.clone(), cancel.clone());
+    std::thread::Builder::new()
+        .name("fragnet-broker".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            match runtime {
+                Ok(rt) => rt.block_on(
+                    async move {
+                        match TcpListener::from_std(listener) {
+                            Ok(l) => accept_loop(l, thread_shared, thread_cancel).await,
+                            Err(e) => error!(error = %e, "cannot register the listener"),
+                        }
+                    }
+                    .instrument(info_span!("broker", addr = %local_addr)),
+                ),
+                Err(e) => error!(error = %e, "cannot start the broker's runtime"),
+            }
+            // Connections still open after the grace period end with the runtime, here.
+            let _ = done_tx.send(());
+        })
+        .map_err(|e| BrokerError::Config(format!("cannot start the broker thread: {e}")))?;
     Ok(BrokerHandle {
         local_addr,
         cancel,
-        task,
+        done,
         shared,
     })
 }

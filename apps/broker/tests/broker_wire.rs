@@ -71,6 +71,7 @@ async fn original_nc_clients_still_work() {
         publisher.send("PUB:fragments:fragment_5.bin\n").await;
         sub.expect("MSG:fragments:fragment_5.bin").await;
     }
+    eventually(10, "delivery counted", || broker.stats().delivered == 1).await;
     let s = broker.stats();
     assert_eq!((s.published, s.delivered), (1, 1));
     within(10, "shutdown", broker.shutdown()).await;
@@ -272,6 +273,10 @@ async fn a_thousand_subscribers_get_every_message() {
     while let Some(r) = within(60, "1000 readers", readers.join_next()).await {
         r.unwrap();
     }
+    eventually(10, "deliveries counted", || {
+        broker.stats().delivered == 10_000
+    })
+    .await;
     let s = broker.stats();
     assert_eq!(
         (s.published, s.delivered, s.dropped, s.slow_consumers),
@@ -616,6 +621,8 @@ async fn counters_and_prometheus_text() {
     p.expect("PONG").await;
     sub.expect("MSG:t:1").await;
     sub.expect("MSG:t:2").await;
+    // Counted right after the write returns, which may be just after the reader has it.
+    eventually(10, "deliveries counted", || broker.stats().delivered == 2).await;
     let s = broker.stats();
     assert_eq!(
         (

@@ -257,7 +257,7 @@ async fn run_subscribe_command(
     pubsub: Arc<dyn PubSub>,
     format: OutputFormat,
     publish: &[&str],
-    wait_ready: impl Fn() -> bool,
+    subscriptions: impl Fn() -> u64,
 ) -> String {
     let out = Captured::default();
     let cancel = CancellationToken::new();
@@ -267,7 +267,7 @@ async fn run_subscribe_command(
             fragnet_broker::subscribe(&*pubsub, "fragments", format, &mut out, &cancel).await
         })
     };
-    eventually(10, "subscribed", &wait_ready).await;
+    eventually(10, "subscribed", || subscriptions() == 1).await;
     for m in publish {
         within(
             10,
@@ -280,6 +280,8 @@ async fn run_subscribe_command(
     let lines = publish.len() + usize::from(format == OutputFormat::Text);
     eventually(10, "printed", || out.text().lines().count() == lines).await;
     cancel.cancel();
+    // Dropping the subscription closes its connection; the broker notices shortly.
+    eventually(10, "unsubscribed", || subscriptions() == 0).await;
     let printed = within(10, "subscribe returns on cancel", task)
         .await
         .unwrap()
@@ -302,7 +304,7 @@ async fn subscribe_prints_what_notify_sends() {
         pubsub.clone(),
         OutputFormat::Text,
         &["fragment_5.bin", "a:b ✓"],
-        || broker.stats().subscriptions == 1,
+        || broker.stats().subscriptions,
     )
     .await;
     assert_eq!(
@@ -313,7 +315,7 @@ async fn subscribe_prints_what_notify_sends() {
         pubsub,
         OutputFormat::Json,
         &["fragment_5.bin", "say \"hi\""],
-        || broker.stats().subscriptions == 1,
+        || broker.stats().subscriptions,
     )
     .await;
     assert_eq!(
