@@ -4,6 +4,9 @@
 //! `fragnet_core::transport_conformance!(make_transports, "tcp://127.0.0.1:0");`
 //! where `make_transports(&Identity) -> Transports` builds the transport(s) for one
 //! node. Every test starts real nodes on real sockets and bounds every wait.
+//! [`pubsub`] holds the same kind of suite for [`crate::pubsub::PubSub`] backends.
+
+pub mod pubsub;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};

@@ -10,6 +10,7 @@
 //! - [`fetch`]: parallel, verified, resumable download from several peers.
 //! - [`node`]: accept loops, connection limits and orderly shutdown.
 //! - [`registry`]: the [`Registry`] plugin trait (who holds what) and its in-memory implementation.
+//! - [`pubsub`]: the [`PubSub`] plugin trait, the in-process bus and fragment events.
 //!
 //! Core opens no concrete socket and knows no HTTP framework and no CLI.
 
@@ -21,6 +22,7 @@ pub mod ids;
 pub mod manifest;
 pub mod node;
 pub mod protocol;
+pub mod pubsub;
 pub mod ratelimit;
 pub mod registry;
 pub mod serve;
@@ -34,6 +36,7 @@ pub mod conformance;
 pub use addr::PeerAddr;
 pub use ids::{FragmentIndex, NodeId, VideoId};
 pub use manifest::Manifest;
+pub use pubsub::{FragmentEvent, LocalPubSub, PubSub, PubSubError, Subscription};
 pub use registry::{MemoryRegistry, Registry, RegistryError};
 pub use store::FragmentStore;
 pub use transport::{Connection, Listener, Transport, Transports};

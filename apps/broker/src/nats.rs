@@ -1,0 +1,235 @@
+//! [`NatsPubSub`]: the `nats` pub/sub plugin, for deployments that outgrow one broker.
+//! Topics are NATS subjects as they are (the topic rules keep them valid subjects).
+//!
+//! NATS core has no publish acknowledgement, and `async_nats::Client::flush` only
+//! empties the client's buffer. To keep the [`PubSub`] contract (publish returns once
+//! the server has taken the message; subscribe returns once the subscription is in
+//! place), each operation is followed by a round trip through a private inbox on the
+//! same connection: the server handles a connection's operations in order, so when our
+//! own echo comes back, everything sent before it has been routed.
+//! async-nats reconnects and re-subscribes by itself; [`Subscription::reconnects`]
+//! counts its reconnections (for the whole client).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use async_nats::{ConnectErrorKind, Event};
+use async_trait::async_trait;
+use bytes::Bytes;
+use fragnet_core::pubsub::{
+    Message, PubSub, PubSubError, Subscription, SubscriptionStats, check_message, check_topic,
+};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+use tracing::{info, warn};
+
+use crate::BrokerError;
+use crate::token::AuthToken;
+
+/// How to reach NATS. Every field has a default.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsConfig {
+    /// Server URL(s), comma-separated: `nats://HOST:PORT`. Default `nats://127.0.0.1:4222`.
+    pub url: String,
+    /// Token for a server started with `--auth TOKEN`. From the environment or
+    /// [`NatsConfig::token_file`]. Default: none.
+    pub token: Option<AuthToken>,
+    /// A file whose first line is the token. Default: none.
+    pub token_file: Option<PathBuf>,
+    /// Time to connect. Default 5 s.
+    pub connect_timeout_ms: u64,
+    /// Time the server has to confirm a publish or a subscribe. Default 5 s.
+    pub reply_timeout_ms: u64,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            url: "nats://127.0.0.1:4222".into(),
+            token: None,
+            token_file: None,
+            connect_timeout_ms: 5_000,
+            reply_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl NatsConfig {
+    /// The defaults, for the server at `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        NatsConfig {
+            url: url.into(),
+            ..Self::default()
+        }
+    }
+}
+
+/// The `nats` plugin. Cheap to clone; clones share the connection.
+#[derive(Clone)]
+pub struct NatsPubSub {
+    client: async_nats::Client,
+    endpoint: String,
+    reply_timeout: Duration,
+    /// The private inbox for round trips, and the sequence number of the last one.
+    echo: Arc<Mutex<(String, async_nats::Subscriber, u64)>>,
+    stats: Arc<SubscriptionStats>,
+}
+
+impl std::fmt::Debug for NatsPubSub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsPubSub")
+            .field("server", &self.endpoint)
+            .finish()
+    }
+}
+
+impl NatsPubSub {
+    /// Connects to the server (failing if it is not there or refuses the token).
+    pub async fn connect(config: &NatsConfig) -> Result<Self, BrokerError> {
+        let endpoint = format!("NATS {}", config.url);
+        let token = AuthToken::resolve(config.token.as_ref(), config.token_file.as_deref())?;
+        let stats = Arc::new(SubscriptionStats::default());
+        let counters = stats.clone();
+        let mut options = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_millis(config.connect_timeout_ms.max(1)))
+            .event_callback(move |event| {
+                let counters = counters.clone();
+                async move {
+                    match event {
+                        Event::Connected => {
+                            counters.reconnects.fetch_add(1, Ordering::Relaxed);
+                            info!("NATS connected");
+                        }
+                        Event::SlowConsumer(sid) => {
+                            counters.lost.fetch_add(1, Ordering::Relaxed);
+                            warn!(sid, "NATS subscription fell behind; messages dropped");
+                        }
+                        other => warn!(event = %other, "NATS"),
+                    }
+                }
+            });
+        if let Some(t) = token {
+            options = options.token(t.expose().to_string());
+        }
+        let client = async_nats::connect_with_options(config.url.as_str(), options)
+            .await
+            .map_err(|e| {
+                let reason = e.to_string();
+                match e.kind() {
+                    ConnectErrorKind::AuthorizationViolation | ConnectErrorKind::Authentication => {
+                        PubSubError::Rejected {
+                            endpoint: endpoint.clone(),
+                            reason,
+                        }
+                    }
+                    ConnectErrorKind::TimedOut => PubSubError::Timeout {
+                        endpoint: endpoint.clone(),
+                        what: "connection".into(),
+                        after: Duration::from_millis(config.connect_timeout_ms),
+                    },
+                    ConnectErrorKind::ServerParse => {
+                        return BrokerError::Config(format!("nats url {:?}: {reason}", config.url));
+                    }
+                    _ => PubSubError::Unreachable {
+                        endpoint: endpoint.clone(),
+                        reason,
+                    },
+                }
+                .into()
+            })?;
+        // The first connection is not a reconnection.
+        stats.reconnects.store(0, Ordering::Relaxed);
+        let inbox = client.new_inbox();
+        let echo_sub =
+            client
+                .subscribe(inbox.clone())
+                .await
+                .map_err(|e| PubSubError::Disconnected {
+                    endpoint: endpoint.clone(),
+                    reason: e.to_string(),
+                })?;
+        let this = NatsPubSub {
+            client,
+            endpoint,
+            reply_timeout: Duration::from_millis(config.reply_timeout_ms.max(1)),
+            echo: Arc::new(Mutex::new((inbox, echo_sub, 0))),
+            stats,
+        };
+        this.round_trip().await?;
+        Ok(this)
+    }
+
+    fn lost(&self, e: impl std::fmt::Display) -> PubSubError {
+        PubSubError::Disconnected {
+            endpoint: self.endpoint.clone(),
+            reason: e.to_string(),
+        }
+    }
+
+    /// Publishes a sequence number to our own inbox and waits for it to come back: the
+    /// server has then handled everything this client sent before.
+    async fn round_trip(&self) -> Result<(), PubSubError> {
+        let mut echo = self.echo.lock().await;
+        let (inbox, sub, seq) = &mut *echo;
+        *seq += 1;
+        let want = Bytes::from(seq.to_string());
+        let wait = async {
+            self.client
+                .publish(inbox.clone(), want.clone())
+                .await
+                .map_err(|e| self.lost(e))?;
+            loop {
+                // Echoes of earlier, timed-out round trips may still be queued.
+                match sub.next().await {
+                    Some(m) if m.payload == want => return Ok(()),
+                    Some(_) => continue,
+                    None => return Err(PubSubError::Closed),
+                }
+            }
+        };
+        match tokio::time::timeout(self.reply_timeout, wait).await {
+            Ok(r) => r,
+            Err(_) => Err(PubSubError::Timeout {
+                endpoint: self.endpoint.clone(),
+                what: "confirmation".into(),
+                after: self.reply_timeout,
+            }),
+        }
+    }
+}
+
+#[async_trait]
+impl PubSub for NatsPubSub {
+    fn kind(&self) -> &'static str {
+        "nats"
+    }
+
+    async fn publish(&self, topic: &str, payload: Bytes) -> Result<(), PubSubError> {
+        check_topic(topic)?;
+        check_message(&payload)?;
+        self.client
+            .publish(topic.to_string(), payload)
+            .await
+            .map_err(|e| self.lost(e))?;
+        self.round_trip().await
+    }
+
+    async fn subscribe(&self, topic: &str) -> Result<Subscription, PubSubError> {
+        check_topic(topic)?;
+        let sub = self
+            .client
+            .subscribe(topic.to_string())
+            .await
+            .map_err(|e| self.lost(e))?;
+        self.round_trip().await?;
+        let stream = sub.map(|m| Message {
+            topic: m.subject.to_string(),
+            payload: m.payload,
+        });
+        Ok(Subscription::new(topic, stream, self.stats.clone()))
+    }
+}
