@@ -210,6 +210,10 @@ pub struct FetchOptions {
     pub per_peer: usize,
     /// Times to re-ask peers for their have-sets when nobody can serve what is left.
     pub max_rounds: u32,
+    /// Urgent chunk requests in flight to one peer. 1 gives a player's next chunk the
+    /// peer's whole upload (the shortest time to first byte); more pipeline requests
+    /// on links whose round trip is long next to a chunk's transfer time.
+    pub urgent_per_peer: usize,
 }
 
 impl Default for FetchOptions {
@@ -218,6 +222,7 @@ impl Default for FetchOptions {
             concurrency: 8,
             per_peer: 4,
             max_rounds: 5,
+            urgent_per_peer: 1,
         }
     }
 }
@@ -288,6 +293,8 @@ struct Sched {
     /// Items not verified yet: queued, in flight or stalled.
     pending: HashSet<Item>,
     next_rank: u64,
+    /// Urgent requests in flight to one peer.
+    urgent_per_peer: usize,
     /// Items no live peer holds; retried after a refresh.
     stalled: Vec<Item>,
     in_flight: usize,
@@ -331,6 +338,7 @@ impl Sched {
             early,
             pending: HashSet::new(),
             next_rank: 0,
+            urgent_per_peer: 1,
             stalled: Vec::new(),
             in_flight: 0,
             peers,
@@ -473,7 +481,13 @@ impl Sched {
                 continue;
             }
             let usable = |s: &Self, reserved: &[bool], p: usize| {
-                s.peers[p].in_flight < per_peer && (urgent || !reserved[p])
+                let st = &s.peers[p];
+                st.in_flight < per_peer
+                    && if urgent {
+                        st.urgent_in_flight < s.urgent_per_peer
+                    } else {
+                        !reserved[p]
+                    }
             };
             // Least loaded first; among equals, spread by chunk number.
             let free = candidates
@@ -868,6 +882,7 @@ impl Fetcher {
             .collect();
         let early: HashSet<FragmentIndex> = [0, manifest.fragment_count - 1].into();
         let mut sched = Sched::new(peers, early);
+        sched.urgent_per_peer = self.opts.urgent_per_peer.max(1);
         let (mut already_complete, mut resumed, mut wanted_bytes, mut already_bytes) =
             (Vec::new(), 0u64, 0u64, 0u64);
         for &index in &wanted {
@@ -1258,6 +1273,7 @@ mod tests {
     /// Four fragments of two chunks; fragments 0 and 3 are EARLY.
     fn sched(peers: Vec<PeerState>) -> Sched {
         let mut s = Sched::new(peers, [0, 3].into());
+        s.urgent_per_peer = 100;
         for f in 0..4 {
             for c in 0..2 {
                 s.want((f, c));
@@ -1349,6 +1365,23 @@ mod tests {
         s.end_job(&b);
         // Nothing urgent left: background resumes on peer 1 with the early fragment.
         assert_eq!(job(&mut s, 1).item, (0, 0));
+    }
+
+    #[test]
+    fn one_urgent_request_at_a_time_per_peer_by_default() {
+        let mut s = sched(vec![peer(1, &[0, 1, 2, 3]), peer(2, &[0, 1, 2, 3])]);
+        s.urgent_per_peer = 1;
+        s.prioritize(&[(1, 0), (1, 1), (2, 0)], |_| false);
+        let (a, b) = (job(&mut s, 4), job(&mut s, 4));
+        assert_eq!((a.item, b.item), ((1, 0), (1, 1)));
+        assert_ne!(a.peer, b.peer, "the second urgent chunk goes to the other peer");
+        assert!(
+            matches!(s.next(4), Next::Wait),
+            "(2, 0) waits for a peer; no background chunk starts meanwhile"
+        );
+        s.end_job(&a);
+        let c = job(&mut s, 4);
+        assert_eq!((c.item, c.peer), ((2, 0), a.peer));
     }
 
     #[test]
