@@ -1374,7 +1374,10 @@ mod tests {
         s.prioritize(&[(1, 0), (1, 1), (2, 0)], |_| false);
         let (a, b) = (job(&mut s, 4), job(&mut s, 4));
         assert_eq!((a.item, b.item), ((1, 0), (1, 1)));
-        assert_ne!(a.peer, b.peer, "the second urgent chunk goes to the other peer");
+        assert_ne!(
+            a.peer, b.peer,
+            "the second urgent chunk goes to the other peer"
+        );
         assert!(
             matches!(s.next(4), Next::Wait),
             "(2, 0) waits for a peer; no background chunk starts meanwhile"

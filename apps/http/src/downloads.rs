@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use fragnet_core::fetch::{Download, DownloadState, FetchError, FetchObserver, FetchRequest, Fetcher};
+use fragnet_core::fetch::{
+    Download, DownloadState, FetchError, FetchObserver, FetchRequest, Fetcher,
+};
 use fragnet_core::ratelimit::human_bytes;
 use fragnet_core::store::fragment_file_name;
 use fragnet_core::{FragmentIndex, Manifest, PeerAddr, VideoId};
@@ -133,13 +135,7 @@ impl Downloads {
         video: VideoId,
         first: Option<(u64, u64)>,
     ) -> Result<Option<Arc<Download>>, FetchError> {
-        let slot = self
-            .slots
-            .lock()
-            .unwrap()
-            .entry(video)
-            .or_default()
-            .clone();
+        let slot = self.slots.lock().unwrap().entry(video).or_default().clone();
         let mut guard = slot.lock().await;
         if let Some(d) = guard.as_ref()
             && d.state() == DownloadState::Running

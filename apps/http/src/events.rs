@@ -111,7 +111,9 @@ pub(crate) fn sse(
                         status(&store, video).map(|s| json_event("snapshot", &s))
                     }
                     Ok(
-                        StoreEvent::ChunkVerified { video: v, index, .. }
+                        StoreEvent::ChunkVerified {
+                            video: v, index, ..
+                        }
                         | StoreEvent::FragmentComplete { video: v, index },
                     ) if v == video => {
                         fragment(&store, video, index).map(|f| json_event("progress", &f))

@@ -107,7 +107,10 @@ mod tests {
 
     #[test]
     fn single_open_ended_and_suffix_ranges() {
-        assert_eq!(parse(Some("bytes=0-99"), 1000), Partial { start: 0, end: 99 });
+        assert_eq!(
+            parse(Some("bytes=0-99"), 1000),
+            Partial { start: 0, end: 99 }
+        );
         assert_eq!(
             parse(Some("bytes=500-"), 1000),
             Partial {
@@ -173,6 +176,9 @@ mod tests {
             assert_eq!(parse(Some(h), 1000), Full, "{h:?}");
         }
         assert_eq!(parse(None, 1000), Full);
-        assert_eq!(parse(Some(&format!("bytes={}", "1".repeat(300))), 1000), Full);
+        assert_eq!(
+            parse(Some(&format!("bytes={}", "1".repeat(300))), 1000),
+            Full
+        );
     }
 }

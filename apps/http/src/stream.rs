@@ -70,7 +70,13 @@ impl Body {
         if let Err(e) = self.wait_for(f.index, chunk).await {
             return Some(Err(e));
         }
-        match self.app.state.store.read(self.video, f.index, in_frag, n).await {
+        match self
+            .app
+            .state
+            .store
+            .read(self.video, f.index, in_frag, n)
+            .await
+        {
             Ok(piece) => {
                 self.pos += n as u64;
                 self.app
