@@ -172,14 +172,32 @@ impl Browser {
         if std::mem::replace(&mut self.killed, true) {
             return;
         }
+        // The driver leads its own process group (see `start`): end the group, which
+        // holds the browser it started, by the driver's id.
         let pgid = self.driver.id();
-        let _ = Command::new("kill")
-            .args(["-KILL", &format!("-{pgid}")])
-            .stderr(Stdio::null())
-            .status();
+        if pgid > 1 && leads_own_group(pgid) {
+            // `--` keeps the negative id an id: without it some `kill`s read it as an
+            // option, and a wrong reading could reach other processes.
+            let _ = Command::new("kill")
+                .args(["-s", "KILL", "--", &format!("-{pgid}")])
+                .stderr(Stdio::null())
+                .status();
+        }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
+}
+
+/// Whether process `pid` leads its own process group (field 5 of /proc/PID/stat).
+fn leads_own_group(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The command name (field 2) may hold spaces; fields after its ')' are plain.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return false;
+    };
+    rest.split_whitespace().nth(2) == Some(pid.to_string().as_str())
 }
 
 impl Drop for Browser {
