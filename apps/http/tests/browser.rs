@@ -62,7 +62,7 @@ async fn plays_while_downloading(browser: &Browser, clip: &str) {
         lookahead: 512 * 1024,
         ..HttpConfig::default()
     };
-    let mut viewer = Viewer::start(&v, &[5], &[seed.addr.clone()], config).await;
+    let mut viewer = Viewer::start(&v, &[5], std::slice::from_ref(&seed.addr), config).await;
     assert_eq!(viewer.held(&v), 1, "starts with 1 of 10 fragments");
 
     let started = Instant::now();

@@ -32,7 +32,13 @@ async fn range_semantics_on_a_node_holding_part_of_the_video() {
     let v = video();
     let orig = original(&v);
     let seed = seeder(&v, None).await;
-    let mut viewer = Viewer::start(&v, &[3], &[seed.addr.clone()], HttpConfig::default()).await;
+    let mut viewer = Viewer::start(
+        &v,
+        &[3],
+        std::slice::from_ref(&seed.addr),
+        HttpConfig::default(),
+    )
+    .await;
     let url = format!("{}/videos/{}/stream", viewer.base, v.id());
     let c = client();
 
@@ -178,7 +184,13 @@ async fn bytes_stream_out_as_chunks_verify_not_after_the_whole_video() {
     let orig = original(&v);
     // 1 MB at 300 kB/s: the whole download takes over 3 s; one chunk about 50 ms.
     let seed = seeder(&v, Some(300_000)).await;
-    let mut viewer = Viewer::start(&v, &[], &[seed.addr.clone()], HttpConfig::default()).await;
+    let mut viewer = Viewer::start(
+        &v,
+        &[],
+        std::slice::from_ref(&seed.addr),
+        HttpConfig::default(),
+    )
+    .await;
     let url = format!("{}/videos/{}/stream", viewer.base, v.id());
     let r = within(30, "GET", client().get(&url).send()).await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
@@ -213,7 +225,13 @@ async fn a_seek_into_missing_bytes_overtakes_the_background_download() {
     let v = video();
     let orig = original(&v);
     let seed = seeder(&v, Some(300_000)).await;
-    let mut viewer = Viewer::start(&v, &[], &[seed.addr.clone()], HttpConfig::default()).await;
+    let mut viewer = Viewer::start(
+        &v,
+        &[],
+        std::slice::from_ref(&seed.addr),
+        HttpConfig::default(),
+    )
+    .await;
     let url = format!("{}/videos/{}/stream", viewer.base, v.id());
     let c = client();
     // The player's first request starts the download.
@@ -307,7 +325,7 @@ async fn events_report_progress_live_and_responses_are_capped() {
         max_responses: 2,
         ..HttpConfig::default()
     };
-    let mut viewer = Viewer::start(&v, &[], &[seed.addr.clone()], config).await;
+    let mut viewer = Viewer::start(&v, &[], std::slice::from_ref(&seed.addr), config).await;
     let c = client();
     // The page opens its event stream before the node knows the video.
     let ev = within(
@@ -365,7 +383,13 @@ async fn pages_are_served_from_the_binary_and_shutdown_ends_waiting_streams() {
     let v = video();
     // So slow that the stream below is still waiting when the node stops.
     let seed = seeder(&v, Some(20_000)).await;
-    let mut viewer = Viewer::start(&v, &[], &[seed.addr.clone()], HttpConfig::default()).await;
+    let mut viewer = Viewer::start(
+        &v,
+        &[],
+        std::slice::from_ref(&seed.addr),
+        HttpConfig::default(),
+    )
+    .await;
     let c = client();
     let page = c
         .get(format!("{}/watch/{}", viewer.base, v.id()))
