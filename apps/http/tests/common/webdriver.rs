@@ -208,8 +208,7 @@ impl Drop for Browser {
 
 /// `<target>/screenshots`: beside the build, where CI can collect them.
 pub fn screenshot_dir() -> PathBuf {
-    Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .unwrap()
-        .join("screenshots")
+    // Set for integration tests; examples (the benchmark) fall back to ./target.
+    let tmp = option_env!("CARGO_TARGET_TMPDIR").unwrap_or("target/tmp");
+    Path::new(tmp).parent().unwrap().join("screenshots")
 }
