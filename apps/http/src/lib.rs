@@ -350,8 +350,11 @@ async fn stream_response(
     let video = video_id(id)?;
     let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
     let lookahead = app.config.lookahead.max(1);
-    // Before the size is known, where the player starts (a suffix waits for the size).
-    let first = range::start_hint(range_header).map(|s| (s, lookahead));
+    // Before the size is known: the window the player needs first (a suffix waits
+    // for the size).
+    let first = range::span_hint(range_header)
+        .filter(|_| method != Method::HEAD)
+        .map(|(first, last)| (first, lookahead.min(last - first + 1)));
     let manifest = app.manifest(video, first).await?;
     let size = manifest.size;
     let etag = format!("\"{video}\"");
@@ -401,6 +404,10 @@ async fn stream_response(
         return Ok((status, h).into_response());
     }
 
+    // Take a response slot before starting anything, so a refusal changes nothing.
+    let Ok(permit) = app.permits.clone().try_acquire_owned() else {
+        return Ok(busy(&app));
+    };
     let store = &app.state.store;
     let complete = store.have(video).len() == manifest.fragment_count as usize;
     let window = (start, lookahead.min(end - start));
@@ -420,9 +427,6 @@ async fn stream_response(
             ),
         ));
     }
-    let Ok(permit) = app.permits.clone().try_acquire_owned() else {
-        return Ok(busy(&app));
-    };
     app.metrics.streams_active.fetch_add(1, Ordering::Relaxed);
     let body = stream::Body {
         app: app.clone(),

@@ -85,16 +85,17 @@ pub fn parse(header: Option<&str>, size: u64) -> RangeRequest {
     }
 }
 
-/// Where a request starts, when that is known without the size: 0 without a usable
-/// range, the first byte of `bytes=A-` and `bytes=A-B`; `None` for a suffix range.
-pub fn start_hint(header: Option<&str>) -> Option<u64> {
+/// The bytes a request asks for, when that is known without the size: `(first, last)`
+/// with `last` inclusive (`u64::MAX - 1` for "to the end"); the whole file without a
+/// usable range; `None` for a suffix range, whose start depends on the size.
+pub fn span_hint(header: Option<&str>) -> Option<(u64, u64)> {
     // A suffix's start moves with the size; every other form's does not.
     match (parse(header, u64::MAX), parse(header, u64::MAX - 1)) {
-        (RangeRequest::Full, _) => Some(0),
-        (RangeRequest::Partial { start: a, .. }, RangeRequest::Partial { start: b, .. })
+        (RangeRequest::Full, _) => Some((0, u64::MAX - 1)),
+        (RangeRequest::Partial { start: a, end }, RangeRequest::Partial { start: b, .. })
             if a == b =>
         {
-            Some(a)
+            Some((a, end))
         }
         _ => None,
     }
@@ -145,12 +146,13 @@ mod tests {
     }
 
     #[test]
-    fn start_hints() {
-        assert_eq!(start_hint(None), Some(0));
-        assert_eq!(start_hint(Some("bytes=500-")), Some(500));
-        assert_eq!(start_hint(Some("bytes=5-9")), Some(5));
-        assert_eq!(start_hint(Some("bytes=-100")), None);
-        assert_eq!(start_hint(Some("bytes=0-1,4-5")), Some(0));
+    fn span_hints() {
+        let end = u64::MAX - 1;
+        assert_eq!(span_hint(None), Some((0, end)));
+        assert_eq!(span_hint(Some("bytes=500-")), Some((500, end)));
+        assert_eq!(span_hint(Some("bytes=5-9")), Some((5, 9)));
+        assert_eq!(span_hint(Some("bytes=-100")), None);
+        assert_eq!(span_hint(Some("bytes=0-1,4-5")), Some((0, end)));
     }
 
     #[test]
