@@ -85,7 +85,9 @@ fn json_event(name: &str, v: &impl Serialize) -> Event {
 
 /// The event stream: `snapshot` (a [`VideoStatus`]) first and after any gap, then
 /// `progress` (a [`FragmentProgress`]) whenever a chunk of the video verifies. For a
-/// video whose manifest is not here yet, the snapshot comes once it is.
+/// video whose manifest is not here yet, the snapshot comes once it is; if it has not
+/// come within the chunk wait, the stream ends (the browser reconnects by itself), so
+/// streams for videos that never come do not hold response slots.
 pub(crate) fn sse(
     app: Arc<App>,
     video: VideoId,
@@ -94,16 +96,28 @@ pub(crate) fn sse(
     let store = app.state.store.clone();
     let rx = store.subscribe();
     let initial = status(&store, video);
-    let state = (rx, initial, permit);
-    let stream = futures::stream::unfold(state, move |(mut rx, mut pending, permit)| {
+    // Until the manifest is here, how long to wait for it.
+    let deadline = initial
+        .is_none()
+        .then(|| tokio::time::Instant::now() + app.config.chunk_wait);
+    let state = (rx, initial, deadline, permit);
+    let stream = futures::stream::unfold(state, move |(mut rx, mut pending, deadline, permit)| {
         let (store, app) = (store.clone(), app.clone());
         async move {
             if let Some(s) = pending.take() {
-                return Some((Ok(json_event("snapshot", &s)), (rx, None, permit)));
+                return Some((Ok(json_event("snapshot", &s)), (rx, None, None, permit)));
             }
+            let give_up = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::pin!(give_up);
             loop {
                 let ev = tokio::select! {
                     ev = rx.recv() => ev,
+                    _ = &mut give_up => return None,
                     _ = app.cancel.cancelled() => return None,
                 };
                 let out = match ev {
@@ -126,7 +140,7 @@ pub(crate) fn sse(
                     Err(RecvError::Closed) => return None,
                 };
                 if let Some(e) = out {
-                    return Some((Ok(e), (rx, None, permit)));
+                    return Some((Ok(e), (rx, None, None, permit)));
                 }
             }
         }

@@ -2,6 +2,7 @@
 //! response, or keeps a connection open without sending, is cut off after the idle
 //! timeout instead of holding a slot forever (axum's `serve` has no such timeout).
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -93,8 +94,6 @@ impl<T> TimedIo<T> {
         }
     }
 }
-
-use std::future::Future;
 
 impl<T: AsyncRead + Unpin> AsyncRead for TimedIo<T> {
     fn poll_read(

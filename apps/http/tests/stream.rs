@@ -427,3 +427,27 @@ async fn pages_are_served_from_the_binary_and_shutdown_ends_waiting_streams() {
     .await;
     viewer.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_stream_for_a_video_that_never_comes_ends() {
+    let v = video();
+    let seed = seeder(&v, None).await;
+    let config = HttpConfig {
+        chunk_wait: Duration::from_millis(500),
+        max_responses: 1,
+        ..HttpConfig::default()
+    };
+    let mut viewer = Viewer::start(&v, &[], std::slice::from_ref(&seed.addr), config).await;
+    let url = format!("{}/videos/{}/events", viewer.base, "ef".repeat(32));
+    let c = client();
+    let r = within(10, "events", c.get(&url).send()).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let body = within(10, "the stream ends", r.text()).await.unwrap();
+    assert!(!body.contains("event:"), "{body}");
+    // Its response slot is free again.
+    let r = within(10, "events again", c.get(&url).send())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    viewer.stop().await;
+}
