@@ -955,6 +955,96 @@ pub async fn idle_client_times_out(make: MakeTransports, listen: &str) {
     );
 }
 
+/// A download's priorities change while it runs: bytes asked for before the workers
+/// start come first in the order asked, ahead of the first and last fragment, and
+/// those ahead of the rest; a fragment asked for mid-way overtakes the background order.
+pub async fn download_priorities(make: MakeTransports, listen: &str) {
+    use crate::store::StoreEvent;
+    let v = TestVideo::from_bytes("v.bin", &generated_bytes(640_000, 11), 10, 8000);
+    let seeder = TestNode::start(
+        make,
+        listen,
+        NodeOptions {
+            seed: Some((v.split_dir.clone(), None)),
+            upload: Some(800_000),
+            ..Default::default()
+        },
+    )
+    .await;
+    let me = TestNode::start(make, listen, NodeOptions::default()).await;
+    let fetcher = Fetcher::new(
+        me.store.clone(),
+        Arc::new(PeerPool::new(me.transports.clone(), Timeouts::default())),
+        FetchOptions::default(),
+    );
+    let mut events = me.store.subscribe();
+    let m = &v.manifest;
+    let frag = |i: usize| (m.fragments[i].offset, m.fragments[i].size);
+    let req = FetchRequest {
+        video: Some(v.id()),
+        fragments: None,
+        peers: vec![seeder.addr.clone()],
+    };
+    let dl = within(
+        10,
+        "start",
+        fetcher.start_with(
+            req,
+            &[frag(5), frag(7)],
+            Arc::new(Counter::default()),
+            CancellationToken::new(),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(dl.state(), crate::fetch::DownloadState::Running);
+    let mut chunks = Vec::new();
+    let mut completed = Vec::new();
+    within(60, "download with priorities", async {
+        while completed.len() < 10 {
+            match events.recv().await.unwrap() {
+                StoreEvent::ChunkVerified { index, .. } => {
+                    chunks.push(index);
+                    // Mid-way through the background, fragment 8 is asked for.
+                    if chunks.len() == 40 {
+                        assert!(dl.want_range(frag(8).0, frag(8).1) > 0);
+                        assert!(dl.urgent_chunks() > 0);
+                    }
+                }
+                StoreEvent::FragmentComplete { index, .. } => completed.push(index),
+                StoreEvent::VideoAdded(_) => {}
+            }
+        }
+    })
+    .await;
+    assert_eq!(dl.ended().await, crate::fetch::DownloadState::Complete);
+    let pos = |f: u32| chunks.iter().position(|&i| i == f).unwrap();
+    let last = |f: u32| chunks.iter().rposition(|&i| i == f).unwrap();
+    assert_eq!(
+        chunks[0], 5,
+        "the first bytes asked for come first: {chunks:?}"
+    );
+    assert!(
+        last(5).max(last(7)) < pos(0).min(pos(9)),
+        "urgent before the first and last fragment: {chunks:?}"
+    );
+    assert!(
+        last(0).max(last(9)) < [1, 2, 3].into_iter().map(pos).min().unwrap(),
+        "first and last fragment before the rest: {chunks:?}"
+    );
+    let (p6, p8) = (
+        completed.iter().position(|&i| i == 6).unwrap(),
+        completed.iter().position(|&i| i == 8).unwrap(),
+    );
+    assert!(
+        p8 < p6,
+        "fragment 8, asked for mid-way, completes before fragment 6: {completed:?}"
+    );
+    let report = within(10, "report", dl.finish()).await.unwrap();
+    assert_eq!(report.fetched.len(), 10);
+    assert!(joined_bytes(&me, v.id()) == std::fs::read(&v.input).unwrap());
+}
+
 /// Generates one `#[tokio::test]` per conformance case for a transport.
 #[macro_export]
 macro_rules! transport_conformance {
@@ -978,6 +1068,7 @@ macro_rules! transport_conformance {
             case!(many_concurrent_fetches);
             case!(connection_limit);
             case!(idle_client_times_out);
+            case!(download_priorities);
         }
     };
 }

@@ -147,3 +147,46 @@ pub async fn start_serving(
         })?;
     Ok((handle, ctx))
 }
+
+/// Starts the peer's HTTP side when `http_listen` is set: the stream and player pages
+/// serve the store, and a player asking for a video not held completely starts its
+/// download from the configured peers.
+pub async fn start_http(
+    cfg: &Config,
+    local: &Local,
+    transports: Transports,
+    serve: Arc<ServeContext>,
+    cancel: CancellationToken,
+) -> Result<Option<fragnet_http::Handle>> {
+    let Some(http) = cfg.http()? else {
+        return Ok(None);
+    };
+    let listen = http.listen;
+    let downloads = Arc::new(fragnet_http::Downloads::new(
+        fetcher(cfg, local, transports),
+        cfg.peer_addrs()?,
+        cancel.clone(),
+    ));
+    let state = fragnet_http::HttpState {
+        store: local.store.clone(),
+        node_id: local.identity.node_id(),
+        name: serve.name.clone(),
+        serve: Some(serve),
+        downloads: Some(downloads),
+    };
+    let handle = fragnet_http::spawn(http, state, cancel)
+        .await
+        .map_err(|e| {
+            let hint = match &e {
+                fragnet_http::HttpError::Bind { error, .. }
+                    if error.kind() == std::io::ErrorKind::AddrInUse =>
+                {
+                    " (another process uses that port: stop it or choose another with --http)"
+                }
+                _ => "",
+            };
+            anyhow::anyhow!("{e}{hint}")
+        })
+        .with_context(|| format!("starting HTTP on {listen}"))?;
+    Ok(Some(handle))
+}

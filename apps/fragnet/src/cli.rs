@@ -137,6 +137,9 @@ pub struct PeerArgs {
     /// Do not read commands from stdin (daemons, containers).
     #[arg(long)]
     pub no_console: bool,
+    /// Serve HTTP (player, stream, health, metrics) on PORT or HOST:PORT; 0 picks a port.
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<String>,
     #[command(flatten)]
     pub node: NodeFlags,
 }

@@ -35,6 +35,37 @@ pub struct Config {
     pub console: bool,
     /// Rates, connections, concurrency, timeouts.
     pub limits: Limits,
+    /// The peer's HTTP address (stream, player, health, metrics): `PORT` (all
+    /// interfaces) or `HOST:PORT`; port 0 picks one. Unset: no HTTP.
+    pub http_listen: Option<String>,
+    /// `stream.*`: how the HTTP side streams to players.
+    pub stream: Stream,
+}
+
+/// `stream.*` keys.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Stream {
+    /// Bytes ahead of a player's position that are fetched before anything else, e.g.
+    /// `4MiB`.
+    pub lookahead: String,
+    /// Seconds a response waits for one missing chunk before it gives up.
+    pub chunk_wait_secs: u64,
+    /// Stream and event responses served at once; more get 503.
+    pub max_responses: usize,
+    /// Seconds an HTTP connection may make no progress before it is closed.
+    pub idle_timeout_secs: u64,
+}
+
+impl Default for Stream {
+    fn default() -> Self {
+        Stream {
+            lookahead: "4MiB".into(),
+            chunk_wait_secs: 30,
+            max_responses: 64,
+            idle_timeout_secs: 60,
+        }
+    }
 }
 
 /// `limits.*` keys.
@@ -83,6 +114,8 @@ impl Default for Config {
             default_video: None,
             console: true,
             limits: Limits::default(),
+            http_listen: None,
+            stream: Stream::default(),
         }
     }
 }
@@ -293,6 +326,19 @@ impl Config {
             fragnet_core::ratelimit::parse_bytes(r)
                 .map_err(|e| anyhow::anyhow!("limits.max_upload_rate: {e}"))?;
         }
+        if let Some(h) = &self.http_listen {
+            http_addr(h).with_context(|| format!("in http_listen = {h:?}"))?;
+        }
+        fragnet_core::ratelimit::parse_bytes(&self.stream.lookahead)
+            .map_err(|e| anyhow::anyhow!("stream.lookahead: {e}"))?;
+        if self.stream.chunk_wait_secs == 0
+            || self.stream.max_responses == 0
+            || self.stream.idle_timeout_secs == 0
+        {
+            bail!(
+                "stream.chunk_wait_secs, stream.max_responses and stream.idle_timeout_secs must be at least 1"
+            );
+        }
         if self.limits.max_connections == 0
             || self.limits.concurrency == 0
             || self.limits.per_peer == 0
@@ -317,6 +363,23 @@ impl Config {
     /// Peer addresses, parsed.
     pub fn peer_addrs(&self) -> Result<Vec<PeerAddr>> {
         self.peers.iter().map(|s| self.addr(s)).collect()
+    }
+
+    /// The HTTP side's configuration, when `http_listen` is set.
+    pub fn http(&self) -> Result<Option<fragnet_http::HttpConfig>> {
+        let Some(h) = &self.http_listen else {
+            return Ok(None);
+        };
+        let s = &self.stream;
+        Ok(Some(fragnet_http::HttpConfig {
+            listen: http_addr(h).with_context(|| format!("in http_listen = {h:?}"))?,
+            lookahead: fragnet_core::ratelimit::parse_bytes(&s.lookahead)
+                .map_err(|e| anyhow::anyhow!("stream.lookahead: {e}"))?,
+            chunk_wait: std::time::Duration::from_secs(s.chunk_wait_secs),
+            max_responses: s.max_responses,
+            idle_timeout: std::time::Duration::from_secs(s.idle_timeout_secs),
+            ..fragnet_http::HttpConfig::default()
+        }))
     }
 
     /// Upload limit in bytes per second, if set.
@@ -348,10 +411,72 @@ impl Config {
     }
 }
 
+/// `PORT` (all interfaces), `HOST:PORT` or `[V6]:PORT`, resolved (`localhost` works).
+pub fn http_addr(s: &str) -> Result<std::net::SocketAddr> {
+    use std::net::ToSocketAddrs;
+    let s = s.trim();
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(std::net::SocketAddr::from(([0, 0, 0, 0], port)));
+    }
+    let s = s.strip_prefix("http://").unwrap_or(s);
+    s.to_socket_addrs()
+        .with_context(|| format!("{s:?} is not PORT or HOST:PORT"))?
+        .next()
+        .with_context(|| format!("{s:?} resolves to no address"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// For tests that are not about the environment: figment::Jail sets FRAGNET_*
+    /// variables for the whole process while it runs, and tests run in parallel.
+    fn isolated_env() -> Env {
+        Env::prefixed("FRAGNET_CONFIG_TEST_UNSET_").split("__")
+    }
+
+    #[test]
+    fn http_is_off_by_default_and_takes_a_port_or_an_address() {
+        let none = Sources::default();
+        let cfg = load_with_env(&none, json!({}), isolated_env()).unwrap();
+        assert!(cfg.http().unwrap().is_none());
+        let cfg = load_with_env(
+            &none,
+            json!({"http_listen": "127.0.0.1:0", "stream": {"lookahead": "1MiB"}}),
+            isolated_env(),
+        )
+        .unwrap();
+        let h = cfg.http().unwrap().unwrap();
+        assert_eq!(h.listen.to_string(), "127.0.0.1:0");
+        assert_eq!(h.lookahead, 1 << 20);
+        assert_eq!(h.max_responses, 64);
+        assert_eq!(http_addr("8080").unwrap().to_string(), "0.0.0.0:8080");
+        assert_eq!(http_addr("[::1]:9").unwrap().to_string(), "[::1]:9");
+        let e = load_with_env(
+            &none,
+            json!({"http_listen": "nowhere:port"}),
+            isolated_env(),
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("http_listen"), "{e:#}");
+        let e = load_with_env(
+            &none,
+            json!({"stream": {"lookahead": "lots"}}),
+            isolated_env(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("stream.lookahead"), "{e}");
+        let e = load_with_env(
+            &none,
+            json!({"stream": {"max_responses": 0}}),
+            isolated_env(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("stream.max_responses"), "{e}");
+    }
 
     #[test]
     #[allow(clippy::result_large_err)] // figment::Jail's closure returns figment's own error type

@@ -460,4 +460,101 @@ fn quic_is_one_key_away() {
     assert!(std::fs::read(d.join("via-tcp.mp4")).unwrap() == original);
     let h = fragnet(d, &["health", &format!("quic://127.0.0.1:{port}")]);
     assert!(h.status.success(), "{}", text(&h));
+/// A plain HTTP/1.1 request over a TCP socket; returns (status, headers, body).
+fn http(addr: &str, path: &str, extra: &str) -> (u16, String, Vec<u8>) {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).unwrap();
+    let split = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&all[..split]).into_owned();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, head, all[split + 4..].to_vec())
+}
+
+/// `fragnet peer --http`: a node holding nothing plays a video its peer offers; the
+/// player's range request starts the download and gets verified bytes.
+#[test]
+fn peer_http_streams_a_video_it_does_not_hold_yet() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let s = fragnet(
+        d,
+        &["split", sample().to_str().unwrap(), "--chunk-size", "64KiB"],
+    );
+    assert!(s.status.success(), "{}", text(&s));
+    let manifest = std::fs::read(d.join("fragments/manifest.json")).unwrap();
+    let id = fragnet_core::Manifest::from_bytes(&manifest)
+        .unwrap()
+        .video_id();
+    let original = std::fs::read(sample()).unwrap();
+    let (ps, pv) = (free_port(), free_port());
+    let mut seeder = spawn_peer(
+        d,
+        &[
+            "--listen",
+            &ps.to_string(),
+            "--seed",
+            "fragments",
+            "--no-console",
+            "--max-upload-rate",
+            "2MB",
+            "--data",
+            "seeder",
+        ],
+    );
+    wait_for_line(&mut seeder, "[SERVER] Node listening", 30);
+    let mut viewer = spawn_peer(
+        d,
+        &[
+            "--listen",
+            &pv.to_string(),
+            "--peer",
+            &format!("localhost:{ps}"),
+            "--http",
+            "127.0.0.1:0",
+            "--no-console",
+            "--data",
+            "viewer",
+        ],
+    );
+    let lines = wait_for_line(&mut viewer, "[HTTP] Player on http://", 30);
+    let addr = lines
+        .last()
+        .unwrap()
+        .split("http://")
+        .nth(1)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let (status, _, body) = http(&addr, "/health", "");
+    assert_eq!(status, 200);
+    assert!(String::from_utf8_lossy(&body).contains("\"status\":\"ok\""));
+    let stream = format!("/videos/{id}/stream");
+    let (status, head, body) = http(&addr, &stream, "Range: bytes=0-99\r\n");
+    assert_eq!(status, 206, "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains(&format!("content-range: bytes 0-99/{}", original.len())),
+        "{head}"
+    );
+    assert_eq!(body, original[..100]);
+    let (status, head, body) = http(&addr, &stream, "");
+    assert_eq!(status, 200, "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: video/mp4")
+    );
+    assert!(body == original, "the streamed video equals the original");
+    let (status, _, page) = http(&addr, &format!("/watch/{id}"), "");
+    assert_eq!(status, 200);
+    assert!(String::from_utf8_lossy(&page).contains("<video"));
 }

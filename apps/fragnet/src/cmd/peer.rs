@@ -45,6 +45,9 @@ pub async fn run(sources: &config::Sources, a: PeerArgs) -> Result<()> {
     if a.no_console {
         flags.insert("console".into(), json!(false));
     }
+    if let Some(h) = &a.http {
+        flags.insert("http_listen".into(), json!(h));
+    }
     let cfg = config::load(sources, serde_json::Value::Object(flags))?;
     let listen = cfg.listen_addrs()?;
     let local = assemble::open_local(cfg.data_dir_or_default("peer")).await?;
@@ -76,6 +79,22 @@ pub async fn run(sources: &config::Sources, a: PeerArgs) -> Result<()> {
         ctx.name,
         local.data_dir.display()
     );
+    let http = assemble::start_http(
+        &cfg,
+        &local,
+        transports.clone(),
+        ctx.clone(),
+        cancel.clone(),
+    )
+    .await?;
+    if let Some(h) = &http {
+        // 0.0.0.0 is where it listens, not an address to open.
+        let shown = h.local_addr().to_string().replace("0.0.0.0", "localhost");
+        println!("[HTTP] Player on http://{shown}/watch/<video id>");
+        for (video, m, _) in local.store.summary() {
+            println!("[HTTP] Watch {}: http://{shown}/watch/{video}", m.name);
+        }
+    }
 
     let console = Console {
         cfg: cfg.clone(),
@@ -95,6 +114,9 @@ pub async fn run(sources: &config::Sources, a: PeerArgs) -> Result<()> {
         _ = console_done => info!("stopping: exit from the console"),
     }
     cancel.cancel();
+    if let Some(h) = http {
+        h.shutdown().await;
+    }
     handle.shutdown().await;
     info!("stopped; incomplete fragments stay as .part files and resume on the next fetch");
     Ok(())

@@ -1,0 +1,119 @@
+//! A real browser plays a video from a node that is still downloading it: Debian's
+//! headless Chromium, driven through Debian's chromedriver over WebDriver. The seeder's
+//! upload is limited so the whole download takes several times the clip's first
+//! seconds; the node starts with 1 of the 10 fragments. Both sample clips play: the
+//! one with its index (moov) at the start, and the one with it at the end.
+//!
+//! Needs `apt-get install -y chromium chromium-driver`; fails (never skips) without.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::webdriver::{Browser, screenshot_dir};
+use common::{Viewer, original, seeder};
+use fragnet_core::conformance::{TestVideo, joined_bytes, sample_media};
+use fragnet_http::HttpConfig;
+use serde_json::Value;
+
+/// Bytes per second the seeder uploads: the 2.7 MB clip takes about 12 s to arrive,
+/// while its first 2 s of video are about 300 kB.
+const UPLOAD: u64 = 200_000;
+
+const PLAYER_STATE: &str = r#"
+const p = document.getElementById("player");
+const w = window.fragnetWatch || {};
+return {
+  t: p.currentTime, readyState: p.readyState, paused: p.paused,
+  error: p.error ? (p.error.message || String(p.error.code)) : null,
+  held: w.held || 0, total: w.total || 0,
+  events: (w.events || []).map((e) => e.type),
+  state: document.getElementById("state").textContent,
+};
+"#;
+
+async fn poll_until(
+    browser: &Browser,
+    secs: u64,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let s = browser.eval(PLAYER_STATE).await;
+        assert!(s["error"].is_null(), "the player failed: {s}");
+        if done(&s) {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs}s waiting for {what}; player: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn plays_while_downloading(browser: &Browser, clip: &str) {
+    let bytes = std::fs::read(sample_media(clip)).unwrap();
+    // Chunks of 64 KiB: the unit a player's bytes are fetched, verified and sent in.
+    let v = TestVideo::from_bytes(clip, &bytes, 10, 64 * 1024);
+    let seed = seeder(&v, Some(UPLOAD)).await;
+    let config = HttpConfig {
+        lookahead: 512 * 1024,
+        ..HttpConfig::default()
+    };
+    let mut viewer = Viewer::start(&v, &[5], std::slice::from_ref(&seed.addr), config).await;
+    assert_eq!(viewer.held(&v), 1, "starts with 1 of 10 fragments");
+
+    let started = Instant::now();
+    browser
+        .goto(&format!("{}/watch/{}", viewer.base, v.id()))
+        .await;
+    let s = poll_until(browser, 90, "currentTime past 2 s", |s| {
+        s["t"].as_f64().unwrap_or(0.0) > 2.0
+    })
+    .await;
+    let held = viewer.held(&v);
+    let at = started.elapsed();
+    let stem = clip.trim_end_matches(".mp4");
+    browser
+        .screenshot(&screenshot_dir().join(format!("watch-{stem}-playing.png")))
+        .await;
+    assert!(
+        held < 10,
+        "{clip}: the player passed 2 s only after the node held every fragment ({s})"
+    );
+    eprintln!(
+        "{clip}: currentTime {} after {at:?}, node held {held} of 10 fragments",
+        s["t"]
+    );
+
+    // The download finishes in the background; the page's bar fills to the end.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while viewer.held(&v) < 10 {
+        assert!(
+            Instant::now() < deadline,
+            "{clip}: the download did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let s = poll_until(browser, 20, "the fragment bar to fill", |s| s["held"] == 10).await;
+    assert_eq!(s["total"], 10);
+    browser
+        .screenshot(&screenshot_dir().join(format!("watch-{stem}-complete.png")))
+        .await;
+    assert!(
+        joined_bytes(&viewer.node, v.id()) == original(&v),
+        "{clip}: the node's copy equals the original"
+    );
+    viewer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headless_chromium_plays_both_sample_clips_while_they_download() {
+    let browser = Browser::start().await;
+    // One after the other: two browsers at once on two cores would measure the CPU.
+    plays_while_downloading(&browser, "sample-480p.mp4").await;
+    plays_while_downloading(&browser, "sample-480p-moov-at-end.mp4").await;
+    browser.close().await;
+}
