@@ -460,6 +460,8 @@ fn quic_is_one_key_away() {
     assert!(std::fs::read(d.join("via-tcp.mp4")).unwrap() == original);
     let h = fragnet(d, &["health", &format!("quic://127.0.0.1:{port}")]);
     assert!(h.status.success(), "{}", text(&h));
+}
+
 /// A plain HTTP/1.1 request over a TCP socket; returns (status, headers, body).
 fn http(addr: &str, path: &str, extra: &str) -> (u16, String, Vec<u8>) {
     use std::io::Read;
