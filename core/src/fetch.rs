@@ -652,6 +652,48 @@ impl Download {
         n
     }
 
+    /// Tells the download that `addr` holds `fragments` (a fragment event, a registry
+    /// answer). A new peer joins the download; stalled chunks it can serve are queued
+    /// again at once, so a swarm converges on events without waiting for a refresh.
+    /// Returns how many stalled chunks were re-queued.
+    pub fn add_holder(&self, addr: PeerAddr, fragments: &[FragmentIndex]) -> usize {
+        let mut s = self.sched.lock().unwrap();
+        let p = match s.peers.iter().position(|p| p.addr == addr) {
+            Some(p) => p,
+            None => {
+                s.peers.push(PeerState {
+                    addr,
+                    holds: HashSet::new(),
+                    in_flight: 0,
+                    urgent_in_flight: 0,
+                    failures: 0,
+                    banned: false,
+                    dead: false,
+                });
+                s.peers.len() - 1
+            }
+        };
+        if s.peers[p].banned {
+            return 0;
+        }
+        s.peers[p].holds.extend(fragments.iter().copied());
+        s.peers[p].dead = false;
+        let stalled = std::mem::take(&mut s.stalled);
+        let (now, still): (Vec<Item>, Vec<Item>) = stalled
+            .into_iter()
+            .partition(|it| fragments.contains(&it.0));
+        s.stalled = still;
+        for item in &now {
+            if let Some(x) = s.excluded.get_mut(item) {
+                x.remove(&p);
+            }
+            s.enqueue(*item);
+        }
+        drop(s);
+        self.wake.notify_waiters();
+        now.len()
+    }
+
     /// Nobody waits for bytes `offset..offset+len` any more (a player went away or
     /// seeked): those still urgent go back to their background priority.
     pub fn release_range(&self, offset: u64, len: u64) {

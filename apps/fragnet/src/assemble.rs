@@ -154,7 +154,7 @@ pub async fn start_serving(
 pub async fn start_http(
     cfg: &Config,
     local: &Local,
-    transports: Transports,
+    downloads: Arc<fragnet_http::Downloads>,
     serve: Arc<ServeContext>,
     cancel: CancellationToken,
 ) -> Result<Option<fragnet_http::Handle>> {
@@ -162,11 +162,6 @@ pub async fn start_http(
         return Ok(None);
     };
     let listen = http.listen;
-    let downloads = Arc::new(fragnet_http::Downloads::new(
-        fetcher(cfg, local, transports),
-        cfg.peer_addrs()?,
-        cancel.clone(),
-    ));
     let state = fragnet_http::HttpState {
         store: local.store.clone(),
         node_id: local.identity.node_id(),

@@ -42,6 +42,17 @@ pub enum Command {
     Peer(PeerArgs),
     /// Download a video's missing fragments from peers, in parallel, then reassemble it.
     Fetch(FetchArgs),
+    /// Run the manager: the REST registry of who holds which fragment (Swagger UI at
+    /// /apidocs).
+    Manager(ManagerArgs),
+    /// Run the pub/sub broker (SUB:/PUB: text lines on TCP).
+    Broker(BrokerArgs),
+    /// Print every message published on a topic: `[fragments] fragment_5.bin`.
+    Subscribe(SubscribeArgs),
+    /// Publish a message (default topic: fragments); exit 0 only once the broker took it.
+    Notify(NotifyArgs),
+    /// Run every role a profile enables (peer, manager, broker) in one process.
+    Run(RunArgs),
     /// Check that a service answers (exit 0) or not (exit 1): for container healthchecks.
     ///
     /// URL is http://HOST:PORT/PATH (manager, peer HTTP; 2xx is healthy), tcp://HOST:PORT
@@ -137,6 +148,21 @@ pub struct PeerArgs {
     /// Do not read commands from stdin (daemons, containers).
     #[arg(long)]
     pub no_console: bool,
+    /// The manager (registry) to register with and find peers through, e.g.
+    /// http://localhost:5001.
+    #[arg(long, value_name = "URL")]
+    pub manager: Option<String>,
+    /// The pub/sub broker for fragment events, e.g. localhost:5555.
+    #[arg(long, value_name = "ADDR")]
+    pub broker: Option<String>,
+    /// Videos to fetch on its own as they appear: all, none, or video ids (comma
+    /// separated).
+    #[arg(long, value_name = "all|ID,...")]
+    pub want: Option<String>,
+    /// Host (or full addresses) to register instead of the bound ones (containers,
+    /// 0.0.0.0). Repeats.
+    #[arg(long, value_name = "HOST")]
+    pub advertise: Vec<String>,
     /// Serve HTTP (player, stream, health, metrics) on PORT or HOST:PORT; 0 picks a port.
     #[arg(long, value_name = "ADDR")]
     pub http: Option<String>,
@@ -162,6 +188,86 @@ pub struct FetchArgs {
     /// Overwrite --out if it exists.
     #[arg(long)]
     pub force: bool,
+    #[command(flatten)]
+    pub node: NodeFlags,
+}
+
+/// `fragnet manager`.
+#[derive(Debug, Args)]
+pub struct ManagerArgs {
+    /// Listen address (default 0.0.0.0:5001, the original's port).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Where manifests are kept.
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<std::path::PathBuf>,
+    /// File holding the bearer token writes need (or FRAGNET_MANAGER__TOKEN).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<std::path::PathBuf>,
+    /// Seconds after its last heartbeat a node expires.
+    #[arg(long, value_name = "SECS")]
+    pub ttl: Option<f64>,
+}
+
+/// `fragnet broker`.
+#[derive(Debug, Args)]
+pub struct BrokerArgs {
+    /// Listen address (default 0.0.0.0:5555).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// File holding the shared token (or FRAGNET_BROKER__TOKEN); clients then send
+    /// AUTH:<token> first.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<std::path::PathBuf>,
+}
+
+/// `fragnet subscribe`.
+#[derive(Debug, Args)]
+pub struct SubscribeArgs {
+    /// The topic (default: the configured topic, `fragments`).
+    pub topic: Option<String>,
+    /// One JSON object per message instead of `[topic] message`.
+    #[arg(long)]
+    pub json: bool,
+    /// The broker (default localhost:5555).
+    #[arg(long, value_name = "ADDR", conflicts_with = "nats")]
+    pub broker: Option<String>,
+    /// A NATS server instead of the broker.
+    #[arg(long, value_name = "URL")]
+    pub nats: Option<String>,
+}
+
+/// `fragnet notify`.
+#[derive(Debug, Args)]
+pub struct NotifyArgs {
+    /// The message, e.g. fragment_5.bin.
+    pub message: String,
+    /// The topic (default: the configured topic, `fragments`).
+    #[arg(long)]
+    pub topic: Option<String>,
+    /// The broker (default localhost:5555).
+    #[arg(long, value_name = "ADDR", conflicts_with = "nats")]
+    pub broker: Option<String>,
+    /// A NATS server instead of the broker.
+    #[arg(long, value_name = "URL")]
+    pub nats: Option<String>,
+    /// Seconds to wait for the broker to take the message.
+    #[arg(long, default_value_t = 5)]
+    pub timeout: u64,
+}
+
+/// `fragnet run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Roles to run, overriding the profile's `roles` (peer, manager, broker). Repeats.
+    #[arg(long = "role", value_name = "ROLE")]
+    pub roles: Vec<String>,
+    /// Listen addresses of the peer role. Repeats.
+    #[arg(long, short, value_name = "ADDR")]
+    pub listen: Vec<String>,
+    /// Import a split directory into the peer's store on start.
+    #[arg(long, value_name = "DIR")]
+    pub seed: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub node: NodeFlags,
 }

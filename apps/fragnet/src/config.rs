@@ -40,6 +40,150 @@ pub struct Config {
     pub http_listen: Option<String>,
     /// `stream.*`: how the HTTP side streams to players.
     pub stream: Stream,
+    /// Roles `fragnet run` starts in this process: any of `peer`, `manager`, `broker`.
+    #[serde(deserialize_with = "string_or_seq")]
+    pub roles: Vec<String>,
+    /// Videos to fetch as they appear: `"all"` (every video the registry knows), `"none"`,
+    /// or a list of video ids.
+    pub want: Want,
+    /// Addresses to register when the bound ones are not reachable as they are
+    /// (`0.0.0.0`, containers): a host name (`peer1`, applied to every listen address
+    /// with its real port) or full addresses (`quic://peer1:6001`).
+    #[serde(deserialize_with = "string_or_seq")]
+    pub advertise: Vec<String>,
+    /// Registry plugin: `http` (the manager at `manager.url`), `memory` (the manager
+    /// running in this process; `fragnet run`, `fragnet demo`), or `none`.
+    pub registry: String,
+    /// Pub/sub plugin: `broker` (at `broker.addr`), `nats` (at `nats.url`), `local` (in
+    /// this process), or `none`.
+    pub pubsub: String,
+    /// The fragment-event topic.
+    pub topic: String,
+    /// Seconds between reconciliations with the registry (catches up on lost events).
+    pub reconcile_secs: u64,
+    /// `manager.*`: the manager this node talks to, and the manager role's settings.
+    pub manager: ManagerSection,
+    /// `broker.*`: the broker this node talks to, and the broker role's settings.
+    pub broker: BrokerSection,
+    /// `nats.*`: the NATS server, for `pubsub = "nats"`.
+    pub nats: NatsSection,
+}
+
+/// What a node fetches on its own.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Want {
+    /// Nothing unless asked (console, player).
+    #[default]
+    None,
+    /// Every video the registry (or the configured peers) offer.
+    All,
+    /// These videos.
+    Videos(Vec<VideoId>),
+}
+
+impl Serialize for Want {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Want::None => s.serialize_str("none"),
+            Want::All => s.serialize_str("all"),
+            Want::Videos(v) => v.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Want {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let items = string_or_seq(d)?;
+        match items.as_slice() {
+            [] => Ok(Want::None),
+            [one] if one == "none" => Ok(Want::None),
+            [one] if one == "all" => Ok(Want::All),
+            many => many
+                .iter()
+                .map(|s| {
+                    s.parse::<VideoId>().map_err(|e| {
+                        serde::de::Error::custom(format!("want: {e} (or \"all\", \"none\")"))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Want::Videos),
+        }
+    }
+}
+
+/// `manager.*` keys.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ManagerSection {
+    /// The manager's URL, e.g. `http://manager:5001`; unset: no registry.
+    pub url: Option<String>,
+    /// Bearer token for writes (secret: prefer `token_file` or `FRAGNET_MANAGER__TOKEN`).
+    pub token: Option<String>,
+    /// File holding the token.
+    pub token_file: Option<PathBuf>,
+    /// Manager role: listen address.
+    pub listen: String,
+    /// Manager role: where manifests are kept.
+    pub data_dir: PathBuf,
+    /// Manager role: seconds after its last heartbeat a node expires (nodes heartbeat
+    /// every third of it).
+    pub ttl_secs: f64,
+    /// Manager role: bounds on what it accepts.
+    pub limits: fragnet_manager::ManagerLimits,
+}
+
+impl Default for ManagerSection {
+    fn default() -> Self {
+        ManagerSection {
+            url: None,
+            token: None,
+            token_file: None,
+            listen: "0.0.0.0:5001".into(),
+            data_dir: PathBuf::from("fragnet-data/manager"),
+            ttl_secs: 15.0,
+            limits: fragnet_manager::ManagerLimits::default(),
+        }
+    }
+}
+
+/// `broker.*` keys.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerSection {
+    /// The broker's address, e.g. `broker:5555`; unset: no broker.
+    pub addr: Option<String>,
+    /// Shared token (secret: prefer `token_file` or `FRAGNET_BROKER__TOKEN`).
+    pub token: Option<String>,
+    /// File holding the token.
+    pub token_file: Option<PathBuf>,
+    /// Broker role: listen address.
+    pub listen: String,
+    /// Broker role: per-client limits.
+    pub limits: fragnet_broker::BrokerLimits,
+}
+
+impl Default for BrokerSection {
+    fn default() -> Self {
+        BrokerSection {
+            addr: None,
+            token: None,
+            token_file: None,
+            listen: "0.0.0.0:5555".into(),
+            limits: fragnet_broker::BrokerLimits::default(),
+        }
+    }
+}
+
+/// `nats.*` keys.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsSection {
+    /// The NATS server, e.g. `nats://127.0.0.1:4222`.
+    pub url: Option<String>,
+    /// Token (secret: prefer `token_file` or `FRAGNET_NATS__TOKEN`).
+    pub token: Option<String>,
+    /// File holding the token.
+    pub token_file: Option<PathBuf>,
 }
 
 /// `stream.*` keys.
@@ -116,6 +260,16 @@ impl Default for Config {
             limits: Limits::default(),
             http_listen: None,
             stream: Stream::default(),
+            roles: vec!["peer".into()],
+            want: Want::None,
+            advertise: Vec::new(),
+            registry: "http".into(),
+            pubsub: "broker".into(),
+            topic: "fragments".into(),
+            reconcile_secs: 10,
+            manager: ManagerSection::default(),
+            broker: BrokerSection::default(),
+            nats: NatsSection::default(),
         }
     }
 }
@@ -303,6 +457,7 @@ fn flatten(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, String)>)
             }
         }
         serde_json::Value::Null => out.push((prefix.to_string(), "(unset)".into())),
+        _ if prefix.ends_with(".token") => out.push((prefix.to_string(), "(set, hidden)".into())),
         other => out.push((prefix.to_string(), other.to_string())),
     }
 }
@@ -338,6 +493,33 @@ impl Config {
             bail!(
                 "stream.chunk_wait_secs, stream.max_responses and stream.idle_timeout_secs must be at least 1"
             );
+        }
+        for r in &self.roles {
+            if !["peer", "manager", "broker"].contains(&r.as_str()) {
+                bail!("roles: unknown role {r:?}; use peer, manager or broker");
+            }
+        }
+        if !["http", "memory", "none"].contains(&self.registry.as_str()) {
+            bail!(
+                "registry = {:?}: use \"http\", \"memory\" or \"none\"",
+                self.registry
+            );
+        }
+        if !["broker", "nats", "local", "none"].contains(&self.pubsub.as_str()) {
+            bail!(
+                "pubsub = {:?}: use \"broker\", \"nats\", \"local\" or \"none\"",
+                self.pubsub
+            );
+        }
+        fragnet_core::pubsub::check_topic(&self.topic)
+            .map_err(|e| anyhow::anyhow!("topic: {e}"))?;
+        if self.reconcile_secs == 0 {
+            bail!("reconcile_secs must be at least 1");
+        }
+        if let Some(u) = &self.manager.url {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                bail!("manager.url = {u:?}: expected http://HOST:PORT");
+            }
         }
         if self.limits.max_connections == 0
             || self.limits.concurrency == 0

@@ -10,7 +10,9 @@ mod assemble;
 mod cli;
 mod cmd;
 mod config;
+mod node;
 mod progress;
+mod swarm;
 
 use cli::{Cli, Command};
 
@@ -56,6 +58,11 @@ fn main() -> ExitCode {
             Command::Split(a) => cmd::split::run(a).await,
             Command::Config(c) => cmd::config::run(&sources, c).await,
             Command::Health(a) => cmd::health::run(a).await,
+            Command::Manager(a) => cmd::roles::manager(&sources, a).await,
+            Command::Broker(a) => cmd::roles::broker(&sources, a).await,
+            Command::Subscribe(a) => cmd::roles::subscribe(&sources, a).await,
+            Command::Notify(a) => cmd::roles::notify(&sources, a).await,
+            Command::Run(a) => cmd::roles::run(&sources, a).await,
             Command::Join(a) => cmd::join::run(a).await,
             Command::Peer(a) => cmd::peer::run(&sources, a).await,
             Command::Fetch(a) => cmd::fetch::run(&sources, a).await,

@@ -5,6 +5,7 @@ pub mod fetch;
 pub mod health;
 pub mod join;
 pub mod peer;
+pub mod roles;
 pub mod split;
 
 use crate::cli::NodeFlags;

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use anyhow::{Result, anyhow};
 use fragnet_core::fetch::{FetchError, FetchRequest, Fetcher};
 use fragnet_core::ratelimit::human_bytes;
+use fragnet_core::registry::Registry;
 use fragnet_core::serve::{DefaultVideoError, default_video};
 use fragnet_core::store::{FragmentStatus, fragment_file_name};
 use fragnet_core::{FragmentIndex, FragmentStore, PeerAddr, VideoId};
@@ -25,6 +26,7 @@ use crate::assemble;
 use crate::cli::{PeerArgs, parse_fragment_list};
 use crate::cmd::{node_flags_json, shutdown_signal};
 use crate::config::{self, Config};
+use crate::node::{InProcess, PeerNode};
 use crate::progress::FetchProgress;
 
 /// The original project's prompt, in English.
@@ -48,59 +50,67 @@ pub async fn run(sources: &config::Sources, a: PeerArgs) -> Result<()> {
     if let Some(h) = &a.http {
         flags.insert("http_listen".into(), json!(h));
     }
-    let cfg = config::load(sources, serde_json::Value::Object(flags))?;
-    let listen = cfg.listen_addrs()?;
-    let local = assemble::open_local(cfg.data_dir_or_default("peer")).await?;
-    info!(node_id = %local.identity.node_id(), data_dir = %local.data_dir.display(), "node identity");
-
-    if let Some(seed) = &a.seed {
-        let only = a
-            .have
-            .as_deref()
-            .map(parse_fragment_list)
-            .transpose()
-            .map_err(|e| anyhow!("--have: {e}"))?;
-        let (store, seed) = (local.store.clone(), seed.clone());
-        let (video, got) =
-            tokio::task::spawn_blocking(move || store.import_dir(&seed, only.as_deref())).await??;
-        println!("Seeded video {video}: fragments {}", ranges(&got));
+    if let Some(m) = &a.manager {
+        flags.insert("manager".into(), json!({ "url": m }));
     }
-
-    let transports = assemble::transports(&local.identity, &cfg)?;
+    if let Some(b) = &a.broker {
+        flags.insert("broker".into(), json!({ "addr": b }));
+    }
+    if let Some(w) = &a.want {
+        flags.insert("want".into(), json!(w));
+    }
+    if !a.advertise.is_empty() {
+        flags.insert("advertise".into(), json!(a.advertise));
+    }
+    let cfg = config::load(sources, serde_json::Value::Object(flags))?;
+    let seed = match &a.seed {
+        Some(dir) => {
+            let only = a
+                .have
+                .as_deref()
+                .map(parse_fragment_list)
+                .transpose()
+                .map_err(|e| anyhow!("--have: {e}"))?;
+            Some((dir.clone(), only))
+        }
+        None => None,
+    };
     let cancel = CancellationToken::new();
-    let (handle, ctx) =
-        assemble::start_serving(&cfg, &local, &transports, &listen, cancel.clone()).await?;
-    for addr in handle.local_addrs() {
+    let node = PeerNode::start(&cfg, &InProcess::default(), seed, cancel.clone()).await?;
+    for addr in &node.bound {
         println!("[SERVER] Node listening on {addr}");
     }
     println!(
         "Node {} (\"{}\"), data in {}",
-        local.identity.node_id(),
-        ctx.name,
-        local.data_dir.display()
+        node.node_id(),
+        node.ctx.name,
+        node.local.data_dir.display()
     );
-    let http = assemble::start_http(
-        &cfg,
-        &local,
-        transports.clone(),
-        ctx.clone(),
-        cancel.clone(),
-    )
-    .await?;
-    if let Some(h) = &http {
-        // 0.0.0.0 is where it listens, not an address to open.
-        let shown = h.local_addr().to_string().replace("0.0.0.0", "localhost");
-        println!("[HTTP] Player on http://{shown}/watch/<video id>");
-        for (video, m, _) in local.store.summary() {
-            println!("[HTTP] Watch {}: http://{shown}/watch/{video}", m.name);
+    if let Some(url) = &node.http_url {
+        println!("[HTTP] Player on {url}/watch/<video id>");
+        for (video, m, _) in node.local.store.summary() {
+            println!("[HTTP] Watch {}: {url}/watch/{video}", m.name);
         }
+    }
+    if node.registry.is_some() {
+        println!(
+            "Registered as {}",
+            node.advertised
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
 
     let console = Console {
         cfg: cfg.clone(),
-        store: local.store.clone(),
-        fetcher: assemble::fetcher(&cfg, &local, transports),
+        store: node.local.store.clone(),
+        fetcher: assemble::fetcher(&cfg, &node.local, node.transports.clone()),
         peers: cfg.peer_addrs()?,
+        registry: node.registry.clone(),
+        node_id: node.node_id(),
+        schemes: node.transports.schemes(),
     };
     let console_done = async {
         if cfg.console {
@@ -113,11 +123,8 @@ pub async fn run(sources: &config::Sources, a: PeerArgs) -> Result<()> {
         _ = shutdown_signal() => info!("stopping: signal received"),
         _ = console_done => info!("stopping: exit from the console"),
     }
+    node.shutdown().await;
     cancel.cancel();
-    if let Some(h) = http {
-        h.shutdown().await;
-    }
-    handle.shutdown().await;
     info!("stopped; incomplete fragments stay as .part files and resume on the next fetch");
     Ok(())
 }
@@ -150,6 +157,9 @@ struct Console {
     store: Arc<FragmentStore>,
     fetcher: Fetcher,
     peers: Vec<PeerAddr>,
+    registry: Option<Arc<dyn Registry>>,
+    node_id: fragnet_core::NodeId,
+    schemes: Vec<&'static str>,
 }
 
 /// What a console line asks for.
@@ -159,6 +169,8 @@ enum Cmd {
     FetchAll,
     Have,
     Peers,
+    Who(FragmentIndex),
+    Videos,
     Help,
     Exit,
     Nothing,
@@ -176,9 +188,18 @@ fn parse(line: &str) -> Cmd {
     if let Ok(i) = l.parse::<FragmentIndex>() {
         return Cmd::Fragment(i);
     }
+    if let Some(rest) = l.strip_prefix("who ") {
+        let rest = rest.trim();
+        if let Some(i) =
+            fragnet_core::protocol::parse_bare_name(rest.as_bytes()).or_else(|| rest.parse().ok())
+        {
+            return Cmd::Who(i);
+        }
+    }
     match l.to_ascii_lowercase().as_str() {
         "fetch all" | "all" => Cmd::FetchAll,
         "have" => Cmd::Have,
+        "videos" => Cmd::Videos,
         "peers" => Cmd::Peers,
         "help" | "?" => Cmd::Help,
         "exit" | "quit" => Cmd::Exit,
@@ -191,6 +212,8 @@ const HELP: &str = "\
   fetch all             fetch every missing fragment
   have                  list what this node holds
   peers                 ask each peer what it holds
+  who 5                 which nodes hold fragment 5 (asks the manager)
+  videos                the videos the manager knows
   help                  this list
   exit                  stop the node";
 
@@ -225,6 +248,8 @@ impl Console {
                 Cmd::Unknown(s) => println!("[?] Unknown command '{s}'; type 'help'"),
                 Cmd::Have => self.have(),
                 Cmd::Peers => self.peers().await,
+                Cmd::Who(i) => self.who(i).await,
+                Cmd::Videos => self.videos().await,
                 Cmd::Fragment(i) => self.fetch(Some(vec![i]), &cancel).await,
                 Cmd::FetchAll => self.fetch(None, &cancel).await,
             }
@@ -281,9 +306,103 @@ impl Console {
         }
     }
 
+    async fn who(&self, index: FragmentIndex) {
+        let Some(reg) = &self.registry else {
+            return println!("[✗] No manager configured (start with --manager URL)");
+        };
+        let video = match self.video() {
+            Ok(Some(v)) => v,
+            Ok(None) => match reg
+                .videos()
+                .await
+                .map(|v| v.into_iter().map(|v| v.id).collect::<Vec<_>>())
+            {
+                Ok(ids) => match default_video(None, &ids) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        return println!(
+                            "[✗] {}",
+                            e.to_string()
+                                .replace("this node holds", "the manager knows")
+                        );
+                    }
+                },
+                Err(e) => return println!("[✗] {e}"),
+            },
+            Err(e) => return println!("[✗] {e}"),
+        };
+        match reg.locate(video, index, 50).await {
+            Ok(h) if h.peers.is_empty() => println!(
+                "  nobody holds '{}' of {}",
+                fragment_file_name(index),
+                video.short()
+            ),
+            Ok(h) => {
+                println!(
+                    "  '{}' of {}: {} holder(s)",
+                    fragment_file_name(index),
+                    video.short(),
+                    h.total
+                );
+                for n in h.peers {
+                    let me = if n.id == self.node_id {
+                        " (this node)"
+                    } else {
+                        ""
+                    };
+                    let addrs: Vec<String> = n.addrs.iter().map(|a| a.to_string()).collect();
+                    println!("  {} {}{me} — {}", n.id.short(), n.name, addrs.join(", "));
+                }
+            }
+            Err(e) => println!("[✗] {e}"),
+        }
+    }
+
+    async fn videos(&self) {
+        let Some(reg) = &self.registry else {
+            return println!("[✗] No manager configured (start with --manager URL)");
+        };
+        match reg.videos().await {
+            Ok(v) if v.is_empty() => println!("  the manager knows no video yet"),
+            Ok(v) => {
+                for info in v {
+                    let here = self.store.have(info.id).len();
+                    println!(
+                        "  {} {} — {} fragments, {} here",
+                        info.id, info.name, info.fragment_count, here
+                    );
+                }
+            }
+            Err(e) => println!("[✗] {e}"),
+        }
+    }
+
+    /// Peers to fetch from: the configured ones, plus every live node the registry knows.
+    async fn candidates(&self) -> Vec<PeerAddr> {
+        let mut peers = self.peers.clone();
+        if let Some(reg) = &self.registry
+            && let Ok(nodes) = reg.nodes().await
+        {
+            for n in nodes.into_iter().filter(|n| n.id != self.node_id) {
+                let pick = n
+                    .addrs
+                    .iter()
+                    .filter(|a| self.schemes.contains(&a.scheme.as_str()))
+                    .min_by_key(|a| a.scheme != self.cfg.transport);
+                if let Some(a) = pick
+                    && !peers.contains(a)
+                {
+                    peers.push(a.clone());
+                }
+            }
+        }
+        peers
+    }
+
     async fn fetch(&self, fragments: Option<Vec<FragmentIndex>>, cancel: &CancellationToken) {
-        if self.peers.is_empty() {
-            println!("[✗] No peers to ask; start the node with --peer HOST:PORT");
+        let peers = self.candidates().await;
+        if peers.is_empty() {
+            println!("[✗] No peers to ask; start the node with --peer HOST:PORT or --manager URL");
             return;
         }
         let video = match self.video() {

@@ -1,0 +1,310 @@
+//! The service roles: `fragnet manager`, `fragnet broker`, `fragnet subscribe`,
+//! `fragnet notify`, and `fragnet run`, which starts every role a profile enables in
+//! one process.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use fragnet_core::{LocalPubSub, PubSub};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::cli::{BrokerArgs, ManagerArgs, NotifyArgs, RunArgs, SubscribeArgs};
+use crate::cmd::shutdown_signal;
+use crate::config::{self, Config, Sources};
+use crate::node::{InProcess, PeerNode};
+
+/// The manager role's settings from `manager.*`.
+pub fn manager_config(cfg: &Config) -> Result<fragnet_manager::ManagerConfig> {
+    let m = &cfg.manager;
+    let listen =
+        tokio_listen(&m.listen).with_context(|| format!("manager.listen = {:?}", m.listen))?;
+    Ok(fragnet_manager::ManagerConfig {
+        listen,
+        data_dir: m.data_dir.clone(),
+        ttl_secs: m.ttl_secs,
+        token: m.token.clone(),
+        token_file: m.token_file.clone(),
+        limits: m.limits.clone(),
+    })
+}
+
+/// The broker role's settings from `broker.*`.
+pub fn broker_config(cfg: &Config) -> Result<fragnet_broker::BrokerConfig> {
+    let b = &cfg.broker;
+    let token = match &b.token {
+        Some(t) => {
+            Some(fragnet_broker::AuthToken::new(t).map_err(|e| anyhow!("broker.token: {e}"))?)
+        }
+        None => None,
+    };
+    Ok(fragnet_broker::BrokerConfig {
+        listen: b.listen.clone(),
+        token,
+        token_file: b.token_file.clone(),
+        limits: b.limits.clone(),
+    })
+}
+
+/// `5001` or `HOST:PORT` as a socket address.
+fn tokio_listen(s: &str) -> Result<std::net::SocketAddr> {
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(std::net::SocketAddr::from(([0, 0, 0, 0], port)));
+    }
+    s.parse()
+        .map_err(|_| anyhow!("expected PORT or IP:PORT, got {s:?}"))
+}
+
+/// Starts the manager role.
+pub async fn start_manager(
+    cfg: &Config,
+    cancel: CancellationToken,
+) -> Result<fragnet_manager::ManagerHandle> {
+    let mc = manager_config(cfg)?;
+    let listen = mc.listen;
+    let h = fragnet_manager::spawn(mc, cancel).await.map_err(|e| {
+        let hint = if e.to_string().contains("in use") {
+            " (another process uses that port: stop it or set manager.listen)"
+        } else {
+            ""
+        };
+        anyhow!("starting the manager on {listen}: {e}{hint}")
+    })?;
+    let shown = h.local_addr().to_string().replace("0.0.0.0", "localhost");
+    println!(
+        "[MANAGER] REST API on http://{shown} — Swagger UI at http://{shown}/apidocs, fragments at http://{shown}/fragments"
+    );
+    Ok(h)
+}
+
+/// Starts the broker role.
+pub async fn start_broker(
+    cfg: &Config,
+    cancel: CancellationToken,
+) -> Result<fragnet_broker::BrokerHandle> {
+    let bc = broker_config(cfg)?;
+    let listen = bc.listen.clone();
+    let h = fragnet_broker::spawn(bc, cancel)
+        .await
+        .map_err(|e| anyhow!("starting the broker on {listen}: {e}"))?;
+    println!(
+        "[BROKER] Listening on {} (SUB:<topic>, PUB:<topic>:<message>, PING)",
+        h.local_addr()
+    );
+    Ok(h)
+}
+
+/// `fragnet manager`.
+pub async fn manager(sources: &Sources, a: ManagerArgs) -> Result<()> {
+    let mut m = serde_json::Map::new();
+    if let Some(l) = &a.listen {
+        m.insert("listen".into(), json!(l));
+    }
+    if let Some(d) = &a.data {
+        m.insert("data_dir".into(), json!(d));
+    }
+    if let Some(f) = &a.token_file {
+        m.insert("token_file".into(), json!(f));
+    }
+    if let Some(t) = a.ttl {
+        m.insert("ttl_secs".into(), json!(t));
+    }
+    let cfg = config::load(sources, json!({ "manager": m }))?;
+    let cancel = CancellationToken::new();
+    let h = start_manager(&cfg, cancel.clone()).await?;
+    shutdown_signal().await;
+    info!("stopping the manager");
+    h.shutdown().await;
+    Ok(())
+}
+
+/// `fragnet broker`.
+pub async fn broker(sources: &Sources, a: BrokerArgs) -> Result<()> {
+    let mut b = serde_json::Map::new();
+    if let Some(l) = &a.listen {
+        b.insert("listen".into(), json!(l));
+    }
+    if let Some(f) = &a.token_file {
+        b.insert("token_file".into(), json!(f));
+    }
+    let cfg = config::load(sources, json!({ "broker": b }))?;
+    let cancel = CancellationToken::new();
+    let h = start_broker(&cfg, cancel.clone()).await?;
+    shutdown_signal().await;
+    info!("stopping the broker");
+    h.shutdown().await;
+    Ok(())
+}
+
+fn client_flags(broker: &Option<String>, nats: &Option<String>) -> serde_json::Value {
+    let mut flags = serde_json::Map::new();
+    if let Some(b) = broker {
+        flags.insert("broker".into(), json!({ "addr": b }));
+        flags.insert("pubsub".into(), json!("broker"));
+    }
+    if let Some(n) = nats {
+        flags.insert("nats".into(), json!({ "url": n }));
+        flags.insert("pubsub".into(), json!("nats"));
+    }
+    serde_json::Value::Object(flags)
+}
+
+/// The pub/sub a client command talks to: `broker.addr` (default localhost:5555) or
+/// NATS.
+async fn client_pubsub(cfg: &mut Config) -> Result<Arc<dyn PubSub>> {
+    if cfg.pubsub == "broker" && cfg.broker.addr.is_none() {
+        cfg.broker.addr = Some("localhost:5555".into());
+    }
+    if cfg.pubsub == "local" || cfg.pubsub == "none" {
+        bail!(
+            "pubsub = {:?} has no server to talk to; use --broker ADDR or --nats URL",
+            cfg.pubsub
+        );
+    }
+    crate::node::pubsub(cfg, &InProcess::default())
+        .await?
+        .ok_or_else(|| anyhow!("no pub/sub configured"))
+}
+
+/// `fragnet subscribe TOPIC`: prints `[fragments] fragment_5.bin` per message.
+pub async fn subscribe(sources: &Sources, a: SubscribeArgs) -> Result<()> {
+    let mut cfg = config::load(sources, client_flags(&a.broker, &a.nats))?;
+    let ps = client_pubsub(&mut cfg).await?;
+    let cancel = CancellationToken::new();
+    let stop = cancel.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        stop.cancel();
+    });
+    let format = if a.json {
+        fragnet_broker::OutputFormat::Json
+    } else {
+        fragnet_broker::OutputFormat::Text
+    };
+    let topic = a.topic.clone().unwrap_or_else(|| cfg.topic.clone());
+    let mut out = std::io::stdout();
+    fragnet_broker::subscribe(ps.as_ref(), &topic, format, &mut out, &cancel).await?;
+    Ok(())
+}
+
+/// `fragnet notify MESSAGE`: succeeds only once the broker took the message.
+pub async fn notify(sources: &Sources, a: NotifyArgs) -> Result<()> {
+    let mut cfg = config::load(sources, client_flags(&a.broker, &a.nats))?;
+    let ps = client_pubsub(&mut cfg).await?;
+    let topic = a.topic.clone().unwrap_or_else(|| cfg.topic.clone());
+    fragnet_broker::notify(
+        ps.as_ref(),
+        &topic,
+        &a.message,
+        Duration::from_secs(a.timeout.max(1)),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Everything `fragnet run` started.
+pub struct Roles {
+    /// The manager, if enabled.
+    pub manager: Option<fragnet_manager::ManagerHandle>,
+    /// The broker, if enabled.
+    pub broker: Option<fragnet_broker::BrokerHandle>,
+    /// The peer, if enabled.
+    pub peer: Option<PeerNode>,
+}
+
+impl Roles {
+    /// Starts the roles `cfg.roles` names; peers in the same process use the manager's
+    /// registry and an in-process bus when no endpoint is configured.
+    pub async fn start(
+        cfg: &Config,
+        seed: Option<crate::node::Seed>,
+        cancel: CancellationToken,
+    ) -> Result<Roles> {
+        let has = |r: &str| cfg.roles.iter().any(|x| x == r);
+        let manager = if has("manager") {
+            Some(start_manager(cfg, cancel.clone()).await?)
+        } else {
+            None
+        };
+        let broker = if has("broker") {
+            Some(start_broker(cfg, cancel.clone()).await?)
+        } else {
+            None
+        };
+        let mut cfg = cfg.clone();
+        if let Some(b) = &broker
+            && cfg.broker.addr.is_none()
+            && cfg.pubsub == "broker"
+        {
+            cfg.broker.addr = Some(b.local_addr().to_string().replace("0.0.0.0", "127.0.0.1"));
+        }
+        let here = InProcess {
+            registry: manager
+                .as_ref()
+                .map(|m| m.registry() as Arc<dyn fragnet_core::Registry>),
+            pubsub: Some(Arc::new(LocalPubSub::new(1024))),
+        };
+        let peer = if has("peer") {
+            Some(PeerNode::start(&cfg, &here, seed, cancel.clone()).await?)
+        } else {
+            None
+        };
+        if manager.is_none() && broker.is_none() && peer.is_none() {
+            bail!("no role enabled: set roles = [\"peer\", \"manager\", \"broker\"] (any of them)");
+        }
+        Ok(Roles {
+            manager,
+            broker,
+            peer,
+        })
+    }
+
+    /// Stops peers first (they withdraw from the registry), then broker and manager.
+    pub async fn shutdown(self) {
+        if let Some(p) = self.peer {
+            p.shutdown().await;
+        }
+        if let Some(b) = self.broker {
+            b.shutdown().await;
+        }
+        if let Some(m) = self.manager {
+            m.shutdown().await;
+        }
+    }
+}
+
+/// `fragnet run --profile NAME`: every role the profile enables, in one process.
+pub async fn run(sources: &Sources, a: RunArgs) -> Result<()> {
+    let mut flags = crate::cmd::node_flags_json(&a.node);
+    if !a.roles.is_empty() {
+        flags.insert("roles".into(), json!(a.roles));
+    }
+    if !a.listen.is_empty() {
+        flags.insert("listen".into(), json!(a.listen));
+    }
+    flags.insert("console".into(), json!(false));
+    let cfg = config::load(sources, serde_json::Value::Object(flags))?;
+    let seed = a.seed.clone().map(|d| (d, None));
+    let cancel = CancellationToken::new();
+    let roles = Roles::start(&cfg, seed, cancel.clone()).await?;
+    if let Some(p) = &roles.peer {
+        for addr in &p.bound {
+            println!("[SERVER] Node listening on {addr}");
+        }
+        println!(
+            "Node {} (\"{}\"), data in {}",
+            p.node_id(),
+            p.ctx.name,
+            p.local.data_dir.display()
+        );
+        if let Some(url) = &p.http_url {
+            println!("[HTTP] Player on {url}/watch/<video id>");
+        }
+    }
+    shutdown_signal().await;
+    info!("stopping");
+    roles.shutdown().await;
+    Ok(())
+}
