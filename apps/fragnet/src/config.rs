@@ -317,7 +317,15 @@ pub struct Sources {
 
 /// The profiles shipped in `configs/`, built into the binary so `--profile` works from
 /// any directory and in containers. A `configs/NAME.toml` on disk takes precedence.
-pub const BUILTIN_PROFILES: &[(&str, &str)] = &[];
+pub const BUILTIN_PROFILES: &[(&str, &str)] = &[
+    ("seeder", include_str!("../../../configs/seeder.toml")),
+    ("leecher", include_str!("../../../configs/leecher.toml")),
+    ("leecher-quic", include_str!("../../../configs/leecher-quic.toml")),
+    ("leecher-nats", include_str!("../../../configs/leecher-nats.toml")),
+    ("manager", include_str!("../../../configs/manager.toml")),
+    ("broker", include_str!("../../../configs/broker.toml")),
+    ("all-in-one", include_str!("../../../configs/all-in-one.toml")),
+];
 
 /// Finds a profile: `./configs/NAME.toml`, `/etc/fragnet/configs/NAME.toml`, else the
 /// built-in copy.
