@@ -148,8 +148,11 @@ async fn accept_loop(
                             let ctx = ctx.clone();
                             let id = conn.remote_node_id();
                             streams.spawn(
-                                async move { ctx.serve_stream(stream, remote, id).await }
-                                    .in_current_span(),
+                                {
+                                    let stop = cancel.clone();
+                                    async move { ctx.serve_stream(stream, remote, id, &stop).await }
+                                }
+                                .in_current_span(),
                             );
                         }
                         Ok(None) => break,

@@ -102,18 +102,21 @@ fn error_response(e: &StoreError) -> Response {
 
 impl ServeContext {
     /// Serves one stream until the client closes it, an error ends it, or it idles out.
+    ///
+    /// `stop` ends the stream between requests (shutdown), never in the middle of one.
     pub async fn serve_stream(
         self: &Arc<Self>,
         mut stream: BiStream,
         remote: SocketAddr,
         remote_id: Option<NodeId>,
+        stop: &tokio_util::sync::CancellationToken,
     ) {
         let who = describe_remote(remote, remote_id);
         let t = self.timeouts;
         let result = match read_opening(&mut stream.recv, &t).await {
             Ok(Opening::Empty) => Ok(()),
             Ok(Opening::Bare(line)) => self.serve_bare(stream, &line, &who).await,
-            Ok(Opening::Hello(version)) => self.serve_session(stream, version, &who).await,
+            Ok(Opening::Hello(version)) => self.serve_session(stream, version, &who, stop).await,
             Err(e) => {
                 // Tell a seed-style client why, in one text line, then close.
                 let _ = tokio::time::timeout(t.io, async {
@@ -244,6 +247,7 @@ impl ServeContext {
         stream: BiStream,
         version: u16,
         who: &str,
+        stop: &tokio_util::sync::CancellationToken,
     ) -> Result<(), ProtocolError> {
         let t = self.timeouts;
         let mut s = ServerSession::new(stream);
@@ -273,7 +277,11 @@ impl ServeContext {
         // Bytes sent per fragment on this stream, logged when it ends.
         let mut sent: BTreeMap<(VideoId, FragmentIndex), u64> = BTreeMap::new();
         let result = loop {
-            let req = match s.next_request(&t).await {
+            let next = tokio::select! {
+                r = s.next_request(&t) => r,
+                _ = stop.cancelled() => break Ok(()),
+            };
+            let req = match next {
                 Ok(None) => break Ok(()),
                 Ok(Some(r)) => r,
                 Err(e) => break Err(e),

@@ -51,6 +51,9 @@ pub enum Command {
     Subscribe(SubscribeArgs),
     /// Publish a message (default topic: fragments); exit 0 only once the broker took it.
     Notify(NotifyArgs),
+    /// The whole system in one process, no set-up: a manager, a broker, a seeder and
+    /// peers (TCP and QUIC) distributing a video; prints where to look.
+    Demo(DemoArgs),
     /// Run every role a profile enables (peer, manager, broker) in one process.
     Run(RunArgs),
     /// Check that a service answers (exit 0) or not (exit 1): for container healthchecks.
@@ -174,8 +177,11 @@ pub struct PeerArgs {
 #[derive(Debug, Args)]
 pub struct FetchArgs {
     /// A peer to fetch from. Repeats; fragments come from all of them in parallel.
-    #[arg(long, short, value_name = "ADDR", required = true)]
+    #[arg(long, short, value_name = "ADDR", required_unless_present = "manager")]
     pub peer: Vec<String>,
+    /// Find the peers through the manager instead of (or besides) --peer.
+    #[arg(long, value_name = "URL")]
+    pub manager: Option<String>,
     /// The video id; default: the only video the peers offer.
     #[arg(long, value_name = "ID")]
     pub video: Option<String>,
@@ -253,6 +259,28 @@ pub struct NotifyArgs {
     pub nats: Option<String>,
     /// Seconds to wait for the broker to take the message.
     #[arg(long, default_value_t = 5)]
+    pub timeout: u64,
+}
+
+/// `fragnet demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// The video to distribute (default: the built-in 12 s demo clip).
+    pub video: Option<PathBuf>,
+    /// Peers besides the seeder (TCP and QUIC alternate).
+    #[arg(long, default_value_t = 4)]
+    pub peers: usize,
+    /// Keep everything serving after the distribution (open the player, Swagger UI).
+    #[arg(long)]
+    pub keep_running: bool,
+    /// Work directory (default: a temporary one, removed at the end).
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Limit the seeder's upload (e.g. 2MB) to watch fragments spread peer to peer.
+    #[arg(long, value_name = "RATE")]
+    pub seeder_rate: Option<String>,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 120)]
     pub timeout: u64,
 }
 

@@ -320,11 +320,20 @@ pub struct Sources {
 pub const BUILTIN_PROFILES: &[(&str, &str)] = &[
     ("seeder", include_str!("../../../configs/seeder.toml")),
     ("leecher", include_str!("../../../configs/leecher.toml")),
-    ("leecher-quic", include_str!("../../../configs/leecher-quic.toml")),
-    ("leecher-nats", include_str!("../../../configs/leecher-nats.toml")),
+    (
+        "leecher-quic",
+        include_str!("../../../configs/leecher-quic.toml"),
+    ),
+    (
+        "leecher-nats",
+        include_str!("../../../configs/leecher-nats.toml"),
+    ),
     ("manager", include_str!("../../../configs/manager.toml")),
     ("broker", include_str!("../../../configs/broker.toml")),
-    ("all-in-one", include_str!("../../../configs/all-in-one.toml")),
+    (
+        "all-in-one",
+        include_str!("../../../configs/all-in-one.toml"),
+    ),
 ];
 
 /// Finds a profile: `./configs/NAME.toml`, `/etc/fragnet/configs/NAME.toml`, else the
@@ -524,10 +533,10 @@ impl Config {
         if self.reconcile_secs == 0 {
             bail!("reconcile_secs must be at least 1");
         }
-        if let Some(u) = &self.manager.url {
-            if !(u.starts_with("http://") || u.starts_with("https://")) {
-                bail!("manager.url = {u:?}: expected http://HOST:PORT");
-            }
+        if let Some(u) = &self.manager.url
+            && !(u.starts_with("http://") || u.starts_with("https://"))
+        {
+            bail!("manager.url = {u:?}: expected http://HOST:PORT");
         }
         if self.limits.max_connections == 0
             || self.limits.concurrency == 0

@@ -36,7 +36,13 @@ fn init_tracing(verbose: u8, quiet: u8) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.verbose, cli.quiet);
+    // The demo prints its own story; its components' info lines would drown it.
+    let quiet = if matches!(cli.command, Command::Demo(_)) && cli.verbose == 0 {
+        cli.quiet.max(1)
+    } else {
+        cli.quiet
+    };
+    init_tracing(cli.verbose, quiet);
     // reqwest/quinn use rustls without a default provider; ring is the only one built.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -63,6 +69,7 @@ fn main() -> ExitCode {
             Command::Subscribe(a) => cmd::roles::subscribe(&sources, a).await,
             Command::Notify(a) => cmd::roles::notify(&sources, a).await,
             Command::Run(a) => cmd::roles::run(&sources, a).await,
+            Command::Demo(a) => cmd::demo::run(a).await,
             Command::Join(a) => cmd::join::run(a).await,
             Command::Peer(a) => cmd::peer::run(&sources, a).await,
             Command::Fetch(a) => cmd::fetch::run(&sources, a).await,

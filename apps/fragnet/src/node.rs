@@ -11,7 +11,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use fragnet_core::node::ServeHandle;
 use fragnet_core::registry::Registry;
 use fragnet_core::serve::ServeContext;
-use fragnet_core::{FragmentIndex, PeerAddr, PubSub, Transports, VideoId};
+use fragnet_core::{FragmentIndex, PeerAddr, PubSub, Transports};
 use fragnet_http::Downloads;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -290,14 +290,6 @@ impl PeerNode {
     /// The node id.
     pub fn node_id(&self) -> fragnet_core::NodeId {
         self.local.identity.node_id()
-    }
-
-    /// Whether every fragment of `video` is here.
-    pub fn complete(&self, video: VideoId) -> bool {
-        self.local
-            .store
-            .manifest(video)
-            .is_some_and(|m| self.local.store.have(video).len() == m.fragment_count as usize)
     }
 
     /// Stops in order: withdraw from the registry, stop HTTP, let transfers finish.

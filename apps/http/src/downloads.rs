@@ -27,7 +27,12 @@ pub struct DownloadStats {
     pub fragments: AtomicU64,
     /// Peer failures.
     pub peer_failures: AtomicU64,
+    /// The latest completed fragments and the peers their chunks came from (bounded).
+    pub sources: Mutex<Vec<(FragmentIndex, Vec<PeerAddr>)>>,
 }
+
+/// How many entries [`DownloadStats::sources`] keeps.
+const MAX_SOURCES: usize = 4096;
 
 /// Logs and counts what downloads do.
 struct LogObserver {
@@ -39,7 +44,7 @@ impl FetchObserver for LogObserver {
         info!(
             video = %video.short(),
             name = %manifest.name,
-            "downloading for a player: {} to fetch, {} already here",
+            "downloading: {} to fetch, {} already here",
             human_bytes(wanted - already),
             human_bytes(already)
         );
@@ -50,6 +55,12 @@ impl FetchObserver for LogObserver {
     }
     fn fragment(&self, index: FragmentIndex, bytes: u64, from: &[PeerAddr]) {
         self.stats.fragments.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut src = self.stats.sources.lock().unwrap();
+            if src.len() < MAX_SOURCES {
+                src.push((index, from.to_vec()));
+            }
+        }
         let from: Vec<String> = from.iter().map(|a| a.host_port()).collect();
         info!(
             "[✓] Fragment '{}' received from {} ({}, verified)",

@@ -22,6 +22,9 @@ use crate::progress::{FetchProgress, bytes_bar, sources};
 pub async fn run(sources: &config::Sources, a: FetchArgs) -> Result<()> {
     let mut flags = node_flags_json(&a.node);
     flags.insert("peers".into(), json!(a.peer));
+    if let Some(m) = &a.manager {
+        flags.insert("manager".into(), json!({ "url": m }));
+    }
     let cfg = config::load(sources, serde_json::Value::Object(flags))?;
     let video: Option<VideoId> = match &a.video {
         Some(v) => Some(v.parse().map_err(|e| anyhow!("--video: {e}"))?),
@@ -47,16 +50,94 @@ pub async fn run(sources: &config::Sources, a: FetchArgs) -> Result<()> {
         shutdown_signal().await;
         stop.cancel();
     });
+    let mut peers = cfg.peer_addrs()?;
+    let mut video = video;
+    if let Some(reg) = crate::node::registry(&cfg, &crate::node::InProcess::default())? {
+        let found = holders_from_registry(
+            reg.as_ref(),
+            video,
+            &transports_schemes(&cfg),
+            &cfg.transport,
+        )
+        .await?;
+        video = video.or(found.0);
+        for p in found.1 {
+            if !peers.contains(&p) {
+                peers.push(p);
+            }
+        }
+        if peers.is_empty() {
+            bail!("the manager knows no node holding that video yet");
+        }
+    }
     let req = FetchRequest {
         video,
         fragments,
-        peers: cfg.peer_addrs()?,
+        peers,
     };
     let result = fetcher.fetch(req, progress.clone(), cancel).await;
     progress.finish();
     let report = result?;
     print_report(&report);
     reassemble(&local.store, &report, a.out, a.force).await
+}
+
+fn transports_schemes(_cfg: &crate::config::Config) -> Vec<&'static str> {
+    crate::assemble::SCHEMES.to_vec()
+}
+
+/// The video (the only one the manager knows, if none was given) and the addresses of
+/// every node holding any fragment of it.
+async fn holders_from_registry(
+    reg: &dyn fragnet_core::Registry,
+    video: Option<VideoId>,
+    schemes: &[&str],
+    prefer: &str,
+) -> Result<(Option<VideoId>, Vec<fragnet_core::PeerAddr>)> {
+    let video = match video {
+        Some(v) => v,
+        None => {
+            let ids: Vec<VideoId> = reg
+                .videos()
+                .await
+                .context("asking the manager for its videos")?
+                .into_iter()
+                .map(|v| v.id)
+                .collect();
+            fragnet_core::serve::default_video(None, &ids).map_err(|e| {
+                anyhow!(
+                    "{}",
+                    e.to_string()
+                        .replace("this node holds", "the manager knows")
+                        .replace("set default_video to", "choose with --video")
+                )
+            })?
+        }
+    };
+    let manifest = reg
+        .manifest(video)
+        .await
+        .with_context(|| format!("asking the manager for video {video}"))?;
+    let mut out: Vec<fragnet_core::PeerAddr> = Vec::new();
+    for index in 0..manifest.fragment_count {
+        let h = reg
+            .locate(video, index, 50)
+            .await
+            .with_context(|| format!("asking the manager who holds fragment {index}"))?;
+        for n in h.peers {
+            let pick = n
+                .addrs
+                .iter()
+                .filter(|a| schemes.contains(&a.scheme.as_str()))
+                .min_by_key(|a| a.scheme != prefer);
+            if let Some(a) = pick
+                && !out.contains(a)
+            {
+                out.push(a.clone());
+            }
+        }
+    }
+    Ok((Some(video), out))
 }
 
 fn print_report(r: &FetchReport) {

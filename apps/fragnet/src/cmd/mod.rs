@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod config;
+pub mod demo;
 pub mod fetch;
 pub mod health;
 pub mod join;
