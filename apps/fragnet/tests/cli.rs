@@ -1,107 +1,13 @@
 //! The `fragnet` binary end to end, as a user runs it: real processes, real sockets.
 
-use std::io::{BufRead, BufReader, Write};
+mod common;
+
+use std::io::Write;
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_fragnet");
-
-fn sample() -> PathBuf {
-    fragnet_core::conformance::sample_media("sample-480p.mp4")
-}
-
-fn fragnet(dir: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .current_dir(dir)
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-/// A free port on loopback (the binary takes a port number, like the original).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Kills the child on drop so a failing test leaves no process behind.
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn_peer(dir: &Path, args: &[&str]) -> Proc {
-    let child = Command::new(BIN)
-        .arg("peer")
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    Proc(child)
-}
-
-/// Reads the child's stdout until a line contains `needle`, within `secs`.
-fn wait_for_line(p: &mut Proc, needle: &str, secs: u64) -> Vec<String> {
-    let stdout = p.0.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).split(b'\n') {
-            let Ok(line) = line else { break };
-            if tx
-                .send(String::from_utf8_lossy(&line).into_owned())
-                .is_err()
-            {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    let mut seen = Vec::new();
-    while Instant::now() < deadline {
-        if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
-            let hit = l.contains(needle);
-            seen.push(l);
-            if hit {
-                return seen;
-            }
-        }
-    }
-    panic!("no line containing {needle:?} within {secs}s; saw {seen:?}");
-}
-
-fn wait_exit(p: &mut Proc, secs: u64) -> std::process::ExitStatus {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(s) = p.0.try_wait().unwrap() {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "process did not exit within {secs}s"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+use common::*;
 
 #[test]
 fn version_and_help() {
