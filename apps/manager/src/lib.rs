@@ -11,6 +11,7 @@
 //! - [`client::HttpRegistry`] implements [`fragnet_core::Registry`] against a manager,
 //!   for peers.
 //! - [`api`] holds one module per resource; [`error`] the JSON error shape.
+//! - [`dashboard`]: the swarm dashboard at `/`, live over server-sent events.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -30,6 +31,7 @@ pub mod api;
 mod auth;
 pub mod client;
 pub mod config;
+pub mod dashboard;
 pub mod error;
 mod extract;
 mod metrics;
@@ -120,6 +122,7 @@ fn router(state: AppState) -> Router {
         auth::require_token,
     ))
     .merge(SwaggerUi::new("/apidocs").url("/openapi.json", spec))
+    .merge(dashboard::router())
     .fallback(api::not_found)
     .layer(axum::middleware::map_response(api::json_errors))
     .layer(axum::middleware::from_fn_with_state(
@@ -174,6 +177,7 @@ pub async fn spawn(
         addr: config.listen,
         source,
     })?;
+    let cancel = cancel.child_token();
     let state: AppState = Arc::new(Shared {
         registry: registry.clone(),
         manifests,
@@ -183,9 +187,9 @@ pub async fn spawn(
         limits: config.limits.clone(),
         request_timeout,
         started: Instant::now(),
+        dashboard: dashboard::Live::new(cancel.clone()),
     });
     info!(%addr, videos = loaded.len(), ttl_secs = ttl.as_secs_f64(), auth = state.token.is_some(), data_dir = %config.data_dir.display(), "manager listening; Swagger UI at /apidocs");
-    let cancel = cancel.child_token();
     let task = tokio::spawn(server::serve(
         listener,
         router(state),

@@ -32,4 +32,6 @@ pub struct Shared {
     pub request_timeout: Duration,
     /// When the manager started.
     pub started: Instant,
+    /// The dashboard's live streams.
+    pub dashboard: crate::dashboard::Live,
 }
