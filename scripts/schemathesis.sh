@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Property-based API tests of the fragnet manager with Schemathesis (PyPI).
 #
-# Starts a real manager (the fragnet-manager `serve` example) on a free loopback port
+# Starts a real manager (`fragnet manager`) on a free loopback port
 # with a token, validates /openapi.json with openapi-spec-validator, registers one video
 # and one node, then runs `st run` twice with a bounded number of examples: every
 # operation with every check (scripts/schemathesis.toml), then the reads of the seeded
@@ -28,8 +28,8 @@ if [ ! -x "$VENV/bin/st" ] || ! "$VENV/bin/python" -c 'import openapi_spec_valid
     "$VENV/bin/pip" install --quiet --disable-pip-version-check 'schemathesis>=4.32,<5' 'openapi-spec-validator>=0.7,<1'
 fi
 
-cargo build --quiet -p fragnet-manager --example serve
-BIN="$TARGET/debug/examples/serve"
+cargo build --quiet --locked -p fragnet
+BIN="$TARGET/debug/fragnet"
 
 DATA=$(mktemp -d)
 PORT=$("$VENV/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -37,7 +37,7 @@ TOKEN="st-$(od -An -N8 -tx8 /dev/urandom | tr -d ' ')"
 URL="http://127.0.0.1:$PORT"
 LOG="$DATA/manager.log"
 
-FRAGNET_MANAGER_TOKEN="$TOKEN" RUST_LOG=warn "$BIN" --listen "127.0.0.1:$PORT" --data "$DATA/data" --ttl 120 >"$LOG" 2>&1 &
+FRAGNET_MANAGER__TOKEN="$TOKEN" RUST_LOG=warn "$BIN" manager --listen "127.0.0.1:$PORT" --data "$DATA/data" --ttl 120 >"$LOG" 2>&1 &
 PID=$!
 cleanup() {
     kill "$PID" 2>/dev/null || true

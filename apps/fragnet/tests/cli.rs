@@ -321,7 +321,7 @@ fn quic_is_one_key_away() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut node = Proc(child);
+    let mut node = Proc::new(child);
     let lines = wait_for_line(
         &mut node,
         &format!("Node listening on tcp://0.0.0.0:{port}"),
@@ -465,4 +465,76 @@ fn peer_http_streams_a_video_it_does_not_hold_yet() {
     let (status, _, page) = http(&addr, &format!("/watch/{id}"), "");
     assert_eq!(status, 200);
     assert!(String::from_utf8_lossy(&page).contains("<video"));
+}
+
+/// Every shipped profile loads; a profile on disk with an unknown key is an error that
+/// names the key and the file; `config show` says where each value came from.
+#[test]
+fn profiles_load_and_show_their_sources() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for p in [
+        "seeder",
+        "leecher",
+        "leecher-quic",
+        "leecher-nats",
+        "manager",
+        "broker",
+        "all-in-one",
+    ] {
+        let o = fragnet(d, &["--profile", p, "config", "show"]);
+        assert!(o.status.success(), "{p}: {}", text(&o));
+        assert!(
+            text(&o).contains(&format!("configs/{p}.toml")),
+            "{p}: {}",
+            text(&o)
+        );
+    }
+    let o = Command::new(BIN)
+        .args(["--profile", "leecher-quic", "config", "show"])
+        .current_dir(d)
+        .env("FRAGNET_LIMITS__CONCURRENCY", "3")
+        .output()
+        .unwrap();
+    let out = text(&o);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("transport = \"quic\"") && l.contains("leecher-quic.toml")),
+        "{out}"
+    );
+    assert!(
+        out.lines().any(|l| l.starts_with("limits.concurrency = 3")
+            && l.contains("FRAGNET_LIMITS__CONCURRENCY")),
+        "{out}"
+    );
+    std::fs::create_dir_all(d.join("configs")).unwrap();
+    std::fs::write(
+        d.join("configs/mine.toml"),
+        "roles = [\"peer\"]\nlisten_port = 1\n",
+    )
+    .unwrap();
+    let o = fragnet(d, &["--profile", "mine", "config", "show"]);
+    assert!(
+        !o.status.success() && text(&o).contains("listen_port") && text(&o).contains("mine.toml"),
+        "{}",
+        text(&o)
+    );
+    let o = fragnet(d, &["--profile", "nope", "config", "show"]);
+    assert!(
+        !o.status.success() && text(&o).contains("no profile"),
+        "{}",
+        text(&o)
+    );
+    // Secrets are never printed.
+    let o = Command::new(BIN)
+        .args(["config", "show"])
+        .current_dir(d)
+        .env("FRAGNET_MANAGER__TOKEN", "s3cret")
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success() && !text(&o).contains("s3cret"),
+        "{}",
+        text(&o)
+    );
 }

@@ -8,10 +8,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::ManagerError;
 
-/// Environment variable the manager's token may come from (read by
-/// [`ManagerConfig::resolve_token`] when neither `token` nor `token_file` is set).
-pub const TOKEN_ENV: &str = "FRAGNET_MANAGER_TOKEN";
-
 /// How the manager runs. Defaults: listen `0.0.0.0:5001`, data in `fragnet-manager`,
 /// TTL 30 s, no token (writes open).
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
@@ -124,8 +120,9 @@ impl ManagerConfig {
         )
     }
 
-    /// The write token: `token`, else the contents of `token_file`, else
-    /// `$FRAGNET_MANAGER_TOKEN`, else none. Setting both `token` and `token_file`, or an
+    /// The write token: `token`, else the contents of `token_file`, else none (the
+    /// `fragnet` binary fills `token` from `FRAGNET_MANAGER__TOKEN` through its one
+    /// configuration path). Setting both `token` and `token_file`, or an
     /// empty token, is an error.
     pub fn resolve_token(&self) -> Result<Option<String>, ManagerError> {
         let token = match (&self.token, &self.token_file) {
@@ -136,7 +133,7 @@ impl ManagerConfig {
             }
             (Some(t), None) => Some(t.clone()),
             (None, Some(path)) => Some(read_token_file(path)?),
-            (None, None) => std::env::var(TOKEN_ENV).ok(),
+            (None, None) => None,
         };
         match token.map(|t| t.trim().to_string()) {
             Some(t) if t.is_empty() => Err(ManagerError::Config("the manager token is empty".into())),

@@ -41,7 +41,14 @@ pub fn free_port() -> u16 {
 }
 
 /// Kills the child on drop so a failing test leaves no process behind.
-pub struct Proc(pub Child);
+pub struct Proc(pub Child, Option<std::sync::mpsc::Receiver<String>>);
+
+impl Proc {
+    /// Wraps a spawned child.
+    pub fn new(child: Child) -> Self {
+        Proc(child, None)
+    }
+}
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -59,24 +66,28 @@ pub fn spawn_peer(dir: &Path, args: &[&str]) -> Proc {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    Proc(child)
+    Proc::new(child)
 }
 
 /// Reads the child's stdout until a line contains `needle`, within `secs`.
 pub fn wait_for_line(p: &mut Proc, needle: &str, secs: u64) -> Vec<String> {
-    let stdout = p.0.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).split(b'\n') {
-            let Ok(line) = line else { break };
-            if tx
-                .send(String::from_utf8_lossy(&line).into_owned())
-                .is_err()
-            {
-                break;
+    if p.1.is_none() {
+        let stdout = p.0.stdout.take().expect("stdout is piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).split(b'\n') {
+                let Ok(line) = line else { break };
+                if tx
+                    .send(String::from_utf8_lossy(&line).into_owned())
+                    .is_err()
+                {
+                    break;
+                }
             }
-        }
-    });
+        });
+        p.1 = Some(rx);
+    }
+    let rx = p.1.as_ref().unwrap();
     let deadline = Instant::now() + Duration::from_secs(secs);
     let mut seen = Vec::new();
     while Instant::now() < deadline {
@@ -105,38 +116,53 @@ pub fn wait_exit(p: &mut Proc, secs: u64) -> std::process::ExitStatus {
     }
 }
 
-
 /// Starts `fragnet ARGS` in `dir` with extra environment, stdout piped.
 pub fn spawn(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Proc {
     let mut cmd = Command::new(BIN);
-    cmd.args(args).current_dir(dir).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
+    cmd.args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
     for (k, v) in env {
         cmd.env(k, v);
     }
-    Proc(cmd.spawn().unwrap())
+    Proc::new(cmd.spawn().unwrap())
 }
 
 /// GET `path` on `addr` over plain HTTP/1.1; returns (status, body).
 pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     let mut s = std::net::TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     let status = out.split_whitespace().nth(1)?.parse().ok()?;
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     // Chunked bodies: good enough for JSON of known shape — strip chunk sizes.
     Some((status, dechunk(&out, body)))
 }
 
 fn dechunk(raw: &str, body: String) -> String {
-    if !raw.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    if !raw
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         return body;
     }
     let mut out = String::new();
     let mut rest = body.as_str();
     while let Some((size, after)) = rest.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
         if n == 0 || after.len() < n {
             break;
         }
@@ -153,7 +179,10 @@ pub fn eventually<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) ->
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {secs}s waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs}s waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
