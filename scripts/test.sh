@@ -6,10 +6,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests use: kill (procps) for signal tests, nc for the seed's
-# clients.
+# clients, a real nats-server for the NATS suites, headless Chromium and its WebDriver
+# for the browser playback test, curl for the schemathesis run.
 need_pkgs=()
 command -v kill >/dev/null || need_pkgs+=(procps)
 command -v nc >/dev/null || need_pkgs+=(netcat-openbsd)
+command -v nats-server >/dev/null || need_pkgs+=(nats-server)
+command -v chromium >/dev/null || need_pkgs+=(chromium)
+command -v chromedriver >/dev/null || need_pkgs+=(chromium-driver)
+command -v curl >/dev/null || need_pkgs+=(curl)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
   $sudo apt-get update -qq
@@ -28,9 +33,12 @@ if cargo tree --workspace --locked -i aws-lc-sys >/dev/null 2>&1 || cargo tree -
   exit 1
 fi
 
-echo "== tests"
+echo "== tests (real sockets, real processes, nats-server and headless Chromium)"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast
 else
   cargo test --workspace --locked --no-fail-fast
 fi
+
+echo "== schemathesis against the running manager's /openapi.json (bounded)"
+./scripts/schemathesis.sh
