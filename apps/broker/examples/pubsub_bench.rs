@@ -554,6 +554,8 @@ struct Row {
     one_to_one: f64,
     fan_out: f64,
     lat: (f64, f64, f64, f64),
+    /// p99 of each round, µs.
+    lat_rounds: Vec<f64>,
     mem: Memory,
 }
 
@@ -578,66 +580,89 @@ async fn run(quick: bool) -> Result<()> {
         sh("mosquitto -h | head -1"),
         sh("nats-server --version")
     );
-    println!("- runs per throughput figure: {reps} (median shown)\n");
-    let mut rows = Vec::new();
-    for kind in [Kind::Fragnet, Kind::Mosquitto, Kind::Nats] {
-        eprintln!("== {}", kind.name());
-        let server = Server::start(kind).await?;
-        let mut a = Vec::new();
-        let mut b = Vec::new();
-        for _ in 0..reps {
-            a.push(
-                fan_out(kind, server.port, 1, n11)
+    println!(
+        "- rounds: {reps}; in each round every scenario runs against the three brokers in turn, so load from other processes falls on all of them alike\n"
+    );
+    let kinds = [Kind::Fragnet, Kind::Mosquitto, Kind::Nats];
+    let mut servers = Vec::new();
+    for kind in kinds {
+        servers.push(Server::start(kind).await?);
+    }
+    let mut one = vec![Vec::new(); 3];
+    let mut fan = vec![Vec::new(); 3];
+    let mut lat_samples: Vec<Vec<u64>> = vec![Vec::new(); 3];
+    let mut lat_rounds: Vec<Vec<f64>> = vec![Vec::new(); 3];
+    for round in 0..reps {
+        eprintln!("== round {}", round + 1);
+        for (i, s) in servers.iter().enumerate() {
+            let name = s.kind.name();
+            one[i].push(
+                fan_out(s.kind, s.port, 1, n11)
                     .await
-                    .with_context(|| format!("{} 1->1", kind.name()))?,
+                    .with_context(|| format!("{name} 1->1"))?,
             );
-            b.push(
-                fan_out(kind, server.port, 50, nfan)
+            fan[i].push(
+                fan_out(s.kind, s.port, 50, nfan)
                     .await
-                    .with_context(|| format!("{} 1->50", kind.name()))?,
+                    .with_context(|| format!("{name} 1->50"))?,
             );
         }
-        let samples = latency(kind, server.port, 10, 1000, lat_secs)
+        for (i, s) in servers.iter().enumerate() {
+            let samples = latency(s.kind, s.port, 10, 1000, lat_secs)
+                .await
+                .with_context(|| format!("{} latency", s.kind.name()))?;
+            lat_rounds[i].push(pct(&samples, 0.99));
+            eprintln!(
+                "   {}: 1->1 {:.0}/s, 1->50 {:.0}/s, p50 {:.0} us, p99 {:.0} us",
+                s.kind.name(),
+                one[i][round],
+                fan[i][round],
+                pct(&samples, 0.5),
+                pct(&samples, 0.99)
+            );
+            lat_samples[i].extend(samples);
+        }
+    }
+    let mut rows = Vec::new();
+    for (i, server) in servers.iter().enumerate() {
+        let mem = stalled_memory(server, mem_msgs)
             .await
-            .with_context(|| format!("{} latency", kind.name()))?;
+            .with_context(|| format!("{} stalled", server.kind.name()))?;
+        let samples = &mut lat_samples[i];
+        samples.sort_unstable();
         let lat = (
-            pct(&samples, 0.5),
-            pct(&samples, 0.99),
-            pct(&samples, 0.999),
-            pct(&samples, 1.0),
-        );
-        let mem = stalled_memory(&server, mem_msgs)
-            .await
-            .with_context(|| format!("{} stalled", kind.name()))?;
-        eprintln!(
-            "   1->1 {:.0}/s, 1->50 {:.0}/s, p50 {:.0} us, p99 {:.0} us, peak RSS {} KiB",
-            median(a.clone()),
-            median(b.clone()),
-            lat.0,
-            lat.1,
-            mem.peak_kib
+            pct(samples, 0.5),
+            pct(samples, 0.99),
+            pct(samples, 0.999),
+            pct(samples, 1.0),
         );
         rows.push(Row {
-            kind,
-            one_to_one: median(a),
-            fan_out: median(b),
+            kind: server.kind,
+            one_to_one: median(one[i].clone()),
+            fan_out: median(fan[i].clone()),
             lat,
+            lat_rounds: lat_rounds[i].clone(),
             mem,
         });
     }
     println!("## Results\n");
     println!(
-        "| broker | 1→1 msg/s | 1→50 deliveries/s | p50 µs | p99 µs | p99.9 µs | max µs | RSS idle | RSS peak, 1 stalled sub | RSS after | stalled sub cut off | stalled run s |"
+        "| broker | 1→1 msg/s | 1→50 deliveries/s | p50 µs | p99 µs | p99 per round µs | p99.9 µs | max µs | RSS idle | RSS peak, 1 stalled sub | RSS after | stalled sub cut off | stalled run s |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|");
     for r in &rows {
         println!(
-            "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} MiB | {:.1} MiB | {:.1} MiB | {} | {:.1} |",
+            "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {:.0} | {:.0} | {:.1} MiB | {:.1} MiB | {:.1} MiB | {} | {:.1} |",
             r.kind.name(),
             r.one_to_one,
             r.fan_out,
             r.lat.0,
             r.lat.1,
+            r.lat_rounds
+                .iter()
+                .map(|p| format!("{p:.0}"))
+                .collect::<Vec<_>>()
+                .join(" / "),
             r.lat.2,
             r.lat.3,
             r.mem.before_kib as f64 / 1024.0,
@@ -663,7 +688,7 @@ async fn run(quick: bool) -> Result<()> {
         );
     }
     println!(
-        "\nScenario sizes: 1→1 {n11} messages of 64 B; 1→50 {nfan} messages of 64 B ({} deliveries); latency {} s at 1,000 msg/s to 10 subscribers after a 0.5 s warm-up; memory: {mem_msgs} messages of 1 KB to one reader and one stalled subscriber. Publisher at most {} KiB of messages ahead of the slowest reader, {BATCH} frames per write.",
+        "\nScenario sizes: 1→1 {n11} messages of 64 B; 1→50 {nfan} messages of 64 B ({} deliveries); latency {} s per round at 1,000 msg/s to 10 subscribers after a 0.5 s warm-up, percentiles over all rounds' samples; throughput figures are the median of the rounds; memory: {mem_msgs} messages of 1 KB to one reader and one stalled subscriber. Publisher at most {} KiB of messages ahead of the slowest reader, {BATCH} frames per write.",
         nfan * 50,
         lat_secs,
         WINDOW_BYTES / 1024
