@@ -31,33 +31,35 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::BrokerError;
 use crate::token::AuthToken;
 use crate::wire::{Line, LineCodec, SLOW_CONSUMER};
+use crate::{BrokerError, seconds};
 
 /// How to reach the broker. Every field has a default.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BrokerClientConfig {
     /// The broker: `HOST:PORT` or `tcp://HOST:PORT`. Default `127.0.0.1:5555`.
     pub addr: String,
     /// Token sent as `AUTH:<token>` first. From the environment or
-    /// [`BrokerClientConfig::token_file`]. Default: none.
+    /// [`BrokerClientConfig::token_file`]; with neither, `$FRAGNET_BROKER_TOKEN` if set.
+    /// Default: none.
     pub token: Option<AuthToken>,
     /// A file whose first line is the token. Default: none.
     pub token_file: Option<PathBuf>,
-    /// Time to establish a TCP connection. Default 5 s.
-    pub connect_timeout_ms: u64,
-    /// Time the broker has to answer `PING` (to confirm a publish or a subscribe).
-    /// Default 5 s.
-    pub reply_timeout_ms: u64,
+    /// Seconds to establish a TCP connection. Default 5.
+    pub connect_timeout_secs: f64,
+    /// Seconds the broker has to answer `PING` (to confirm a publish or a subscribe).
+    /// Default 5.
+    pub reply_timeout_secs: f64,
     /// A subscription pings the broker this often, and reconnects when nothing has come
-    /// back for this plus `reply_timeout_ms`. Default 15 s.
-    pub keepalive_ms: u64,
-    /// First wait before reconnecting a subscription; doubles per failure. Default 100 ms.
-    pub reconnect_min_ms: u64,
-    /// Longest wait between reconnection attempts. Default 5 s.
-    pub reconnect_max_ms: u64,
+    /// back for this plus `reply_timeout_secs`. Default 15.
+    pub keepalive_secs: f64,
+    /// First wait before reconnecting a subscription, in seconds; doubles per failure.
+    /// Default 0.1.
+    pub reconnect_min_secs: f64,
+    /// Longest wait between reconnection attempts, in seconds. Default 5.
+    pub reconnect_max_secs: f64,
     /// Longest line accepted from the broker. Default 64 KiB.
     pub max_line: usize,
     /// Messages buffered per subscription before the client stops reading (and the
@@ -71,11 +73,11 @@ impl Default for BrokerClientConfig {
             addr: "127.0.0.1:5555".into(),
             token: None,
             token_file: None,
-            connect_timeout_ms: 5_000,
-            reply_timeout_ms: 5_000,
-            keepalive_ms: 15_000,
-            reconnect_min_ms: 100,
-            reconnect_max_ms: 5_000,
+            connect_timeout_secs: 5.0,
+            reply_timeout_secs: 5.0,
+            keepalive_secs: 15.0,
+            reconnect_min_secs: 0.1,
+            reconnect_max_secs: 5.0,
             max_line: 64 * 1024,
             queue: 1024,
         }
@@ -141,16 +143,20 @@ impl BrokerPubSub {
                 config.addr
             )));
         }
-        let ms = Duration::from_millis;
         let dialer = Dialer {
             host_port: addr.host_port(),
             endpoint: format!("broker {}", addr.host_port()),
-            token: AuthToken::resolve(config.token.as_ref(), config.token_file.as_deref())?,
-            connect_timeout: ms(config.connect_timeout_ms.max(1)),
-            reply_timeout: ms(config.reply_timeout_ms.max(1)),
-            keepalive: ms(config.keepalive_ms.max(100)),
-            reconnect_min: ms(config.reconnect_min_ms.max(1)),
-            reconnect_max: ms(config.reconnect_max_ms.max(config.reconnect_min_ms).max(1)),
+            token: AuthToken::resolve(
+                config.token.as_ref(),
+                config.token_file.as_deref(),
+                crate::server::TOKEN_ENV,
+            )?,
+            connect_timeout: seconds("connect_timeout_secs", config.connect_timeout_secs)?,
+            reply_timeout: seconds("reply_timeout_secs", config.reply_timeout_secs)?,
+            keepalive: seconds("keepalive_secs", config.keepalive_secs)?,
+            reconnect_min: seconds("reconnect_min_secs", config.reconnect_min_secs)?,
+            reconnect_max: seconds("reconnect_max_secs", config.reconnect_max_secs)?
+                .max(seconds("reconnect_min_secs", config.reconnect_min_secs)?),
             max_line: config.max_line.max(1024),
             queue: config.queue.max(1),
             closed: CancellationToken::new(),
@@ -489,11 +495,18 @@ mod tests {
         assert!(BrokerPubSub::new(&BrokerClientConfig::new("nonsense")).is_err());
         BrokerPubSub::new(&BrokerClientConfig::new("tcp://127.0.0.1:5555")).unwrap();
         let c: BrokerClientConfig =
-            serde_json::from_str(r#"{"addr":"h:1","reply_timeout_ms":50}"#).unwrap();
+            serde_json::from_str(r#"{"addr":"h:1","reply_timeout_secs":0.05}"#).unwrap();
         assert_eq!(
-            (c.addr.as_str(), c.reply_timeout_ms, c.keepalive_ms),
-            ("h:1", 50, 15_000)
+            (c.addr.as_str(), c.reply_timeout_secs, c.keepalive_secs),
+            ("h:1", 0.05, 15.0)
         );
         assert!(serde_json::from_str::<BrokerClientConfig>(r#"{"adr":"h:1"}"#).is_err());
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY, 1e9] {
+            let c = BrokerClientConfig {
+                reply_timeout_secs: bad,
+                ..BrokerClientConfig::default()
+            };
+            assert!(BrokerPubSub::new(&c).is_err(), "{bad}");
+        }
     }
 }

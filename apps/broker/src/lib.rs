@@ -51,6 +51,16 @@ pub enum BrokerError {
     Output(#[source] std::io::Error),
 }
 
+/// A `*_secs` setting as a duration: finite, above zero, at most a day.
+pub(crate) fn seconds(key: &str, value: f64) -> Result<std::time::Duration, BrokerError> {
+    if !(value > 0.0 && value <= 86_400.0) {
+        return Err(BrokerError::Config(format!(
+            "{key} must be a number of seconds above 0 and at most 86400, not {value}"
+        )));
+    }
+    Ok(std::time::Duration::from_secs_f64(value))
+}
+
 fn bind_hint(e: &std::io::Error) -> &'static str {
     match e.kind() {
         std::io::ErrorKind::AddrInUse => {

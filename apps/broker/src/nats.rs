@@ -26,24 +26,29 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 
-use crate::BrokerError;
 use crate::token::AuthToken;
+use crate::{BrokerError, seconds};
+
+/// The environment variable the NATS token is read from when neither `token` nor
+/// `token_file` is configured.
+pub const TOKEN_ENV: &str = "FRAGNET_NATS_TOKEN";
 
 /// How to reach NATS. Every field has a default.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NatsConfig {
     /// Server URL(s), comma-separated: `nats://HOST:PORT`. Default `nats://127.0.0.1:4222`.
     pub url: String,
-    /// Token for a server started with `--auth TOKEN`. From the environment or
-    /// [`NatsConfig::token_file`]. Default: none.
+    /// Token for a server that requires one (`authorization { token: ... }`). From the
+    /// environment or [`NatsConfig::token_file`]; with neither, `$FRAGNET_NATS_TOKEN` if
+    /// set. Default: none.
     pub token: Option<AuthToken>,
     /// A file whose first line is the token. Default: none.
     pub token_file: Option<PathBuf>,
-    /// Time to connect. Default 5 s.
-    pub connect_timeout_ms: u64,
-    /// Time the server has to confirm a publish or a subscribe. Default 5 s.
-    pub reply_timeout_ms: u64,
+    /// Seconds to connect. Default 5.
+    pub connect_timeout_secs: f64,
+    /// Seconds the server has to confirm a publish or a subscribe. Default 5.
+    pub reply_timeout_secs: f64,
 }
 
 impl Default for NatsConfig {
@@ -52,8 +57,8 @@ impl Default for NatsConfig {
             url: "nats://127.0.0.1:4222".into(),
             token: None,
             token_file: None,
-            connect_timeout_ms: 5_000,
-            reply_timeout_ms: 5_000,
+            connect_timeout_secs: 5.0,
+            reply_timeout_secs: 5.0,
         }
     }
 }
@@ -91,11 +96,17 @@ impl NatsPubSub {
     /// Connects to the server (failing if it is not there or refuses the token).
     pub async fn connect(config: &NatsConfig) -> Result<Self, BrokerError> {
         let endpoint = format!("NATS {}", config.url);
-        let token = AuthToken::resolve(config.token.as_ref(), config.token_file.as_deref())?;
+        let token = AuthToken::resolve(
+            config.token.as_ref(),
+            config.token_file.as_deref(),
+            TOKEN_ENV,
+        )?;
+        let connect_timeout = seconds("nats.connect_timeout_secs", config.connect_timeout_secs)?;
+        let reply_timeout = seconds("nats.reply_timeout_secs", config.reply_timeout_secs)?;
         let stats = Arc::new(SubscriptionStats::default());
         let counters = stats.clone();
         let mut options = async_nats::ConnectOptions::new()
-            .connection_timeout(Duration::from_millis(config.connect_timeout_ms.max(1)))
+            .connection_timeout(connect_timeout)
             .event_callback(move |event| {
                 let counters = counters.clone();
                 async move {
@@ -129,7 +140,7 @@ impl NatsPubSub {
                     ConnectErrorKind::TimedOut => PubSubError::Timeout {
                         endpoint: endpoint.clone(),
                         what: "connection".into(),
-                        after: Duration::from_millis(config.connect_timeout_ms),
+                        after: connect_timeout,
                     },
                     ConnectErrorKind::ServerParse => {
                         return BrokerError::Config(format!("nats url {:?}: {reason}", config.url));
@@ -155,7 +166,7 @@ impl NatsPubSub {
         let this = NatsPubSub {
             client,
             endpoint,
-            reply_timeout: Duration::from_millis(config.reply_timeout_ms.max(1)),
+            reply_timeout,
             echo: Arc::new(Mutex::new((inbox, echo_sub, 0))),
             stats,
         };

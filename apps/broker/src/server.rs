@@ -15,7 +15,7 @@
 //! (BENCHMARKS.md).
 //!
 //! Shutdown order: stop accepting, tell every connection to stop reading, give writers
-//! [`BrokerLimits::shutdown_grace_ms`] to flush what is queued, then drop the sockets.
+//! [`BrokerLimits::shutdown_grace_secs`] to flush what is queued, then drop the sockets.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -37,12 +37,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use crate::BrokerError;
 use crate::token::AuthToken;
 use crate::wire::{
     Command, DEFAULT_MAX_LINE, Line, LineCodec, LineError, PONG_LINE, SLOW_CONSUMER, err_line,
     msg_line, parse_command,
 };
+use crate::{BrokerError, seconds};
+
+/// The environment variable a token is read from when neither `token` nor `token_file`
+/// is configured (broker and broker clients alike).
+pub const TOKEN_ENV: &str = "FRAGNET_BROKER_TOKEN";
 
 /// The broker's default listen address (the original project's port).
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:5555";
@@ -53,7 +57,7 @@ const NOTICE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Broker settings. Every field has a default, so `BrokerConfig::default()` is the
 /// original's open broker on port 5555.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BrokerConfig {
     /// Where to listen: `HOST:PORT`, `PORT` (all interfaces) or `tcp://HOST:PORT`; port 0
@@ -61,7 +65,8 @@ pub struct BrokerConfig {
     pub listen: String,
     /// Shared token: when set, a connection's first line must be `AUTH:<token>`. Give it
     /// through the environment or [`BrokerConfig::token_file`], not on a command line.
-    /// Default: none (open, like the original).
+    /// With neither, `$FRAGNET_BROKER_TOKEN` is used if set. Default: none (open, like
+    /// the original).
     pub token: Option<AuthToken>,
     /// A file whose first line is the token. Default: none.
     pub token_file: Option<PathBuf>,
@@ -81,7 +86,7 @@ impl Default for BrokerConfig {
 }
 
 /// What one client may use.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BrokerLimits {
     /// Longest line in bytes, line break not counted. Default 4096.
@@ -95,13 +100,14 @@ pub struct BrokerLimits {
     /// further behind is cut off with `ERR:slow consumer`. Default 1 MiB. The broker's
     /// memory is bounded by `max_connections × (queue_bytes + 64 KiB)`.
     pub queue_bytes: usize,
-    /// Time a connection has to send `AUTH:` when a token is set. Default 10 s.
-    pub auth_timeout_ms: u64,
-    /// A connection with no subscription that sends nothing for this long is closed.
-    /// Subscribers are never closed for being quiet. Default 300 s.
-    pub idle_timeout_ms: u64,
-    /// Time writers get to flush queued messages at shutdown. Default 2 s.
-    pub shutdown_grace_ms: u64,
+    /// Seconds a connection has to send `AUTH:` when a token is set. Default 10.
+    pub auth_timeout_secs: f64,
+    /// A connection with no subscription that sends nothing for this many seconds is
+    /// closed. Subscribers are never closed for being quiet. Default 300.
+    pub idle_timeout_secs: f64,
+    /// Seconds writers get to flush queued messages when a connection ends or the
+    /// broker shuts down. Default 2.
+    pub shutdown_grace_secs: f64,
 }
 
 impl Default for BrokerLimits {
@@ -111,15 +117,15 @@ impl Default for BrokerLimits {
             max_connections: 4096,
             max_subscriptions: 128,
             queue_bytes: 1 << 20,
-            auth_timeout_ms: 10_000,
-            idle_timeout_ms: 300_000,
-            shutdown_grace_ms: 2_000,
+            auth_timeout_secs: 10.0,
+            idle_timeout_secs: 300.0,
+            shutdown_grace_secs: 2.0,
         }
     }
 }
 
 impl BrokerLimits {
-    fn check(&self) -> Result<(), BrokerError> {
+    fn check(&self) -> Result<Timeouts, BrokerError> {
         let bad = |what: &str| Err(BrokerError::Config(what.to_string()));
         if self.max_line < 64 {
             return bad("limits.max_line must be at least 64 bytes");
@@ -130,11 +136,20 @@ impl BrokerLimits {
         if self.queue_bytes < self.max_line + 16 {
             return bad("limits.queue_bytes must hold at least one full line (max_line + 16)");
         }
-        if self.auth_timeout_ms == 0 || self.idle_timeout_ms == 0 {
-            return bad("limits.auth_timeout_ms and limits.idle_timeout_ms must be above 0");
-        }
-        Ok(())
+        Ok(Timeouts {
+            auth: seconds("limits.auth_timeout_secs", self.auth_timeout_secs)?,
+            idle: seconds("limits.idle_timeout_secs", self.idle_timeout_secs)?,
+            grace: seconds("limits.shutdown_grace_secs", self.shutdown_grace_secs)?,
+        })
     }
+}
+
+/// [`BrokerLimits`]' timeouts, checked.
+#[derive(Debug, Clone, Copy)]
+struct Timeouts {
+    auth: Duration,
+    idle: Duration,
+    grace: Duration,
 }
 
 /// A snapshot of the broker's counters.
@@ -321,6 +336,7 @@ impl Outbox {
 
 struct Shared {
     limits: BrokerLimits,
+    timeouts: Timeouts,
     token: Option<AuthToken>,
     /// topic -> connection id -> outbox.
     topics: RwLock<HashMap<String, HashMap<u64, Arc<Outbox>>>>,
@@ -406,8 +422,12 @@ pub async fn spawn(
     config: BrokerConfig,
     cancel: CancellationToken,
 ) -> Result<BrokerHandle, BrokerError> {
-    config.limits.check()?;
-    let token = AuthToken::resolve(config.token.as_ref(), config.token_file.as_deref())?;
+    let timeouts = config.limits.check()?;
+    let token = AuthToken::resolve(
+        config.token.as_ref(),
+        config.token_file.as_deref(),
+        TOKEN_ENV,
+    )?;
     let addr = PeerAddr::parse(&config.listen, "tcp")
         .map_err(|e| BrokerError::Config(format!("listen: {e}")))?;
     if addr.scheme != "tcp" || addr.node_id.is_some() {
@@ -430,6 +450,7 @@ pub async fn spawn(
     info!(addr = %local_addr, auth = token.is_some(), "broker listening");
     let shared = Arc::new(Shared {
         limits: config.limits,
+        timeouts,
         token,
         topics: RwLock::new(HashMap::new()),
         counters: Counters::default(),
@@ -511,9 +532,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, cancel: Cancell
     drop(listener);
     tracker.close();
     // Connections watch the same token; this only bounds a writer stuck on a dead peer.
-    let grace = Duration::from_millis(shared.limits.shutdown_grace_ms)
-        + NOTICE_TIMEOUT
-        + Duration::from_secs(2);
+    let grace = shared.timeouts.grace + NOTICE_TIMEOUT + Duration::from_secs(2);
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
         warn!(
             left = tracker.len(),
@@ -555,7 +574,7 @@ async fn serve_connection(
     // Let the writer flush replies and messages already queued (a `PUB`+`PING` client
     // that closes at once still gets its `PONG`), within the grace period.
     outbox.offer(Out::Close, &shared.counters);
-    let grace = Duration::from_millis(shared.limits.shutdown_grace_ms);
+    let grace = shared.timeouts.grace;
     if tokio::time::timeout(grace, &mut write_task).await.is_err() {
         // A peer that does not read: stop writing where we are.
         outbox.closing.cancel();
@@ -673,9 +692,9 @@ impl Connection {
         let mut lines = FramedRead::new(reader, LineCodec::new(limits.max_line));
         loop {
             let wait = if !self.authed {
-                Some(Duration::from_millis(limits.auth_timeout_ms))
+                Some(self.shared.timeouts.auth)
             } else if self.subs.is_empty() {
-                Some(Duration::from_millis(limits.idle_timeout_ms))
+                Some(self.shared.timeouts.idle)
             } else {
                 None
             };

@@ -41,10 +41,13 @@ impl AuthToken {
             .map_err(|e| BrokerError::Token(format!("{} (in {})", e, path.display())))
     }
 
-    /// The token from `token` or from `token_file`; setting both is a mistake.
+    /// The token from `token`, else from `token_file`, else from the environment
+    /// variable `env` (when set and not empty); setting both `token` and `token_file` is
+    /// a mistake.
     pub fn resolve(
         token: Option<&AuthToken>,
         token_file: Option<&Path>,
+        env: &str,
     ) -> Result<Option<AuthToken>, BrokerError> {
         match (token, token_file) {
             (Some(_), Some(f)) => Err(BrokerError::Token(format!(
@@ -53,7 +56,12 @@ impl AuthToken {
             ))),
             (Some(t), None) => Ok(Some(t.clone())),
             (None, Some(f)) => Self::from_file(f).map(Some),
-            (None, None) => Ok(None),
+            (None, None) => match std::env::var(env) {
+                Ok(v) if !v.trim().is_empty() => Self::new(v.trim())
+                    .map(Some)
+                    .map_err(|e| BrokerError::Token(format!("{e} (in ${env})"))),
+                _ => Ok(None),
+            },
         }
     }
 
@@ -126,7 +134,24 @@ mod tests {
         assert!(AuthToken::from_file(&f).is_err());
         assert!(AuthToken::from_file(&dir.path().join("missing")).is_err());
         let t = AuthToken::new("x").unwrap();
-        assert!(AuthToken::resolve(Some(&t), Some(&f)).is_err());
-        assert_eq!(AuthToken::resolve(None, None).unwrap(), None);
+        assert!(AuthToken::resolve(Some(&t), Some(&f), "FRAGNET_TEST_UNSET").is_err());
+        assert_eq!(
+            AuthToken::resolve(None, None, "FRAGNET_TEST_UNSET").unwrap(),
+            None
+        );
+        // The environment is the last resort. Tests must not set variables (edition
+        // 2024), so use one that is always there: PATH, a valid token unless it holds
+        // spaces, in which case the error names the variable.
+        match AuthToken::resolve(None, None, "PATH") {
+            Ok(Some(t)) => assert_eq!(t.expose(), std::env::var("PATH").unwrap().trim()),
+            Ok(None) => panic!("PATH is set"),
+            Err(e) => assert!(e.to_string().contains("$PATH"), "{e}"),
+        }
+        assert!(
+            AuthToken::resolve(Some(&t), None, "PATH")
+                .unwrap()
+                .unwrap()
+                .matches("x")
+        );
     }
 }

@@ -447,7 +447,7 @@ async fn half_closed_clients() {
 #[tokio::test]
 async fn idle_connections_without_subscriptions_are_closed() {
     let limits = BrokerLimits {
-        idle_timeout_ms: 200,
+        idle_timeout_secs: 0.2,
         ..BrokerLimits::default()
     };
     let broker = start_broker(BrokerConfig {
@@ -470,7 +470,7 @@ async fn idle_connections_without_subscriptions_are_closed() {
 #[tokio::test]
 async fn auth_required_and_refused() {
     let limits = BrokerLimits {
-        auth_timeout_ms: 300,
+        auth_timeout_secs: 0.3,
         ..BrokerLimits::default()
     };
     let config = BrokerConfig {
@@ -656,7 +656,7 @@ async fn counters_and_prometheus_text() {
 #[tokio::test]
 async fn shutdown_closes_everyone_even_a_stalled_subscriber() {
     let limits = BrokerLimits {
-        shutdown_grace_ms: 300,
+        shutdown_grace_secs: 0.3,
         ..BrokerLimits::default()
     };
     let broker = start_broker(BrokerConfig {

@@ -163,8 +163,8 @@ async fn a_silent_broker_is_detected_by_keepalive() {
         }
     });
     let cfg = BrokerClientConfig {
-        keepalive_ms: 100,
-        reply_timeout_ms: 200,
+        keepalive_secs: 0.1,
+        reply_timeout_secs: 0.2,
         ..client_config(addr)
     };
     let _sub = within(
@@ -484,7 +484,7 @@ async fn nats_connect_errors_tokens_and_restart() {
         drop(nats);
         // Short confirmations, so publishing while the server is down fails fast.
         let config = NatsConfig {
-            reply_timeout_ms: 500,
+            reply_timeout_secs: 0.5,
             ..NatsConfig::new(server.url())
         };
         within(20, "connect", NatsPubSub::connect(&config))

@@ -41,8 +41,8 @@ pub async fn start_broker(config: BrokerConfig) -> BrokerHandle {
 /// Client settings for tests: quick reconnects.
 pub fn client_config(addr: SocketAddr) -> BrokerClientConfig {
     BrokerClientConfig {
-        reconnect_min_ms: 20,
-        reconnect_max_ms: 300,
+        reconnect_min_secs: 0.02,
+        reconnect_max_secs: 0.3,
         ..BrokerClientConfig::new(addr.to_string())
     }
 }
