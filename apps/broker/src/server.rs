@@ -690,9 +690,11 @@ impl Connection {
     ) -> &'static str {
         let limits = self.shared.limits.clone();
         let mut lines = FramedRead::new(reader, LineCodec::new(limits.max_line));
+        // From the connection's start, not per line: empty lines do not buy time.
+        let auth_deadline = tokio::time::Instant::now() + self.shared.timeouts.auth;
         loop {
             let wait = if !self.authed {
-                Some(self.shared.timeouts.auth)
+                Some(auth_deadline.saturating_duration_since(tokio::time::Instant::now()))
             } else if self.subs.is_empty() {
                 Some(self.shared.timeouts.idle)
             } else {
@@ -729,6 +731,7 @@ impl Connection {
             };
             let next = match line {
                 Line::Text(text) => self.handle(&text),
+                _ if !self.authed => self.refuse("auth required"),
                 Line::TooLong => self.bad(LineError::TooLong(limits.max_line)),
                 Line::NotUtf8 => self.bad(LineError::NotUtf8),
             };

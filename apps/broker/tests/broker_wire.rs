@@ -494,9 +494,37 @@ async fn auth_required_and_refused() {
     c.send("AUTH:s3cre\nPING\n").await;
     c.expect("ERR:auth failed").await;
     c.expect_eof().await;
-    // Nothing at all in time.
+    // Nothing at all in time, or only empty lines.
     let mut c = Raw::connect(addr).await;
     c.expect("ERR:auth timeout").await;
+    c.expect_eof().await;
+    let Raw {
+        mut reader,
+        mut writer,
+    } = Raw::connect(addr).await;
+    let keep_typing = tokio::spawn(async move {
+        // Every 0.1 s for as long as the broker listens (at most 10 s).
+        for _ in 0..100 {
+            if writer.write_all(b"\n").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let mut rest = String::new();
+    within(
+        10,
+        "auth deadline despite empty lines",
+        reader.read_to_string(&mut rest),
+    )
+    .await
+    .unwrap();
+    assert_eq!(rest, "ERR:auth timeout\n");
+    keep_typing.abort();
+    // A bad line before AUTH ends it too.
+    let mut c = Raw::connect(addr).await;
+    c.send(b"\xff\n").await;
+    c.expect("ERR:auth required").await;
     c.expect_eof().await;
     // Right token (CRLF too); after that the protocol as usual.
     let mut sub = Raw::connect(addr).await;
@@ -510,7 +538,7 @@ async fn auth_required_and_refused() {
     p.send("AUTH:other\n").await;
     p.expect("ERR:auth failed").await;
     p.expect_eof().await;
-    assert_eq!(broker.stats().auth_failures, 5);
+    assert_eq!(broker.stats().auth_failures, 7);
     assert_eq!(broker.stats().published, 1);
     within(10, "shutdown", broker.shutdown()).await;
 }
