@@ -592,8 +592,16 @@ async fn run(quick: bool) -> Result<()> {
     let mut fan = vec![Vec::new(); 3];
     let mut lat_samples: Vec<Vec<u64>> = vec![Vec::new(); 3];
     let mut lat_rounds: Vec<Vec<f64>> = vec![Vec::new(); 3];
+    let mut loads = Vec::new();
     for round in 0..reps {
-        eprintln!("== round {}", round + 1);
+        let load = std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split(' ')
+            .next()
+            .unwrap_or("?")
+            .to_string();
+        eprintln!("== round {} (load average {load})", round + 1);
+        loads.push(load);
         for (i, s) in servers.iter().enumerate() {
             let name = s.kind.name();
             one[i].push(
@@ -645,6 +653,10 @@ async fn run(quick: bool) -> Result<()> {
             mem,
         });
     }
+    println!(
+        "1-minute load average at the start of each round (2 cores; other builds share the machine): {}\n",
+        loads.join(" / ")
+    );
     println!("## Results\n");
     println!(
         "| broker | 1→1 msg/s | 1→50 deliveries/s | p50 µs | p99 µs | p99 per round µs | p99.9 µs | max µs | RSS idle | RSS peak, 1 stalled sub | RSS after | stalled sub cut off | stalled run s |"

@@ -28,28 +28,29 @@ async fn original_nc_clients_still_work() {
         .status()
         .is_ok();
     if has_nc {
-        // Exactly the commands from the README.
-        let mut sub = tokio::process::Command::new("sh")
-            .args([
-                "-c",
-                &format!("printf 'SUB:fragments\\n' | nc 127.0.0.1 {port}"),
-            ])
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+        // `printf 'SUB:fragments\n' | nc 127.0.0.1 PORT` and
+        // `printf 'PUB:fragments:fragment_5.bin\n' | nc 127.0.0.1 PORT`: nc gets the same
+        // bytes on its standard input, which then ends.
+        let nc = |input: &'static str, stdout: Stdio| {
+            let mut child = tokio::process::Command::new("nc")
+                .args(["127.0.0.1", &port.to_string()])
+                .stdin(Stdio::piped())
+                .stdout(stdout)
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap();
+            let mut stdin = child.stdin.take().unwrap();
+            tokio::spawn(async move {
+                stdin.write_all(input.as_bytes()).await.unwrap();
+            });
+            child
+        };
+        let mut sub = nc("SUB:fragments\n", Stdio::piped());
         eventually(10, "nc subscriber registered", || {
             broker.stats().subscriptions == 1
         })
         .await;
-        let mut publisher = tokio::process::Command::new("sh")
-            .args([
-                "-c",
-                &format!("printf 'PUB:fragments:fragment_5.bin\\n' | nc 127.0.0.1 {port}"),
-            ])
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+        let mut publisher = nc("PUB:fragments:fragment_5.bin\n", Stdio::null());
         let mut out = tokio::io::BufReader::new(sub.stdout.take().unwrap());
         let mut line = String::new();
         within(10, "nc subscriber output", out.read_line(&mut line))
@@ -470,7 +471,7 @@ async fn idle_connections_without_subscriptions_are_closed() {
 #[tokio::test]
 async fn auth_required_and_refused() {
     let limits = BrokerLimits {
-        auth_timeout_secs: 0.3,
+        auth_timeout_secs: 1.0,
         ..BrokerLimits::default()
     };
     let config = BrokerConfig {
