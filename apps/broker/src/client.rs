@@ -42,7 +42,7 @@ pub struct BrokerClientConfig {
     /// The broker: `HOST:PORT` or `tcp://HOST:PORT`. Default `127.0.0.1:5555`.
     pub addr: String,
     /// Token sent as `AUTH:<token>` first. From the environment or
-    /// [`BrokerClientConfig::token_file`]; with neither, `$FRAGNET_BROKER_TOKEN` if set.
+    /// [`BrokerClientConfig::token_file`].
     /// Default: none.
     pub token: Option<AuthToken>,
     /// A file whose first line is the token. Default: none.
@@ -146,11 +146,7 @@ impl BrokerPubSub {
         let dialer = Dialer {
             host_port: addr.host_port(),
             endpoint: format!("broker {}", addr.host_port()),
-            token: AuthToken::resolve(
-                config.token.as_ref(),
-                config.token_file.as_deref(),
-                crate::server::TOKEN_ENV,
-            )?,
+            token: AuthToken::resolve(config.token.as_ref(), config.token_file.as_deref())?,
             connect_timeout: seconds("connect_timeout_secs", config.connect_timeout_secs)?,
             reply_timeout: seconds("reply_timeout_secs", config.reply_timeout_secs)?,
             keepalive: seconds("keepalive_secs", config.keepalive_secs)?,

@@ -30,8 +30,6 @@ use crate::token::AuthToken;
 use crate::{BrokerError, seconds};
 
 /// The environment variable the NATS token is read from when neither `token` nor
-/// `token_file` is configured.
-pub const TOKEN_ENV: &str = "FRAGNET_NATS_TOKEN";
 
 /// How to reach NATS. Every field has a default.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -39,9 +37,8 @@ pub const TOKEN_ENV: &str = "FRAGNET_NATS_TOKEN";
 pub struct NatsConfig {
     /// Server URL(s), comma-separated: `nats://HOST:PORT`. Default `nats://127.0.0.1:4222`.
     pub url: String,
-    /// Token for a server that requires one (`authorization { token: ... }`). From the
-    /// environment or [`NatsConfig::token_file`]; with neither, `$FRAGNET_NATS_TOKEN` if
-    /// set. Default: none.
+    /// Token for a server that requires one (`authorization { token: ... }`). Or
+    /// [`NatsConfig::token_file`]. Default: none.
     pub token: Option<AuthToken>,
     /// A file whose first line is the token. Default: none.
     pub token_file: Option<PathBuf>,
@@ -96,11 +93,7 @@ impl NatsPubSub {
     /// Connects to the server (failing if it is not there or refuses the token).
     pub async fn connect(config: &NatsConfig) -> Result<Self, BrokerError> {
         let endpoint = format!("NATS {}", config.url);
-        let token = AuthToken::resolve(
-            config.token.as_ref(),
-            config.token_file.as_deref(),
-            TOKEN_ENV,
-        )?;
+        let token = AuthToken::resolve(config.token.as_ref(), config.token_file.as_deref())?;
         let connect_timeout = seconds("nats.connect_timeout_secs", config.connect_timeout_secs)?;
         let reply_timeout = seconds("nats.reply_timeout_secs", config.reply_timeout_secs)?;
         let stats = Arc::new(SubscriptionStats::default());

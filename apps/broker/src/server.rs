@@ -45,8 +45,6 @@ use crate::wire::{
 use crate::{BrokerError, seconds};
 
 /// The environment variable a token is read from when neither `token` nor `token_file`
-/// is configured (broker and broker clients alike).
-pub const TOKEN_ENV: &str = "FRAGNET_BROKER_TOKEN";
 
 /// The broker's default listen address (the original project's port).
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:5555";
@@ -65,7 +63,7 @@ pub struct BrokerConfig {
     pub listen: String,
     /// Shared token: when set, a connection's first line must be `AUTH:<token>`. Give it
     /// through the environment or [`BrokerConfig::token_file`], not on a command line.
-    /// With neither, `$FRAGNET_BROKER_TOKEN` is used if set. Default: none (open, like
+    /// Default: none (open, like
     /// the original).
     pub token: Option<AuthToken>,
     /// A file whose first line is the token. Default: none.
@@ -423,11 +421,7 @@ pub async fn spawn(
     cancel: CancellationToken,
 ) -> Result<BrokerHandle, BrokerError> {
     let timeouts = config.limits.check()?;
-    let token = AuthToken::resolve(
-        config.token.as_ref(),
-        config.token_file.as_deref(),
-        TOKEN_ENV,
-    )?;
+    let token = AuthToken::resolve(config.token.as_ref(), config.token_file.as_deref())?;
     let addr = PeerAddr::parse(&config.listen, "tcp")
         .map_err(|e| BrokerError::Config(format!("listen: {e}")))?;
     if addr.scheme != "tcp" || addr.node_id.is_some() {

@@ -47,7 +47,6 @@ impl AuthToken {
     pub fn resolve(
         token: Option<&AuthToken>,
         token_file: Option<&Path>,
-        env: &str,
     ) -> Result<Option<AuthToken>, BrokerError> {
         match (token, token_file) {
             (Some(_), Some(f)) => Err(BrokerError::Token(format!(
@@ -56,12 +55,9 @@ impl AuthToken {
             ))),
             (Some(t), None) => Ok(Some(t.clone())),
             (None, Some(f)) => Self::from_file(f).map(Some),
-            (None, None) => match std::env::var(env) {
-                Ok(v) if !v.trim().is_empty() => Self::new(v.trim())
-                    .map(Some)
-                    .map_err(|e| BrokerError::Token(format!("{e} (in ${env})"))),
-                _ => Ok(None),
-            },
+            // The environment reaches this through the binary's one configuration
+            // path (FRAGNET_BROKER__TOKEN, FRAGNET_NATS__TOKEN), not a second one here.
+            (None, None) => Ok(None),
         }
     }
 
@@ -134,24 +130,17 @@ mod tests {
         assert!(AuthToken::from_file(&f).is_err());
         assert!(AuthToken::from_file(&dir.path().join("missing")).is_err());
         let t = AuthToken::new("x").unwrap();
-        assert!(AuthToken::resolve(Some(&t), Some(&f), "FRAGNET_TEST_UNSET").is_err());
-        assert_eq!(
-            AuthToken::resolve(None, None, "FRAGNET_TEST_UNSET").unwrap(),
-            None
-        );
-        // The environment is the last resort. Tests must not set variables (edition
-        // 2024), so use one that is always there: PATH, a valid token unless it holds
-        // spaces, in which case the error names the variable.
-        match AuthToken::resolve(None, None, "PATH") {
-            Ok(Some(t)) => assert_eq!(t.expose(), std::env::var("PATH").unwrap().trim()),
-            Ok(None) => panic!("PATH is set"),
-            Err(e) => assert!(e.to_string().contains("$PATH"), "{e}"),
-        }
+        assert!(AuthToken::resolve(Some(&t), Some(&f)).is_err());
+        assert_eq!(AuthToken::resolve(None, None).unwrap(), None);
         assert!(
-            AuthToken::resolve(Some(&t), None, "PATH")
+            AuthToken::resolve(Some(&t), None)
                 .unwrap()
                 .unwrap()
                 .matches("x")
+        );
+        assert!(
+            AuthToken::resolve(None, Some(&f)).is_err(),
+            "the file now holds an empty line"
         );
     }
 }
