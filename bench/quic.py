@@ -5,7 +5,7 @@ transfer into memory: same quinn, no fragnet protocol, no disk) and the disk cei
 write + fsync), all in one run. Each peer is its own process; CPU time and peak RSS come
 from getrusage of that process (os.wait4).
 
-Usage: bench/quic.py [--size-mib 1024] [--runs 3] [--workdir DIR]
+Usage: bench/quic.py [--size-mib 1024] [--runs 3] [--workdir DIR] [--fairness]
 Needs: dd, a release build of the bench_peer example (built here).
 Not a test: never run in CI. Results go to BENCHMARKS.md by hand, with this command.
 """
@@ -14,8 +14,8 @@ import argparse, json, os, shutil, statistics, subprocess, sys, time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def start(cmd):
-    p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+def start(cmd, env=None):
+    p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
     for line in p.stdout:
         if line.startswith("LISTENING "):
             return p, line.split()[1]
@@ -38,8 +38,8 @@ def reap(p, before=0.0):
     return p.returncode, ru.ru_utime + ru.ru_stime - before, ru.ru_maxrss / 1024
 
 
-def run_client(cmd):
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+def run_client(cmd, env=None):
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
     out = p.stdout.read()
     code, cpu, rss = reap(p)
     if code != 0:
@@ -55,11 +55,11 @@ def stop(server, before):
     return cpu, rss
 
 
-def transfer(peer, scheme, seed_dir, fetch_dir, video):
+def transfer(peer, scheme, seed_dir, fetch_dir, video, env=None):
     shutil.rmtree(fetch_dir, ignore_errors=True)
-    server, addr = start([peer, "serve", scheme, seed_dir, f"{scheme}://127.0.0.1:0"])
+    server, addr = start([peer, "serve", scheme, seed_dir, f"{scheme}://127.0.0.1:0"], env)
     before = cpu_so_far(server.pid)
-    res, ccpu, crss = run_client([peer, "fetch", scheme, fetch_dir, addr, video])
+    res, ccpu, crss = run_client([peer, "fetch", scheme, fetch_dir, addr, video], env)
     scpu, srss = stop(server, before)
     shutil.rmtree(fetch_dir, ignore_errors=True)
     return summarize(res, scpu, ccpu, srss, crss)
@@ -96,6 +96,7 @@ def main():
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--workdir", default=os.path.join(ROOT, "target", "bench-quic"))
+    ap.add_argument("--fairness", action="store_true", help="also run QUIC with send_fairness on, for comparison")
     a = ap.parse_args()
     subprocess.run(["cargo", "build", "--release", "--locked", "-p", "fragnet-quic", "--example", "bench_peer"], cwd=ROOT, check=True)
     target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
@@ -122,6 +123,9 @@ def main():
         r["bare"] = bare(peer, size, "tuned")
         r["tcp"] = transfer(peer, "tcp", seed, os.path.join(w, "fetcher"), video)
         r["quic"] = transfer(peer, "quic", seed, os.path.join(w, "fetcher"), video)
+        if a.fairness:
+            env = dict(os.environ, BENCH_SEND_FAIRNESS="1")
+            r["quic_fair"] = transfer(peer, "quic", seed, os.path.join(w, "fetcher"), video, env)
         r["ceiling"] = min(r["bare"]["mbs"], r["dd"])
         r["quic_ratio"] = r["quic"]["mbs"] / r["ceiling"]
         r["quic_vs_tcp"] = r["quic"]["mbs"] / r["tcp"]["mbs"]
@@ -143,9 +147,14 @@ def main():
         print(f"| {r['run']} | " + fmt(r))
     keys = ["dd", "ceiling", "quic_ratio", "quic_vs_tcp"]
     m = {k: med(lambda r, k=k: r[k]) for k in keys}
-    for t in ["bare_default", "bare", "tcp", "quic"]:
+    for t in ["bare_default", "bare", "tcp", "quic"] + (["quic_fair"] if a.fairness else []):
         m[t] = {k: med(lambda r, t=t, k=k: r[t][k]) for k in rows[0][t]}
     print("| median | " + fmt(m))
+    if a.fairness:
+        print("\nQUIC with send_fairness on (interleaved streams), same runs: MB/s, CPU s/GB")
+        for r in rows:
+            print(f"run {r['run']}: {r['quic_fair']['mbs']:.0f} MB/s, {r['quic_fair']['cpu_per_gb']:.2f} s/GB "
+                  f"(off: {r['quic']['mbs']:.0f} MB/s, {r['quic']['cpu_per_gb']:.2f} s/GB)")
     shutil.rmtree(a.workdir, ignore_errors=True)
 
 
