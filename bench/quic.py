@@ -6,7 +6,8 @@ write + fsync), all in one run. Each peer is its own process; CPU time and peak 
 from getrusage of that process (os.wait4).
 
 Usage: bench/quic.py [--size-mib 1024] [--runs 3] [--workdir DIR] [--fairness]
-Needs: dd, a release build of the bench_peer example (built here).
+Needs: dd, a release build of the bench_peer example (built here), and about
+4 x the size + 1 GiB free in the work directory (checked before starting).
 Not a test: never run in CI. Results go to BENCHMARKS.md by hand, with this command.
 """
 import argparse, json, os, shutil, statistics, subprocess, sys, time
@@ -104,6 +105,11 @@ def main():
     shutil.rmtree(a.workdir, ignore_errors=True)
     os.makedirs(a.workdir)
     w = a.workdir
+    # Input, fragments and the seeder's copy exist at once, then a fetched copy and dd's
+    # file: refuse to start rather than fill a shared disk.
+    need = 4 * a.size_mib * 1048576 + (1 << 30)
+    if shutil.disk_usage(w).free < need:
+        sys.exit(f"{w}: needs {need >> 30} GiB free, has {shutil.disk_usage(w).free >> 30} GiB")
     big = os.path.join(w, "big.bin")
     with open(big, "wb") as f:
         for _ in range(a.size_mib):
