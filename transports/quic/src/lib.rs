@@ -204,6 +204,7 @@ fn transport_config(c: &Config, accepting: bool) -> Result<quinn::TransportConfi
     let mut mtu = quinn::MtuDiscoveryConfig::default();
     mtu.upper_bound(c.mtu_upper_bound);
     t.mtu_discovery_config(Some(mtu));
+    t.send_fairness(c.send_fairness);
     Ok(t)
 }
 

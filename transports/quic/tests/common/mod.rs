@@ -128,10 +128,12 @@ pub fn serve_echo(listener: Box<dyn Listener>, hold: Duration) -> Echo {
                         tokio::time::sleep(hold).await;
                         if read.is_ok() {
                             let _ = stream.send.write_all(&buf).await;
-                            let _ = stream.send.shutdown().await;
                         }
-                        drop(stream);
+                        // Done before finishing: QUIC frees the stream's slot only once the
+                        // finish is acknowledged, so this count never runs ahead of QUIC's
+                        // (counting after the finish races with a preempted thread).
                         active.fetch_sub(1, Ordering::SeqCst);
+                        let _ = stream.send.shutdown().await;
                     });
                 }
                 o.fetch_sub(1, Ordering::SeqCst);
