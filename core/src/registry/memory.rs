@@ -7,6 +7,7 @@
 //! and no answer ever contains an expired node.
 
 use std::collections::BTreeMap;
+use std::fmt::Write;
 use std::ops::Bound;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
@@ -59,6 +60,9 @@ pub struct RegistryStats {
 
 struct NodeEntry {
     record: NodeRecord,
+    /// `record` as JSON, rendered when it changes: answers copy it instead of encoding
+    /// every holder on every request.
+    json: String,
     last_seen: Instant,
     /// Non-empty, sorted have-sets.
     holdings: BTreeMap<VideoId, Vec<FragmentIndex>>,
@@ -175,6 +179,89 @@ impl State {
         }
     }
 
+    /// The (video, fragment) keys of one listing page, and the cursor of the next page.
+    #[allow(clippy::type_complexity)]
+    fn fragment_keys(
+        &self,
+        q: &FragmentQuery,
+    ) -> Result<(Vec<(VideoId, FragmentIndex)>, Option<FragmentCursor>), RegistryError> {
+        let limit = q.limit.clamp(1, MAX_PAGE);
+        if let Some(v) = q.video {
+            self.videos.get(&v).ok_or(RegistryError::UnknownVideo(v))?;
+        }
+        let holdings = match q.node {
+            Some(node) => Some(
+                &self
+                    .nodes
+                    .get(&node)
+                    .ok_or(RegistryError::UnknownNode(node))?
+                    .holdings,
+            ),
+            None => None,
+        };
+        // Resume after the cursor: skip its video's indices up to and including its own.
+        let skip = |video: VideoId, index: FragmentIndex| {
+            q.after
+                .is_some_and(|c| c.video == video && index <= c.index)
+        };
+        let video_range = match (q.video, q.after.map(|c| c.video)) {
+            (Some(v), Some(c)) if c > v => return Ok((Vec::new(), None)),
+            (Some(v), _) => (Bound::Included(v), Bound::Included(v)),
+            (None, Some(c)) => (Bound::Included(c), Bound::Unbounded),
+            (None, None) => (Bound::Unbounded, Bound::Unbounded),
+        };
+        let mut keys = Vec::with_capacity(limit.min(1024));
+        // One more than a page tells whether there is a next page.
+        let mut add = |video: VideoId, index: FragmentIndex| {
+            keys.push((video, index));
+            keys.len() <= limit
+        };
+        match holdings {
+            Some(h) => {
+                'outer: for (&video, have) in h.range(video_range) {
+                    for &index in have.iter().filter(|&&i| !skip(video, i)) {
+                        if !add(video, index) {
+                            break 'outer;
+                        }
+                    }
+                }
+            }
+            None => {
+                'outer: for (&video, v) in self.videos.range(video_range) {
+                    for index in (0..v.manifest.fragment_count).filter(|&i| !skip(video, i)) {
+                        if !add(video, index) {
+                            break 'outer;
+                        }
+                    }
+                }
+            }
+        }
+        let next = if keys.len() > limit {
+            keys.truncate(limit);
+            keys.last()
+                .map(|&(video, index)| FragmentCursor { video, index })
+        } else {
+            None
+        };
+        Ok((keys, next))
+    }
+
+    /// Appends a JSON array of a random sample of `set`'s records.
+    fn sample_json(&self, set: &IndexSet<NodeId>, count: usize, out: &mut String) {
+        out.push('[');
+        let mut first = true;
+        for p in sample_positions(set.len(), count) {
+            if let Some(n) = set.get_index(p).and_then(|id| self.nodes.get(id)) {
+                if !first {
+                    out.push(',');
+                }
+                first = false;
+                out.push_str(&n.json);
+            }
+        }
+        out.push(']');
+    }
+
     fn entry(&self, video: VideoId, index: FragmentIndex, sample: usize) -> FragmentEntry {
         let set = &self.videos[&video].holders[index as usize];
         FragmentEntry {
@@ -262,17 +349,22 @@ impl MemoryRegistry {
         node: &NodeRegistration,
     ) -> Result<Lease, RegistryError> {
         validate_registration(node)?;
-        let mut g = self.write();
-        let now = Instant::now();
         let record = NodeRecord {
             id,
             name: node.name.clone(),
             addrs: node.addrs.clone(),
             http: node.http.clone(),
         };
+        // Rendered before taking the lock; a heartbeat that changes nothing keeps the old one.
+        let json = serde_json::to_string(&record).expect("a node record always serializes");
+        let mut g = self.write();
+        let now = Instant::now();
         let new = match g.nodes.get_mut(&id) {
             Some(n) => {
-                n.record = record;
+                if n.json != json {
+                    n.record = record;
+                    n.json = json;
+                }
                 n.last_seen = now;
                 false
             }
@@ -287,6 +379,7 @@ impl MemoryRegistry {
                     id,
                     NodeEntry {
                         record,
+                        json,
                         last_seen: now,
                         holdings: BTreeMap::new(),
                         fragments: 0,
@@ -390,6 +483,39 @@ impl MemoryRegistry {
             total: set.len() as u64,
             peers: g.sample(set, limit.min(MAX_LOCATE)),
         })
+    }
+
+    /// [`MemoryRegistry::holders`] rendered as the JSON of [`Holders`], from each node's
+    /// pre-rendered record.
+    pub fn holders_json(
+        &self,
+        video: VideoId,
+        index: FragmentIndex,
+        limit: usize,
+    ) -> Result<String, RegistryError> {
+        let g = self.read();
+        let v = g
+            .videos
+            .get(&video)
+            .ok_or(RegistryError::UnknownVideo(video))?;
+        let set = v
+            .holders
+            .get(index as usize)
+            .ok_or(RegistryError::UnknownFragment {
+                video,
+                index,
+                count: v.manifest.fragment_count,
+            })?;
+        let limit = limit.min(MAX_LOCATE);
+        let mut out = String::with_capacity(128 + limit.min(set.len()) * 200);
+        let _ = write!(
+            out,
+            r#"{{"video":"{video}","index":{index},"total":{},"peers":"#,
+            set.len()
+        );
+        g.sample_json(set, limit, &mut out);
+        out.push('}');
+        Ok(out)
     }
 
     /// Registers a video; `claimed` is the id the caller expects. Returns the id and
@@ -511,68 +637,51 @@ impl MemoryRegistry {
     /// or those one node holds) with its holder count and a random sample of holders.
     pub fn fragments(&self, q: &FragmentQuery) -> Result<FragmentPage, RegistryError> {
         let g = self.read();
-        let limit = q.limit.clamp(1, MAX_PAGE);
+        let (keys, next) = g.fragment_keys(q)?;
         let sample = q.sample.min(MAX_SAMPLE);
-        if let Some(v) = q.video {
-            g.videos.get(&v).ok_or(RegistryError::UnknownVideo(v))?;
-        }
-        // The fragments in listing order, resumed after the cursor.
-        let start_video = q.after.map(|c| c.video);
-        let skip = |video: VideoId, index: FragmentIndex| {
-            q.after
-                .is_some_and(|c| c.video == video && index <= c.index)
-        };
-        let mut out = Vec::with_capacity(limit.min(256));
-        let mut more = false;
-        let mut push = |video: VideoId, index: FragmentIndex, out: &mut Vec<FragmentEntry>| {
-            if out.len() == limit {
-                more = true;
-                return false;
-            }
-            out.push(g.entry(video, index, sample));
-            true
-        };
-        let video_range = match (q.video, start_video) {
-            (Some(v), Some(c)) if c > v => (Bound::Excluded(v), Bound::Excluded(v)),
-            (Some(v), _) => (Bound::Included(v), Bound::Included(v)),
-            (None, Some(c)) => (Bound::Included(c), Bound::Unbounded),
-            (None, None) => (Bound::Unbounded, Bound::Unbounded),
-        };
-        if let Some(node) = q.node {
-            let n = g.nodes.get(&node).ok_or(RegistryError::UnknownNode(node))?;
-            if !matches!(video_range, (Bound::Excluded(_), Bound::Excluded(_))) {
-                'outer: for (&video, have) in n.holdings.range(video_range) {
-                    for &index in have.iter().filter(|&&i| !skip(video, i)) {
-                        if !push(video, index, &mut out) {
-                            break 'outer;
-                        }
-                    }
-                }
-            }
-        } else if !matches!(video_range, (Bound::Excluded(_), Bound::Excluded(_))) {
-            'outer: for (&video, v) in g.videos.range(video_range) {
-                for index in (0..v.manifest.fragment_count).filter(|&i| !skip(video, i)) {
-                    if !push(video, index, &mut out) {
-                        break 'outer;
-                    }
-                }
-            }
-        }
-        let next_cursor = if more {
-            out.last().map(|e| {
-                FragmentCursor {
-                    video: e.video,
-                    index: e.index,
-                }
-                .to_string()
-            })
-        } else {
-            None
-        };
         Ok(FragmentPage {
-            fragments: out,
-            next_cursor,
+            fragments: keys
+                .into_iter()
+                .map(|(v, i)| g.entry(v, i, sample))
+                .collect(),
+            next_cursor: next.map(|c| c.to_string()),
         })
+    }
+
+    /// [`MemoryRegistry::fragments`] rendered as the JSON of a [`FragmentPage`], from
+    /// each node's pre-rendered record (what a server sends; no per-request encoding
+    /// of the holders).
+    pub fn fragments_json(&self, q: &FragmentQuery) -> Result<String, RegistryError> {
+        let g = self.read();
+        let (keys, next) = g.fragment_keys(q)?;
+        let sample = q.sample.min(MAX_SAMPLE);
+        let mut out = String::with_capacity(32 + keys.len() * (160 + sample * 200));
+        out.push_str(r#"{"fragments":["#);
+        let mut last_video: Option<(VideoId, String)> = None;
+        for (n, (video, index)) in keys.into_iter().enumerate() {
+            if n > 0 {
+                out.push(',');
+            }
+            if last_video.as_ref().is_none_or(|(v, _)| *v != video) {
+                last_video = Some((video, video.to_string()));
+            }
+            let hex = &last_video.as_ref().expect("set above").1;
+            let set = &g.videos[&video].holders[index as usize];
+            let _ = write!(
+                out,
+                r#"{{"video":"{hex}","index":{index},"file":"{}","holders":{},"sample":"#,
+                fragment_file_name(index),
+                set.len()
+            );
+            g.sample_json(set, sample, &mut out);
+            out.push('}');
+        }
+        out.push(']');
+        if let Some(c) = next {
+            let _ = write!(out, r#","next_cursor":"{c}""#);
+        }
+        out.push('}');
+        Ok(out)
     }
 }
 
@@ -827,6 +936,65 @@ mod tests {
             }),
             Err(RegistryError::UnknownNode(unknown))
         );
+    }
+
+    #[test]
+    fn json_renderings_match_the_typed_answers() {
+        let r = MemoryRegistry::default();
+        let v1 = r.insert_video(&manifest("a", 3), None).unwrap().0;
+        let v2 = r.insert_video(&manifest("b", 2), None).unwrap().0;
+        for i in 1..=3 {
+            let (id, mut reg) = node(i);
+            reg.http = (i != 2).then(|| format!("http://h{i}:80"));
+            r.register_node(id, &reg).unwrap();
+            r.set_have(id, v1, &[0, 2]).unwrap();
+            r.set_have(id, v2, &[1]).unwrap();
+        }
+        let sorted = |mut h: Holders| {
+            h.peers.sort_by_key(|p| p.id);
+            h
+        };
+        let json: Holders = serde_json::from_str(&r.holders_json(v1, 2, 50).unwrap()).unwrap();
+        assert_eq!(sorted(json), sorted(r.holders(v1, 2, 50).unwrap()));
+        let json: Holders = serde_json::from_str(&r.holders_json(v1, 1, 50).unwrap()).unwrap();
+        assert_eq!(json, r.holders(v1, 1, 50).unwrap());
+        assert_eq!(
+            r.holders_json(v1, 9, 5).unwrap_err(),
+            r.holders(v1, 9, 5).unwrap_err()
+        );
+        for q in [
+            FragmentQuery {
+                limit: 2,
+                sample: 20,
+                ..Default::default()
+            },
+            FragmentQuery {
+                limit: 100,
+                sample: 20,
+                ..Default::default()
+            },
+            FragmentQuery {
+                limit: 1,
+                sample: 0,
+                video: Some(v2),
+                ..Default::default()
+            },
+            FragmentQuery {
+                limit: 10,
+                sample: 20,
+                node: Some(node(1).0),
+                ..Default::default()
+            },
+        ] {
+            let sort = |mut p: FragmentPage| {
+                p.fragments
+                    .iter_mut()
+                    .for_each(|e| e.sample.sort_by_key(|n| n.id));
+                p
+            };
+            let json: FragmentPage = serde_json::from_str(&r.fragments_json(&q).unwrap()).unwrap();
+            assert_eq!(sort(json), sort(r.fragments(&q).unwrap()), "{q:?}");
+        }
     }
 
     #[test]
