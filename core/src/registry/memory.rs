@@ -13,7 +13,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use indexmap::IndexSet;
+use indexmap::IndexMap;
 use tokio::time::Instant;
 
 use super::{
@@ -62,18 +62,21 @@ struct NodeEntry {
     record: NodeRecord,
     /// `record` as JSON, rendered when it changes: answers copy it instead of encoding
     /// every holder on every request.
-    json: String,
+    json: Arc<str>,
     last_seen: Instant,
     /// Non-empty, sorted have-sets.
     holdings: BTreeMap<VideoId, Vec<FragmentIndex>>,
     fragments: u64,
 }
 
+/// The live holders of one fragment with their pre-rendered records: an IndexMap, so
+/// that removal is O(1), a random sample O(sample), and an answer needs no other lookup.
+type HolderSet = IndexMap<NodeId, Arc<str>>;
+
 struct VideoEntry {
     manifest: Arc<Manifest>,
-    /// Per fragment, the live nodes holding it; an IndexSet so that removal is O(1) and
-    /// a random sample is O(sample).
-    holders: Vec<IndexSet<NodeId>>,
+    /// Per fragment, the live nodes holding it.
+    holders: Vec<HolderSet>,
     /// Nodes holding at least one fragment.
     nodes: u64,
 }
@@ -146,10 +149,10 @@ impl State {
         self.nodes.get(id).map(|n| n.record.clone())
     }
 
-    fn sample(&self, set: &IndexSet<NodeId>, count: usize) -> Vec<NodeRecord> {
+    fn sample(&self, set: &HolderSet, count: usize) -> Vec<NodeRecord> {
         sample_positions(set.len(), count)
             .into_iter()
-            .filter_map(|p| set.get_index(p).and_then(|id| self.record(id)))
+            .filter_map(|p| set.get_index(p).and_then(|(id, _)| self.record(id)))
             .collect()
     }
 
@@ -247,17 +250,13 @@ impl State {
     }
 
     /// Appends a JSON array of a random sample of `set`'s records.
-    fn sample_json(&self, set: &IndexSet<NodeId>, count: usize, out: &mut String) {
+    fn sample_json(set: &HolderSet, count: usize, out: &mut String) {
         out.push('[');
-        let mut first = true;
-        for p in sample_positions(set.len(), count) {
-            if let Some(n) = set.get_index(p).and_then(|id| self.nodes.get(id)) {
-                if !first {
-                    out.push(',');
-                }
-                first = false;
-                out.push_str(&n.json);
+        for (k, p) in sample_positions(set.len(), count).into_iter().enumerate() {
+            if k > 0 {
+                out.push(',');
             }
+            out.push_str(set.get_index(p).expect("position in range").1);
         }
         out.push(']');
     }
@@ -356,12 +355,23 @@ impl MemoryRegistry {
             http: node.http.clone(),
         };
         // Rendered before taking the lock; a heartbeat that changes nothing keeps the old one.
-        let json = serde_json::to_string(&record).expect("a node record always serializes");
+        let json: Arc<str> = serde_json::to_string(&record)
+            .expect("a node record always serializes")
+            .into();
         let mut g = self.write();
         let now = Instant::now();
-        let new = match g.nodes.get_mut(&id) {
+        let state = &mut *g;
+        let new = match state.nodes.get_mut(&id) {
             Some(n) => {
                 if n.json != json {
+                    // The holder sets carry the record too: refresh it where the node holds.
+                    for (video, have) in &n.holdings {
+                        if let Some(v) = state.videos.get_mut(video) {
+                            for &i in have {
+                                v.holders[i as usize].insert(id, json.clone());
+                            }
+                        }
+                    }
                     n.record = record;
                     n.json = json;
                 }
@@ -369,13 +379,13 @@ impl MemoryRegistry {
                 false
             }
             None => {
-                if g.nodes.len() >= self.config.max_nodes {
+                if state.nodes.len() >= self.config.max_nodes {
                     return Err(RegistryError::Full(format!(
                         "{} nodes registered (the limit)",
                         self.config.max_nodes
                     )));
                 }
-                g.nodes.insert(
+                state.nodes.insert(
                     id,
                     NodeEntry {
                         record,
@@ -437,7 +447,7 @@ impl MemoryRegistry {
                     a += 1;
                 }
                 (_, Some(&y)) => {
-                    v.holders[y as usize].insert(id);
+                    v.holders[y as usize].insert(id, node.json.clone());
                     b += 1;
                 }
                 // Covered by the first removal arm; the loop condition excludes (None, None).
@@ -513,7 +523,7 @@ impl MemoryRegistry {
             r#"{{"video":"{video}","index":{index},"total":{},"peers":"#,
             set.len()
         );
-        g.sample_json(set, limit, &mut out);
+        State::sample_json(set, limit, &mut out);
         out.push('}');
         Ok(out)
     }
@@ -536,7 +546,7 @@ impl MemoryRegistry {
                 self.config.max_videos
             )));
         }
-        let holders = vec![IndexSet::new(); manifest.fragment_count as usize];
+        let holders = vec![HolderSet::default(); manifest.fragment_count as usize];
         g.videos.insert(
             id,
             VideoEntry {
@@ -673,7 +683,7 @@ impl MemoryRegistry {
                 fragment_file_name(index),
                 set.len()
             );
-            g.sample_json(set, sample, &mut out);
+            State::sample_json(set, sample, &mut out);
             out.push('}');
         }
         out.push(']');
@@ -995,6 +1005,29 @@ mod tests {
             let json: FragmentPage = serde_json::from_str(&r.fragments_json(&q).unwrap()).unwrap();
             assert_eq!(sort(json), sort(r.fragments(&q).unwrap()), "{q:?}");
         }
+        // A node that re-registers with new addresses is answered with them everywhere.
+        let (id, mut reg) = node(1);
+        reg.name = "renamed".into();
+        reg.addrs = vec!["tcp://192.0.2.1:7000".parse().unwrap()];
+        r.register_node(id, &reg).unwrap();
+        let json: Holders = serde_json::from_str(&r.holders_json(v2, 1, 50).unwrap()).unwrap();
+        let p = json.peers.iter().find(|p| p.id == id).unwrap();
+        assert_eq!((p.name.as_str(), &p.addrs), ("renamed", &reg.addrs));
+        let page: FragmentPage = serde_json::from_str(
+            &r.fragments_json(&FragmentQuery {
+                limit: 10,
+                sample: 20,
+                node: Some(id),
+                ..Default::default()
+            })
+            .unwrap(),
+        )
+        .unwrap();
+        assert!(
+            page.fragments
+                .iter()
+                .all(|e| e.sample.iter().any(|p| p.id == id && p.name == "renamed"))
+        );
     }
 
     #[test]
