@@ -8,19 +8,21 @@ catalog videos of 10 fragments each are held by 10 nodes apiece (node i holds vi
 i mod 100), so the fragment listing has 1,010 entries and a 1,000-entry page exists.
 Every node thus announces 10 fragments of the popular video and 10 of a catalog one.
 
-Runs (each `wrk -t1 -c<conns> -d<secs> --latency`, keep-alive):
+Runs (each `wrk -t1 -c<conns> -d<secs> --latency`, keep-alive), interleaved over
+<rounds> rounds so that other load on the machine hits every server alike; medians:
   nginx      GET /static.json (2,048 bytes), worker_processes 1
   lookup     GET /videos/<popular>/fragments/3/peers       (default limit 50)
-  fragments  GET /fragments?limit=1000                       (1,000 entries, sample 5)
+  fragments  GET /fragments?limit=1000                       (1,000 entries, sample 5),
+             with <conns> connections and with 1 (latency of one client)
 The manager runs twice: with 1 tokio worker thread (the like-for-like comparison with
 nginx's one worker) and with the default (one per core).
 
-Usage: bench/manager.py [--secs 10] [--conns 32] [--workdir DIR]
+Usage: bench/manager.py [--secs 5] [--rounds 3] [--conns 32] [--workdir DIR]
 Needs: wrk, nginx (Debian packages; the system service is not used: nginx runs from a
 temporary prefix on a free port). Builds the release `serve` example here.
 Not a test: never run in CI. Results go to BENCHMARKS.md by hand, with this command.
 """
-import argparse, http.client, json, os, re, shutil, socket, subprocess, sys, time
+import argparse, http.client, json, os, re, shutil, socket, statistics, subprocess, sys, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -163,7 +165,8 @@ def start_manager(binary, w, workers):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--secs", type=int, default=10)
+    ap.add_argument("--secs", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--conns", type=int, default=32)
     ap.add_argument("--workdir", default=os.path.join(ROOT, "target", "bench-manager"))
     a = ap.parse_args()
@@ -174,35 +177,53 @@ def main():
     target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
     binary = os.path.join(target, "release", "examples", "serve")
     os.makedirs(a.workdir, exist_ok=True)
-    results = {}
-    nginx, nport = start_nginx(a.workdir)
+    procs = []
     try:
-        wrk(f"http://127.0.0.1:{nport}/static.json", 2, a.conns)  # warm-up
-        results["nginx"] = wrk(f"http://127.0.0.1:{nport}/static.json", a.secs, a.conns)
-    finally:
-        nginx.terminate(); nginx.wait(timeout=10)
-    for workers in [1, None]:
-        name = f"manager-{workers or 'default'}w"
-        m, mport = start_manager(binary, a.workdir, workers)
-        try:
+        nginx, nport = start_nginx(a.workdir)
+        procs.append(nginx)
+        managers = {}
+        for workers in [1, None]:
+            m, mport = start_manager(binary, a.workdir, workers)
+            procs.append(m)
             popular, setup = populate(mport)
-            lookup = f"/videos/{popular}/fragments/3/peers"
-            page = "/fragments?limit=1000"
-            sizes = {"lookup_bytes": body_size(mport, lookup), "page_bytes": body_size(mport, page)}
-            wrk(f"http://127.0.0.1:{mport}{lookup}", 2, a.conns)  # warm-up
-            results[name] = {
-                "setup_secs": round(setup, 2), **sizes,
-                "lookup": wrk(f"http://127.0.0.1:{mport}{lookup}", a.secs, a.conns),
-                "fragments": wrk(f"http://127.0.0.1:{mport}{page}", a.secs, a.conns),
-                "fragments_c1": wrk(f"http://127.0.0.1:{mport}{page}", a.secs, 1),
+            managers[f"manager-{workers or 'default'}w"] = (mport, popular, setup)
+        static = f"http://127.0.0.1:{nport}/static.json"
+        lookups = {k: f"http://127.0.0.1:{p}/videos/{v}/fragments/3/peers" for k, (p, v, _) in managers.items()}
+        pages = {k: f"http://127.0.0.1:{p}/fragments?limit=1000" for k, (p, _, _) in managers.items()}
+        for url in [static, *lookups.values(), *pages.values()]:
+            wrk(url, 2, a.conns)  # warm-up
+        # Interleaved rounds: other work on the machine hits every server alike.
+        runs = {"nginx": [], **{f"{k}/lookup": [] for k in managers}, **{f"{k}/fragments": [] for k in managers},
+                **{f"{k}/fragments_c1": [] for k in managers}}
+        for _ in range(a.rounds):
+            runs["nginx"].append(wrk(static, a.secs, a.conns))
+            for k in managers:
+                runs[f"{k}/lookup"].append(wrk(lookups[k], a.secs, a.conns))
+            for k in managers:
+                runs[f"{k}/fragments"].append(wrk(pages[k], a.secs, a.conns))
+                runs[f"{k}/fragments_c1"].append(wrk(pages[k], a.secs, 1))
+        med = lambda xs, key: statistics.median(x[key] for x in xs)
+        results = {"rounds": a.rounds, "secs": a.secs, "conns": a.conns, "raw": runs,
+                   "nginx_rps": med(runs["nginx"], "rps")}
+        for k, (p, v, setup) in managers.items():
+            results[k] = {
+                "setup_secs": round(setup, 2),
+                "lookup_bytes": body_size(p, f"/videos/{v}/fragments/3/peers"),
+                "page_bytes": body_size(p, "/fragments?limit=1000"),
+                "lookup_rps": med(runs[f"{k}/lookup"], "rps"),
+                "lookup_p99_ms": med(runs[f"{k}/lookup"], "p99_ms"),
+                "lookup_vs_nginx_per_round": [round(l["rps"] / n["rps"], 3) for l, n in zip(runs[f"{k}/lookup"], runs["nginx"])],
+                "fragments_rps": med(runs[f"{k}/fragments"], "rps"),
+                "fragments_p99_ms": med(runs[f"{k}/fragments"], "p99_ms"),
+                "fragments_c1_p50_ms": med(runs[f"{k}/fragments_c1"], "p50_ms"),
+                "fragments_c1_p99_ms": med(runs[f"{k}/fragments_c1"], "p99_ms"),
             }
-        finally:
-            m.terminate(); m.wait(timeout=10)
-    base = results["nginx"]["rps"]
-    for k, v in results.items():
-        if k.startswith("manager"):
-            v["lookup_vs_nginx"] = round(v["lookup"]["rps"] / base, 3)
-    print(json.dumps(results, indent=2))
+            results[k]["lookup_vs_nginx"] = round(results[k]["lookup_rps"] / results["nginx_rps"], 3)
+        print(json.dumps(results, indent=2))
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(timeout=10)
 
 
 if __name__ == "__main__":

@@ -25,12 +25,19 @@ impl Digest {
 
     /// Lowercase hex.
     pub fn to_hex(&self) -> String {
-        let mut s = String::with_capacity(64);
-        for b in self.0 {
-            s.push(char::from_digit((b >> 4) as u32, 16).unwrap());
-            s.push(char::from_digit((b & 0xf) as u32, 16).unwrap());
+        self.with_hex(str::to_string)
+    }
+
+    /// Calls `f` with the lowercase hex, formatted on the stack: ids are written in every
+    /// registry answer, so this avoids an allocation per id.
+    pub fn with_hex<T>(&self, f: impl FnOnce(&str) -> T) -> T {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut buf = [0u8; 64];
+        for (i, b) in self.0.iter().enumerate() {
+            buf[2 * i] = HEX[(b >> 4) as usize];
+            buf[2 * i + 1] = HEX[(b & 0xf) as usize];
         }
-        s
+        f(std::str::from_utf8(&buf).expect("hex digits are ASCII"))
     }
 
     /// The first 8 hex characters, for logs and summaries.
@@ -68,7 +75,7 @@ impl FromStr for Digest {
 
 impl fmt::Display for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_hex())
+        self.with_hex(|h| f.write_str(h))
     }
 }
 
@@ -80,7 +87,7 @@ impl fmt::Debug for Digest {
 
 impl Serialize for Digest {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_hex())
+        self.with_hex(|h| s.serialize_str(h))
     }
 }
 

@@ -484,29 +484,31 @@ pub fn check_manifest(
     }
 }
 
-/// `count` distinct positions out of `0..n`, uniformly at random and in random order
-/// (Floyd's algorithm: O(count), whatever `n`).
+/// `count` distinct positions out of `0..n`, uniformly at random and in random order.
+/// This runs on every holder lookup: a small sample of many holders is drawn by
+/// rejection against a bitset (fewer than two draws per pick on average), a large one
+/// by a partial shuffle.
 pub(crate) fn sample_positions(n: usize, count: usize) -> Vec<usize> {
     let count = count.min(n);
     if count == 0 {
         return Vec::new();
     }
     if count * 2 >= n {
-        // Most of them anyway: a shuffle is cheaper than rejection.
         let mut all: Vec<usize> = (0..n).collect();
         fastrand::shuffle(&mut all);
         all.truncate(count);
         return all;
     }
+    let mut taken = vec![0u64; n.div_ceil(64)];
     let mut picked = Vec::with_capacity(count);
-    let mut seen = std::collections::HashSet::with_capacity(count);
-    for j in (n - count)..n {
-        let t = fastrand::usize(..=j);
-        let v = if seen.contains(&t) { j } else { t };
-        seen.insert(v);
-        picked.push(v);
+    while picked.len() < count {
+        let p = fastrand::usize(..n);
+        let (word, bit) = (p / 64, 1u64 << (p % 64));
+        if taken[word] & bit == 0 {
+            taken[word] |= bit;
+            picked.push(p);
+        }
     }
-    fastrand::shuffle(&mut picked);
     picked
 }
 

@@ -12,24 +12,42 @@ use fragnet_core::registry::RegistryStats;
 
 use crate::state::AppState;
 
-type Key = (String, String, u16);
+/// Counters of one route, by (method, status).
+type RouteCounters = HashMap<(&'static str, u16), AtomicU64>;
 
 /// Requests counted by route template, method and status.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    requests: RwLock<HashMap<Key, AtomicU64>>,
+    requests: RwLock<HashMap<String, RouteCounters>>,
+}
+
+/// The method's label: standard methods by name, anything else lumped together so
+/// the label set stays bounded.
+fn method_label(m: &str) -> &'static str {
+    match m {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "PATCH" => "PATCH",
+        "OPTIONS" => "OPTIONS",
+        _ => "OTHER",
+    }
 }
 
 impl Metrics {
     /// Counts one request. The route is the matched template (`/videos/{id}`) or
-    /// `unmatched`, so the label set stays bounded whatever clients send.
+    /// `unmatched`, so the label set stays bounded whatever clients send. The common
+    /// case (a counter that exists) takes a read lock and allocates nothing.
     pub fn count(&self, route: &str, method: &str, status: u16) {
-        let key = (route.to_string(), method.to_string(), status);
+        let key = (method_label(method), status);
         if let Some(c) = self
             .requests
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
+            .get(route)
+            .and_then(|r| r.get(&key))
         {
             c.fetch_add(1, Ordering::Relaxed);
             return;
@@ -37,6 +55,8 @@ impl Metrics {
         self.requests
             .write()
             .unwrap_or_else(|e| e.into_inner())
+            .entry(route.to_string())
+            .or_default()
             .entry(key)
             .or_default()
             .fetch_add(1, Ordering::Relaxed);
@@ -78,7 +98,14 @@ impl Metrics {
         let map = self.requests.read().unwrap_or_else(|e| e.into_inner());
         let mut rows: Vec<_> = map
             .iter()
-            .map(|(k, v)| (k, v.load(Ordering::Relaxed)))
+            .flat_map(|(route, r)| {
+                r.iter().map(move |((method, status), n)| {
+                    (
+                        (route.as_str(), *method, *status),
+                        n.load(Ordering::Relaxed),
+                    )
+                })
+            })
             .collect();
         rows.sort();
         for ((route, method, status), n) in rows {
@@ -101,24 +128,12 @@ fn escape(s: &str) -> String {
 
 /// Middleware: counts every request after it is answered.
 pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string());
-    let method = req.method().clone();
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let method = method_label(req.method().as_str());
     let resp = next.run(req).await;
-    // Only standard methods get their own label; anything else is lumped together.
-    let m = if matches!(
-        method.as_str(),
-        "GET" | "HEAD" | "POST" | "PUT" | "DELETE" | "PATCH" | "OPTIONS"
-    ) {
-        method.as_str()
-    } else {
-        "OTHER"
-    };
     state.metrics.count(
-        route.as_deref().unwrap_or("unmatched"),
-        m,
+        route.as_ref().map_or("unmatched", |p| p.as_str()),
+        method,
         resp.status().as_u16(),
     );
     resp

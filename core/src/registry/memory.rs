@@ -7,12 +7,13 @@
 //! and no answer ever contains an expired node.
 
 use std::collections::BTreeMap;
+use std::fmt::Write;
 use std::ops::Bound;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use indexmap::IndexSet;
+use indexmap::IndexMap;
 use tokio::time::Instant;
 
 use super::{
@@ -59,17 +60,23 @@ pub struct RegistryStats {
 
 struct NodeEntry {
     record: NodeRecord,
+    /// `record` as JSON, rendered when it changes: answers copy it instead of encoding
+    /// every holder on every request.
+    json: Arc<str>,
     last_seen: Instant,
     /// Non-empty, sorted have-sets.
     holdings: BTreeMap<VideoId, Vec<FragmentIndex>>,
     fragments: u64,
 }
 
+/// The live holders of one fragment with their pre-rendered records: an IndexMap, so
+/// that removal is O(1), a random sample O(sample), and an answer needs no other lookup.
+type HolderSet = IndexMap<NodeId, Arc<str>>;
+
 struct VideoEntry {
     manifest: Arc<Manifest>,
-    /// Per fragment, the live nodes holding it; an IndexSet so that removal is O(1) and
-    /// a random sample is O(sample).
-    holders: Vec<IndexSet<NodeId>>,
+    /// Per fragment, the live nodes holding it.
+    holders: Vec<HolderSet>,
     /// Nodes holding at least one fragment.
     nodes: u64,
 }
@@ -142,10 +149,10 @@ impl State {
         self.nodes.get(id).map(|n| n.record.clone())
     }
 
-    fn sample(&self, set: &IndexSet<NodeId>, count: usize) -> Vec<NodeRecord> {
+    fn sample(&self, set: &HolderSet, count: usize) -> Vec<NodeRecord> {
         sample_positions(set.len(), count)
             .into_iter()
-            .filter_map(|p| set.get_index(p).and_then(|id| self.record(id)))
+            .filter_map(|p| set.get_index(p).and_then(|(id, _)| self.record(id)))
             .collect()
     }
 
@@ -173,6 +180,85 @@ impl State {
             videos: n.holdings.len() as u64,
             fragments: n.fragments,
         }
+    }
+
+    /// The (video, fragment) keys of one listing page, and the cursor of the next page.
+    #[allow(clippy::type_complexity)]
+    fn fragment_keys(
+        &self,
+        q: &FragmentQuery,
+    ) -> Result<(Vec<(VideoId, FragmentIndex)>, Option<FragmentCursor>), RegistryError> {
+        let limit = q.limit.clamp(1, MAX_PAGE);
+        if let Some(v) = q.video {
+            self.videos.get(&v).ok_or(RegistryError::UnknownVideo(v))?;
+        }
+        let holdings = match q.node {
+            Some(node) => Some(
+                &self
+                    .nodes
+                    .get(&node)
+                    .ok_or(RegistryError::UnknownNode(node))?
+                    .holdings,
+            ),
+            None => None,
+        };
+        // Resume after the cursor: skip its video's indices up to and including its own.
+        let skip = |video: VideoId, index: FragmentIndex| {
+            q.after
+                .is_some_and(|c| c.video == video && index <= c.index)
+        };
+        let video_range = match (q.video, q.after.map(|c| c.video)) {
+            (Some(v), Some(c)) if c > v => return Ok((Vec::new(), None)),
+            (Some(v), _) => (Bound::Included(v), Bound::Included(v)),
+            (None, Some(c)) => (Bound::Included(c), Bound::Unbounded),
+            (None, None) => (Bound::Unbounded, Bound::Unbounded),
+        };
+        let mut keys = Vec::with_capacity(limit.min(1024));
+        // One more than a page tells whether there is a next page.
+        let mut add = |video: VideoId, index: FragmentIndex| {
+            keys.push((video, index));
+            keys.len() <= limit
+        };
+        match holdings {
+            Some(h) => {
+                'outer: for (&video, have) in h.range(video_range) {
+                    for &index in have.iter().filter(|&&i| !skip(video, i)) {
+                        if !add(video, index) {
+                            break 'outer;
+                        }
+                    }
+                }
+            }
+            None => {
+                'outer: for (&video, v) in self.videos.range(video_range) {
+                    for index in (0..v.manifest.fragment_count).filter(|&i| !skip(video, i)) {
+                        if !add(video, index) {
+                            break 'outer;
+                        }
+                    }
+                }
+            }
+        }
+        let next = if keys.len() > limit {
+            keys.truncate(limit);
+            keys.last()
+                .map(|&(video, index)| FragmentCursor { video, index })
+        } else {
+            None
+        };
+        Ok((keys, next))
+    }
+
+    /// Appends a JSON array of a random sample of `set`'s records.
+    fn sample_json(set: &HolderSet, count: usize, out: &mut String) {
+        out.push('[');
+        for (k, p) in sample_positions(set.len(), count).into_iter().enumerate() {
+            if k > 0 {
+                out.push(',');
+            }
+            out.push_str(set.get_index(p).expect("position in range").1);
+        }
+        out.push(']');
     }
 
     fn entry(&self, video: VideoId, index: FragmentIndex, sample: usize) -> FragmentEntry {
@@ -262,31 +348,48 @@ impl MemoryRegistry {
         node: &NodeRegistration,
     ) -> Result<Lease, RegistryError> {
         validate_registration(node)?;
-        let mut g = self.write();
-        let now = Instant::now();
         let record = NodeRecord {
             id,
             name: node.name.clone(),
             addrs: node.addrs.clone(),
             http: node.http.clone(),
         };
-        let new = match g.nodes.get_mut(&id) {
+        // Rendered before taking the lock; a heartbeat that changes nothing keeps the old one.
+        let json: Arc<str> = serde_json::to_string(&record)
+            .expect("a node record always serializes")
+            .into();
+        let mut g = self.write();
+        let now = Instant::now();
+        let state = &mut *g;
+        let new = match state.nodes.get_mut(&id) {
             Some(n) => {
-                n.record = record;
+                if n.json != json {
+                    // The holder sets carry the record too: refresh it where the node holds.
+                    for (video, have) in &n.holdings {
+                        if let Some(v) = state.videos.get_mut(video) {
+                            for &i in have {
+                                v.holders[i as usize].insert(id, json.clone());
+                            }
+                        }
+                    }
+                    n.record = record;
+                    n.json = json;
+                }
                 n.last_seen = now;
                 false
             }
             None => {
-                if g.nodes.len() >= self.config.max_nodes {
+                if state.nodes.len() >= self.config.max_nodes {
                     return Err(RegistryError::Full(format!(
                         "{} nodes registered (the limit)",
                         self.config.max_nodes
                     )));
                 }
-                g.nodes.insert(
+                state.nodes.insert(
                     id,
                     NodeEntry {
                         record,
+                        json,
                         last_seen: now,
                         holdings: BTreeMap::new(),
                         fragments: 0,
@@ -344,7 +447,7 @@ impl MemoryRegistry {
                     a += 1;
                 }
                 (_, Some(&y)) => {
-                    v.holders[y as usize].insert(id);
+                    v.holders[y as usize].insert(id, node.json.clone());
                     b += 1;
                 }
                 // Covered by the first removal arm; the loop condition excludes (None, None).
@@ -392,6 +495,39 @@ impl MemoryRegistry {
         })
     }
 
+    /// [`MemoryRegistry::holders`] rendered as the JSON of [`Holders`], from each node's
+    /// pre-rendered record.
+    pub fn holders_json(
+        &self,
+        video: VideoId,
+        index: FragmentIndex,
+        limit: usize,
+    ) -> Result<String, RegistryError> {
+        let g = self.read();
+        let v = g
+            .videos
+            .get(&video)
+            .ok_or(RegistryError::UnknownVideo(video))?;
+        let set = v
+            .holders
+            .get(index as usize)
+            .ok_or(RegistryError::UnknownFragment {
+                video,
+                index,
+                count: v.manifest.fragment_count,
+            })?;
+        let limit = limit.min(MAX_LOCATE);
+        let mut out = String::with_capacity(128 + limit.min(set.len()) * 200);
+        let _ = write!(
+            out,
+            r#"{{"video":"{video}","index":{index},"total":{},"peers":"#,
+            set.len()
+        );
+        State::sample_json(set, limit, &mut out);
+        out.push('}');
+        Ok(out)
+    }
+
     /// Registers a video; `claimed` is the id the caller expects. Returns the id and
     /// whether it was new.
     pub fn insert_video(
@@ -410,7 +546,7 @@ impl MemoryRegistry {
                 self.config.max_videos
             )));
         }
-        let holders = vec![IndexSet::new(); manifest.fragment_count as usize];
+        let holders = vec![HolderSet::default(); manifest.fragment_count as usize];
         g.videos.insert(
             id,
             VideoEntry {
@@ -511,68 +647,51 @@ impl MemoryRegistry {
     /// or those one node holds) with its holder count and a random sample of holders.
     pub fn fragments(&self, q: &FragmentQuery) -> Result<FragmentPage, RegistryError> {
         let g = self.read();
-        let limit = q.limit.clamp(1, MAX_PAGE);
+        let (keys, next) = g.fragment_keys(q)?;
         let sample = q.sample.min(MAX_SAMPLE);
-        if let Some(v) = q.video {
-            g.videos.get(&v).ok_or(RegistryError::UnknownVideo(v))?;
-        }
-        // The fragments in listing order, resumed after the cursor.
-        let start_video = q.after.map(|c| c.video);
-        let skip = |video: VideoId, index: FragmentIndex| {
-            q.after
-                .is_some_and(|c| c.video == video && index <= c.index)
-        };
-        let mut out = Vec::with_capacity(limit.min(256));
-        let mut more = false;
-        let mut push = |video: VideoId, index: FragmentIndex, out: &mut Vec<FragmentEntry>| {
-            if out.len() == limit {
-                more = true;
-                return false;
-            }
-            out.push(g.entry(video, index, sample));
-            true
-        };
-        let video_range = match (q.video, start_video) {
-            (Some(v), Some(c)) if c > v => (Bound::Excluded(v), Bound::Excluded(v)),
-            (Some(v), _) => (Bound::Included(v), Bound::Included(v)),
-            (None, Some(c)) => (Bound::Included(c), Bound::Unbounded),
-            (None, None) => (Bound::Unbounded, Bound::Unbounded),
-        };
-        if let Some(node) = q.node {
-            let n = g.nodes.get(&node).ok_or(RegistryError::UnknownNode(node))?;
-            if !matches!(video_range, (Bound::Excluded(_), Bound::Excluded(_))) {
-                'outer: for (&video, have) in n.holdings.range(video_range) {
-                    for &index in have.iter().filter(|&&i| !skip(video, i)) {
-                        if !push(video, index, &mut out) {
-                            break 'outer;
-                        }
-                    }
-                }
-            }
-        } else if !matches!(video_range, (Bound::Excluded(_), Bound::Excluded(_))) {
-            'outer: for (&video, v) in g.videos.range(video_range) {
-                for index in (0..v.manifest.fragment_count).filter(|&i| !skip(video, i)) {
-                    if !push(video, index, &mut out) {
-                        break 'outer;
-                    }
-                }
-            }
-        }
-        let next_cursor = if more {
-            out.last().map(|e| {
-                FragmentCursor {
-                    video: e.video,
-                    index: e.index,
-                }
-                .to_string()
-            })
-        } else {
-            None
-        };
         Ok(FragmentPage {
-            fragments: out,
-            next_cursor,
+            fragments: keys
+                .into_iter()
+                .map(|(v, i)| g.entry(v, i, sample))
+                .collect(),
+            next_cursor: next.map(|c| c.to_string()),
         })
+    }
+
+    /// [`MemoryRegistry::fragments`] rendered as the JSON of a [`FragmentPage`], from
+    /// each node's pre-rendered record (what a server sends; no per-request encoding
+    /// of the holders).
+    pub fn fragments_json(&self, q: &FragmentQuery) -> Result<String, RegistryError> {
+        let g = self.read();
+        let (keys, next) = g.fragment_keys(q)?;
+        let sample = q.sample.min(MAX_SAMPLE);
+        let mut out = String::with_capacity(32 + keys.len() * (160 + sample * 200));
+        out.push_str(r#"{"fragments":["#);
+        let mut last_video: Option<(VideoId, String)> = None;
+        for (n, (video, index)) in keys.into_iter().enumerate() {
+            if n > 0 {
+                out.push(',');
+            }
+            if last_video.as_ref().is_none_or(|(v, _)| *v != video) {
+                last_video = Some((video, video.to_string()));
+            }
+            let hex = &last_video.as_ref().expect("set above").1;
+            let set = &g.videos[&video].holders[index as usize];
+            let _ = write!(
+                out,
+                r#"{{"video":"{hex}","index":{index},"file":"{}","holders":{},"sample":"#,
+                fragment_file_name(index),
+                set.len()
+            );
+            State::sample_json(set, sample, &mut out);
+            out.push('}');
+        }
+        out.push(']');
+        if let Some(c) = next {
+            let _ = write!(out, r#","next_cursor":"{c}""#);
+        }
+        out.push('}');
+        Ok(out)
     }
 }
 
@@ -826,6 +945,88 @@ mod tests {
                 ..Default::default()
             }),
             Err(RegistryError::UnknownNode(unknown))
+        );
+    }
+
+    #[test]
+    fn json_renderings_match_the_typed_answers() {
+        let r = MemoryRegistry::default();
+        let v1 = r.insert_video(&manifest("a", 3), None).unwrap().0;
+        let v2 = r.insert_video(&manifest("b", 2), None).unwrap().0;
+        for i in 1..=3 {
+            let (id, mut reg) = node(i);
+            reg.http = (i != 2).then(|| format!("http://h{i}:80"));
+            r.register_node(id, &reg).unwrap();
+            r.set_have(id, v1, &[0, 2]).unwrap();
+            r.set_have(id, v2, &[1]).unwrap();
+        }
+        let sorted = |mut h: Holders| {
+            h.peers.sort_by_key(|p| p.id);
+            h
+        };
+        let json: Holders = serde_json::from_str(&r.holders_json(v1, 2, 50).unwrap()).unwrap();
+        assert_eq!(sorted(json), sorted(r.holders(v1, 2, 50).unwrap()));
+        let json: Holders = serde_json::from_str(&r.holders_json(v1, 1, 50).unwrap()).unwrap();
+        assert_eq!(json, r.holders(v1, 1, 50).unwrap());
+        assert_eq!(
+            r.holders_json(v1, 9, 5).unwrap_err(),
+            r.holders(v1, 9, 5).unwrap_err()
+        );
+        for q in [
+            FragmentQuery {
+                limit: 2,
+                sample: 20,
+                ..Default::default()
+            },
+            FragmentQuery {
+                limit: 100,
+                sample: 20,
+                ..Default::default()
+            },
+            FragmentQuery {
+                limit: 1,
+                sample: 0,
+                video: Some(v2),
+                ..Default::default()
+            },
+            FragmentQuery {
+                limit: 10,
+                sample: 20,
+                node: Some(node(1).0),
+                ..Default::default()
+            },
+        ] {
+            let sort = |mut p: FragmentPage| {
+                p.fragments
+                    .iter_mut()
+                    .for_each(|e| e.sample.sort_by_key(|n| n.id));
+                p
+            };
+            let json: FragmentPage = serde_json::from_str(&r.fragments_json(&q).unwrap()).unwrap();
+            assert_eq!(sort(json), sort(r.fragments(&q).unwrap()), "{q:?}");
+        }
+        // A node that re-registers with new addresses is answered with them everywhere.
+        let (id, mut reg) = node(1);
+        reg.name = "renamed".into();
+        reg.addrs = vec!["tcp://192.0.2.1:7000".parse().unwrap()];
+        r.register_node(id, &reg).unwrap();
+        let json: Holders = serde_json::from_str(&r.holders_json(v2, 1, 50).unwrap()).unwrap();
+        let p = json.peers.iter().find(|p| p.id == id).unwrap();
+        assert_eq!((p.name.as_str(), &p.addrs), ("renamed", &reg.addrs));
+        let page: FragmentPage = serde_json::from_str(
+            &r.fragments_json(&FragmentQuery {
+                limit: 10,
+                sample: 20,
+                node: Some(id),
+                ..Default::default()
+            })
+            .unwrap(),
+        )
+        .unwrap();
+        assert!(
+            page.fragments
+                .iter()
+                .all(|e| e.sample.iter().any(|p| p.id == id && p.name == "renamed"))
         );
     }
 

@@ -1,7 +1,8 @@
 //! `GET /fragments`: the original manager's endpoint, now over every video in the swarm.
 
-use axum::Json;
 use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use fragnet_core::registry::{FragmentCursor, FragmentPage, FragmentQuery, MAX_PAGE, MAX_SAMPLE};
 use fragnet_core::{NodeId, VideoId};
 use serde::Deserialize;
@@ -70,7 +71,7 @@ pub fn page_limit(limit: Option<u32>, default: u32, max: usize) -> Result<usize,
 async fn list_fragments(
     State(state): State<AppState>,
     ApiQuery(p): ApiQuery<FragmentsParams>,
-) -> ApiResult<Json<FragmentPage>> {
+) -> ApiResult<Response> {
     let limit = page_limit(p.limit, DEFAULT_PAGE, MAX_PAGE)?;
     let sample = p.sample.unwrap_or(DEFAULT_SAMPLE) as usize;
     if sample > MAX_SAMPLE {
@@ -91,7 +92,8 @@ async fn list_fragments(
         limit,
         sample,
     };
-    Ok(Json(state.registry.fragments(&q)?))
+    let body = state.registry.fragments_json(&q)?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 /// The `/fragments` routes.

@@ -196,7 +196,7 @@ async fn fragment_peers(
     State(state): State<AppState>,
     Path((id, index)): Path<(String, String)>,
     ApiQuery(p): ApiQuery<PeersParams>,
-) -> ApiResult<Json<Holders>> {
+) -> ApiResult<Response> {
     let video = video_id(&id)?;
     let index = fragment_index(&index)?;
     let limit = p.limit.map_or(DEFAULT_LOCATE, |l| l as usize);
@@ -205,7 +205,9 @@ async fn fragment_peers(
             "limit must be at most {MAX_LOCATE}"
         )));
     }
-    Ok(Json(state.registry.holders(video, index, limit)?))
+    // The hot path of every fetch: rendered from pre-encoded node records.
+    let body = state.registry.holders_json(video, index, limit)?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 /// The `/videos` routes.
