@@ -19,7 +19,7 @@ nginx's one worker) and with the default (one per core).
 
 Usage: bench/manager.py [--secs 5] [--rounds 3] [--conns 32] [--workdir DIR]
 Needs: wrk, nginx (Debian packages; the system service is not used: nginx runs from a
-temporary prefix on a free port). Builds the release `serve` example here.
+temporary prefix on a free port). Builds the release `fragnet` binary here and runs `fragnet manager`.
 Not a test: never run in CI. Results go to BENCHMARKS.md by hand, with this command.
 """
 import argparse, http.client, json, os, re, shutil, socket, statistics, subprocess, sys, time
@@ -157,7 +157,7 @@ def start_manager(binary, w, workers):
         env["TOKIO_WORKER_THREADS"] = str(workers)
     data = os.path.join(w, f"manager-{workers or 'default'}")
     shutil.rmtree(data, ignore_errors=True)
-    p = subprocess.Popen([binary, "--listen", f"127.0.0.1:{port}", "--data", data, "--ttl", "3600"],
+    p = subprocess.Popen([binary, "manager", "--listen", f"127.0.0.1:{port}", "--data", data, "--ttl", "3600"],
                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_http(port, "/health")
     return p, port
@@ -173,9 +173,9 @@ def main():
     for tool in ["wrk", "nginx"]:
         if not shutil.which(tool):
             sys.exit(f"missing {tool}: apt-get install wrk nginx")
-    subprocess.run(["cargo", "build", "--release", "--locked", "-p", "fragnet-manager", "--example", "serve"], cwd=ROOT, check=True)
+    subprocess.run(["cargo", "build", "--release", "--locked", "-p", "fragnet"], cwd=ROOT, check=True)
     target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
-    binary = os.path.join(target, "release", "examples", "serve")
+    binary = os.path.join(target, "release", "fragnet")
     os.makedirs(a.workdir, exist_ok=True)
     procs = []
     try:
