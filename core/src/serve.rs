@@ -223,8 +223,15 @@ impl ServeContext {
     ) -> Result<(), ProtocolError> {
         let mut pos = offset;
         let end = offset + length;
+        // Under an upload limit, pieces worth ~50 ms of budget: every response sharing
+        // the limit then makes steady progress instead of one waiting out the others'
+        // large pieces (and the client's no-progress timeout).
+        let piece = match &self.upload {
+            Some(rl) => ((rl.rate() / 20) as usize).clamp(4096, BODY_PIECE),
+            None => BODY_PIECE,
+        };
         while pos < end {
-            let n = ((end - pos) as usize).min(BODY_PIECE);
+            let n = ((end - pos) as usize).min(piece);
             let piece = self
                 .store
                 .read(video, index, pos, n)

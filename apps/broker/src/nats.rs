@@ -29,8 +29,6 @@ use tracing::{info, warn};
 use crate::token::AuthToken;
 use crate::{BrokerError, seconds};
 
-/// The environment variable the NATS token is read from when neither `token` nor
-
 /// How to reach NATS. Every field has a default.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

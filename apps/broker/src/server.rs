@@ -44,8 +44,6 @@ use crate::wire::{
 };
 use crate::{BrokerError, seconds};
 
-/// The environment variable a token is read from when neither `token` nor `token_file`
-
 /// The broker's default listen address (the original project's port).
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:5555";
 
