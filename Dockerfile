@@ -13,8 +13,9 @@ FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked -p fragnet \
- && mkdir -p /out/data \
+ && mkdir -p /out/volume/data \
  && cp target/release/fragnet /out/fragnet \
+ && strip --strip-debug /out/fragnet \
  && /out/fragnet split media/demo.mp4 --out /out/demo-fragments
 
 FROM ${RUNTIME_BASE}
@@ -23,12 +24,12 @@ COPY configs/ /etc/fragnet/configs/
 COPY media/demo.mp4 /usr/share/fragnet/demo.mp4
 COPY --from=build /out/demo-fragments /usr/share/fragnet/demo-fragments
 # Named volumes mounted on /data start as a copy of this directory, owner included.
-COPY --from=build --chown=65532:65532 /out/data /data
+# (Copying the parent makes --chown apply to /data itself, also on the legacy builder.)
+COPY --from=build --chown=65532:65532 /out/volume/ /
 ENV PATH=/usr/local/bin:/usr/bin:/bin
 USER 65532:65532
 WORKDIR /data
-# 5001 manager (REST, Swagger UI at /apidocs), 5555 broker, 6001-6004 peers (TCP and
-# UDP for QUIC), 8001-8004 peers' HTTP (player, stream, health, metrics).
-EXPOSE 5001 5555 6001-6004 6001-6004/udp 8001-8004
+# No EXPOSE: one image plays every role, each on its own ports (docker-compose.yml):
+# 5001 manager, 5555 broker, 600x peers (TCP, and UDP for QUIC), 800x peers' HTTP.
 ENTRYPOINT ["/usr/local/bin/fragnet"]
 CMD ["--help"]

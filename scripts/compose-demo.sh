@@ -13,16 +13,18 @@
 # Needs: a Docker engine, `docker compose` or `docker-compose` (v1.29+), cargo, curl,
 # python3. Exits non-zero on any failure, after printing the containers' logs.
 # Tunables (environment): FRAGNET_IMAGE (default fragnet:latest), FRAGNET_SEEDER_RATE
-# (default 40KB per second), FRAGNET_COMPOSE_PROJECT (default fragnet-demo-ci),
+# (default 200KB per second), FRAGNET_COMPOSE_PROJECT (default fragnet-demo-ci),
 # FRAGNET_DEMO_TIMEOUT (seconds for the whole distribution, default 240).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 project="${FRAGNET_COMPOSE_PROJECT:-fragnet-demo-ci}"
 export FRAGNET_IMAGE="${FRAGNET_IMAGE:-fragnet:latest}"
-# Slow enough that the swarm is still busy when peer3 is killed (the clip is 1.5 MB:
-# the seeder needs ~40 s to upload every fragment once), fast enough for CI.
-export FRAGNET_SEEDER_RATE="${FRAGNET_SEEDER_RATE:-40KB}"
+# Slow enough that the swarm is still busy when peer3 is killed (the clip is 1.5 MB;
+# peer1 on TCP and peer2 on QUIC share no transport, so the seeder uploads it about
+# twice: ~15 s), and fast enough that no request waits for its turn longer than the
+# peers' 20 s I/O timeout (3 peers x 4 requests x 150 KB fragments / rate < 20 s).
+export FRAGNET_SEEDER_RATE="${FRAGNET_SEEDER_RATE:-200KB}"
 # Published ports on loopback, on whatever host ports are free (CI machines run other
 # services on 5001 and 8001-8004); `compose port` tells which.
 export FRAGNET_BIND=127.0.0.1 FRAGNET_MANAGER_PORT= FRAGNET_SEEDER_HTTP_PORT= \
@@ -81,9 +83,11 @@ docker/build-base-image.sh "$bin" fragnet-base:local
 
 say "building $FRAGNET_IMAGE from docker/Dockerfile.prebuilt"
 cp "$bin" "$staging/fragnet"
+# Debug line tables are most of the release binary's size; symbols stay for backtraces.
+if command -v strip >/dev/null; then strip --strip-debug "$staging/fragnet"; fi
 cp -r configs "$staging/configs"
 cp media/demo.mp4 "$staging/demo.mp4"
-mkdir "$staging/data"
+mkdir -p "$staging/volume/data"
 "$bin" -q split media/demo.mp4 --fragments "$fragments" --out "$staging/demo-fragments" >/dev/null
 docker build -q --build-arg BASE=fragnet-base:local -f docker/Dockerfile.prebuilt \
   -t "$FRAGNET_IMAGE" "$staging" >/dev/null
@@ -127,6 +131,7 @@ for n in nodes:
     print(n["name"], held, n["id"])
 PY
 }
+http_port() { case $1 in seeder) echo 8001 ;; peer1) echo 8002 ;; peer2) echo 8003 ;; peer3) echo 8004 ;; esac; }
 count_of() { awk -v n="$1" '$1 == n { if ($2 > c) c = $2 } END { print c + 0 }' <<<"$2"; }
 
 say "waiting for the seeder to register the demo video"
@@ -162,8 +167,8 @@ while :; do
     vc="$(count_of "$victim" "$st")"
     total=0
     for p in "${peers[@]}"; do total=$((total + $(count_of "$p" "$st"))); done
-    # Midway: the victim has taken part (holds something), the swarm is not done.
-    if [ "$vc" -ge 1 ] || [ "$total" -ge $(( ${#peers[@]} * fragments / 3 )) ]; then
+    # Midway: the victim has taken part (holds some), the swarm is not done.
+    if [ "$vc" -ge 2 ] || [ "$total" -ge $(( ${#peers[@]} * fragments / 3 )) ]; then
       incomplete=0
       for p in "${peers[@]}"; do
         [ "$p" = "$victim" ] && continue
@@ -203,6 +208,16 @@ for n in json.load(sys.stdin)["nodes"]:
 done
 expired_after=$((SECONDS - up_at - killed_at))
 
+# The survivors serve the whole clip, byte for byte, on their published player ports.
+for p in "${peers[@]}"; do
+  [ "$p" = "$victim" ] && continue
+  port="$("${dc[@]}" port "$p" "$(http_port "$p")" | tail -n1)"
+  curl -fsS --max-time 30 "http://$port/videos/$video/stream" -o "$staging/$p.mp4" \
+    || die "GET http://$port/videos/$video/stream on $p failed"
+  cmp -s "$staging/$p.mp4" media/demo.mp4 || die "$p streams a video that differs from media/demo.mp4"
+  say "$p streams the whole clip, identical to media/demo.mp4 (http://$port/watch/$video)"
+done
+
 # The survivors are still healthy by their own healthchecks.
 for s in manager broker seeder "${peers[@]}"; do
   [ "$s" = "$victim" ] && continue
@@ -212,7 +227,7 @@ done
 
 echo
 echo "==== compose demo summary"
-echo "compose:        ${dc[*]:0:2}   image: $FRAGNET_IMAGE   seeder upload limit: $FRAGNET_SEEDER_RATE/s"
+echo "compose:        ${dc[*]:0:$(( ${#dc[@]} - 4 ))}   image: $FRAGNET_IMAGE   seeder upload limit: $FRAGNET_SEEDER_RATE/s"
 echo "video:          $video ($fragments fragments, media/demo.mp4)"
 echo "manager:        $manager  (Swagger UI $manager/apidocs)"
 for p in "${peers[@]}"; do
@@ -220,9 +235,9 @@ for p in "${peers[@]}"; do
     peer1) t="tcp" ;; peer2) t="quic" ;; peer3) t="tcp+quic" ;;
   esac
   if [ "$p" = "$victim" ]; then
-    printf '%-16s%s\n' "$p ($t):" "killed at ${killed_at}s holding $killed_with/$fragments; gone from the manager ${expired_after}s later"
+    printf '%-16s%s\n' "$p ($t):" "killed ${killed_at}s after up holding $killed_with/$fragments; gone from the manager ${expired_after}s later"
   else
-    printf '%-16s%s\n' "$p ($t):" "all $fragments fragments at ${done_at[$p]}s after up (per GET /fragments)"
+    printf '%-16s%s\n' "$p ($t):" "all $fragments fragments ${done_at[$p]}s after up (per GET /fragments); streams the clip intact"
   fi
 done
 echo "total:          $((SECONDS - t0))s (of which distribution $((SECONDS - up_at))s)"
