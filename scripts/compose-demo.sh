@@ -20,10 +20,8 @@ cd "$(dirname "$0")/.."
 
 project="${FRAGNET_COMPOSE_PROJECT:-fragnet-demo-ci}"
 export FRAGNET_IMAGE="${FRAGNET_IMAGE:-fragnet:latest}"
-# Slow enough that the swarm is still busy when peer3 is killed (the clip is 1.5 MB;
-# peer1 on TCP and peer2 on QUIC share no transport, so the seeder uploads it about
-# twice: ~15 s), and fast enough that no request waits for its turn longer than the
-# peers' 20 s I/O timeout (3 peers x 4 requests x 150 KB fragments / rate < 20 s).
+# Slow enough that the swarm is still busy when peer3 is killed (the clip is 1.5 MB),
+# fast enough that the demo stays short.
 export FRAGNET_SEEDER_RATE="${FRAGNET_SEEDER_RATE:-200KB}"
 # Published ports on loopback, on whatever host ports are free (CI machines run other
 # services on 5001 and 8001-8004); `compose port` tells which.
