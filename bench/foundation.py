@@ -87,7 +87,9 @@ def main():
         m = re.search(r"Fetched \d+ fragment\(s\), .* in ([0-9.]+)s", p.stdout)
         xfer_mbs = size / float(m.group(1)) / 1e6
         fetch_rss = max_rss_kib(p.stderr)
-        seeder.send_signal(signal.SIGTERM)
+        # GNU time does not forward signals: stop the peer itself, then time reports.
+        for child in open(f"/proc/{seeder.pid}/task/{seeder.pid}/children").read().split():
+            os.kill(int(child), signal.SIGTERM)
         _, err = seeder.communicate(timeout=30)
         seed_rss = max_rss_kib(err)
         same = subprocess.run(["cmp", big, os.path.join(w, "copy.bin")]).returncode == 0
