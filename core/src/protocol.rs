@@ -14,7 +14,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -314,24 +314,27 @@ impl PeerClient {
     /// Reads exactly `len` body bytes: first what the frame reader already buffered,
     /// then from the stream, each read bounded by the I/O timeout.
     async fn read_body(&mut self, len: u64) -> Result<Bytes, ProtocolError> {
-        let mut out = vec![0u8; len as usize];
+        let len = len as usize;
+        // Uninitialised capacity, filled by the reads: no zeroing pass over every chunk.
+        let mut out = BytesMut::with_capacity(len);
         let buffered = self.reader.read_buffer_mut();
-        let mut filled = buffered.len().min(out.len());
-        out[..filled].copy_from_slice(&buffered[..filled]);
-        buffered.advance(filled);
-        while filled < out.len() {
+        let take = buffered.len().min(len);
+        out.extend_from_slice(&buffered[..take]);
+        buffered.advance(take);
+        while out.len() < len {
+            let want = len - out.len();
+            let mut limited = (&mut out).limit(want);
             let n = timed(
                 self.timeouts.io,
                 "reading data",
-                self.reader.get_mut().read(&mut out[filled..]),
+                self.reader.get_mut().read_buf(&mut limited),
             )
             .await??;
             if n == 0 {
                 return Err(ProtocolError::Closed);
             }
-            filled += n;
         }
-        Ok(Bytes::from(out))
+        Ok(out.freeze())
     }
 
     /// The server's videos and what it holds of each.
