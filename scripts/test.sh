@@ -21,6 +21,12 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need_pkgs[@]}"
 fi
 
+# The broker test with 1,000 subscribers needs ~2,100 open files per process.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt 4096 ]; then
+  echo "warning: only $(ulimit -n) open files allowed; the 1,000-subscriber broker test needs ~2,100" >&2
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
