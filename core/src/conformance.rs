@@ -927,6 +927,48 @@ pub async fn connection_limit(make: MakeTransports, listen: &str) {
     assert!(ok.is_some(), "served again once the first client left");
 }
 
+/// Under a low upload limit shared by many responses, every response keeps making
+/// progress: none waits out the others' bodies and hits the client's no-progress
+/// timeout (which once made rate-limited swarms retry forever).
+pub async fn upload_limit_keeps_every_response_moving(make: MakeTransports, listen: &str) {
+    let v = TestVideo::from_bytes("v.bin", &generated_bytes(200_000, 7), 12, 16384);
+    let server = TestNode::start(
+        make,
+        listen,
+        NodeOptions {
+            seed: Some((v.split_dir.clone(), None)),
+            upload: Some(40_000),
+            ..Default::default()
+        },
+    )
+    .await;
+    let client = TestNode::start(make, listen, NodeOptions::default()).await;
+    // 12 whole fragments at once, 200 KB at 40 KB/s: about 5 s in all, while a client
+    // gives up after 2 s without a byte.
+    let t = Timeouts {
+        io: Duration::from_secs(2),
+        ..Timeouts::default()
+    };
+    let gets = (0..12u32).map(|i| {
+        let (transports, addr, video) = (client.transports.clone(), server.addr.clone(), v.id());
+        let size = v.manifest.fragments[i as usize].size;
+        async move {
+            let mut s = crate::protocol::connect(&transports, &addr, t).await?;
+            s.get(video, i, 0, size).await
+        }
+    });
+    let results = within(60, "12 rate-limited gets", futures::future::join_all(gets)).await;
+    let original = std::fs::read(&v.input).unwrap();
+    for (i, r) in results.into_iter().enumerate() {
+        let f = &v.manifest.fragments[i];
+        let got = r.unwrap_or_else(|e| panic!("fragment {i} stalled under the upload limit: {e}"));
+        assert!(
+            got[..] == original[f.offset as usize..(f.offset + f.size) as usize],
+            "fragment {i} differs"
+        );
+    }
+}
+
 /// A client that says hello and then nothing is disconnected after the idle timeout,
 /// and a server that is not told otherwise keeps the session open.
 pub async fn idle_client_times_out(make: MakeTransports, listen: &str) {
@@ -1069,6 +1111,7 @@ macro_rules! transport_conformance {
             case!(connection_limit);
             case!(idle_client_times_out);
             case!(download_priorities);
+            case!(upload_limit_keeps_every_response_moving);
         }
     };
 }
