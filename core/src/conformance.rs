@@ -326,6 +326,14 @@ pub fn joined_bytes(node: &TestNode, video: VideoId) -> Vec<u8> {
 // ---------------------------------------------------------------------------------
 // The cases.
 
+/// Fails the test unless `r` is a typed refusal with `code`.
+fn assert_refused<T: std::fmt::Debug>(r: Result<T, ProtocolError>, code: ErrorCode) {
+    match r {
+        Err(ProtocolError::Remote { code: got, .. }) if got == code => {}
+        other => panic!("expected a {code:?} refusal, got {other:?}"),
+    }
+}
+
 /// Hello, listing, manifest, ranges, and error frames that leave the stream usable.
 pub async fn session_basics(make: MakeTransports, listen: &str) {
     let v = TestVideo::from_bytes("v.mp4", &generated_bytes(300_000, 1), 10, 8192);
@@ -357,45 +365,18 @@ pub async fn session_basics(make: MakeTransports, listen: &str) {
         &original[f3.offset as usize + 100..f3.offset as usize + 5100]
     );
 
-    let err = within(5, "get past end", s.get(v.id(), 3, f3.size - 10, 20))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            ProtocolError::Remote {
-                code: ErrorCode::NotAvailable,
-                ..
-            }
-        ),
-        "{err}"
+    assert_refused(
+        within(5, "get past end", s.get(v.id(), 3, f3.size - 10, 20)).await,
+        ErrorCode::NotAvailable,
     );
-    let err = within(5, "get index 99", s.get(v.id(), 99, 0, 10))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            ProtocolError::Remote {
-                code: ErrorCode::NoSuchFragment,
-                ..
-            }
-        ),
-        "{err}"
+    assert_refused(
+        within(5, "get index 99", s.get(v.id(), 99, 0, 10)).await,
+        ErrorCode::NoSuchFragment,
     );
     let unknown = VideoId(Digest::of(b"nothing"));
-    let err = within(5, "unknown video", s.manifest(unknown))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            ProtocolError::Remote {
-                code: ErrorCode::UnknownVideo,
-                ..
-            }
-        ),
-        "{err}"
+    assert_refused(
+        within(5, "unknown video", s.manifest(unknown)).await,
+        ErrorCode::UnknownVideo,
     );
     // After three refusals the same session still works.
     let again = within(5, "get again", s.get(v.id(), 0, 0, 10))
@@ -412,22 +393,10 @@ pub async fn unsupported_version(make: MakeTransports, listen: &str) {
         .await
         .unwrap();
     let stream = within(5, "open", conn.open_stream()).await.unwrap();
-    let err = within(
-        5,
-        "hello",
-        PeerClient::handshake_with_version(stream, Timeouts::default(), 99),
-    )
-    .await
-    .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            ProtocolError::Remote {
-                code: ErrorCode::UnsupportedVersion,
-                ..
-            }
-        ),
-        "{err}"
+    let hello = PeerClient::handshake_with_version(stream, Timeouts::default(), 99);
+    assert_refused(
+        within(5, "hello", hello).await,
+        ErrorCode::UnsupportedVersion,
     );
 }
 
