@@ -188,6 +188,7 @@ impl TestNode {
             default_video: None,
             upload: opts.upload.map(|r| Arc::new(RateLimiter::new(r))),
             timeouts,
+            exchange: None,
             stats: ServeStats::default(),
         });
         let listen: Vec<PeerAddr> = std::iter::once(listen)
@@ -650,6 +651,16 @@ async fn lie(
                     .get_mut()
                     .write_all(&vec![0x5A; length as usize])
                     .await?;
+            }
+            Ok(Request::Peers { video }) => {
+                s.send(
+                    &Response::Peers {
+                        video,
+                        peers: Vec::new(),
+                    },
+                    &t,
+                )
+                .await?
             }
             Err(_) => return Ok(()),
         }

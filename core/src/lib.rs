@@ -7,14 +7,18 @@
 //! - [`identity`]: a node's key pair and [`NodeId`].
 //! - [`transport`]: the [`Transport`] plugin trait (TCP, QUIC live in their own crates).
 //! - [`protocol`]: the peer wire protocol; [`serve`] answers it from a store.
+//! - [`discovery`]: who may hold a video: static peers, registry, events, peer exchange.
 //! - [`fetch`]: parallel, verified, resumable download from several peers.
-//! - [`node`]: accept loops, connection limits and orderly shutdown.
+//! - [`engine`]: the node's one download engine, one download per video.
+//! - [`node`]: the node's builder and handle: serving, discovery, engine, announcing.
 //! - [`registry`]: the [`Registry`] plugin trait (who holds what) and its in-memory implementation.
 //! - [`pubsub`]: the [`PubSub`] plugin trait, the in-process bus and fragment events.
 //!
 //! Core opens no concrete socket and knows no HTTP framework and no CLI.
 
 pub mod addr;
+pub mod discovery;
+pub mod engine;
 pub mod fetch;
 pub mod fsutil;
 pub mod identity;
@@ -34,6 +38,8 @@ pub mod transport;
 pub mod conformance;
 
 pub use addr::PeerAddr;
+pub use engine::{Downloads, Want};
+pub use node::{Node, NodeBuilder, NodeHandle};
 pub use ids::{FragmentIndex, NodeId, VideoId};
 pub use manifest::Manifest;
 pub use pubsub::{FragmentEvent, LocalPubSub, PubSub, PubSubError, Subscription};

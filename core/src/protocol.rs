@@ -33,6 +33,8 @@ pub const PROTOCOL_VERSION: u16 = 1;
 pub const MAX_REQUEST_FRAME: usize = 16 * 1024;
 /// Largest response frame a client reads (bodies are not frames).
 pub const MAX_RESPONSE_FRAME: usize = 4 << 20;
+/// Most addresses one peer-exchange answer carries; a client ignores the rest.
+pub const MAX_PEX_PEERS: usize = 32;
 /// Largest `get` body a client accepts in one response.
 pub const MAX_GET_LENGTH: u64 = 64 << 20;
 
@@ -62,6 +64,12 @@ pub enum Request {
         offset: u64,
         /// Number of bytes.
         length: u64,
+    },
+    /// Peers the server knows that may hold the video (peer exchange); answered by
+    /// [`Response::Peers`].
+    Peers {
+        /// Video.
+        video: VideoId,
     },
 }
 
@@ -122,6 +130,14 @@ pub enum Response {
         video: VideoId,
         /// Complete, verified fragments.
         fragments: Vec<FragmentIndex>,
+    },
+    /// Answer to [`Request::Peers`]: at most [`MAX_PEX_PEERS`] addresses with their
+    /// schemes (`tcp://…`, `quic://<id>@…`).
+    Peers {
+        /// Video.
+        video: VideoId,
+        /// Addresses.
+        peers: Vec<String>,
     },
     /// A manifest's canonical bytes follow.
     Manifest {
@@ -353,6 +369,22 @@ impl PeerClient {
             Response::Have { fragments, .. } => Ok(fragments),
             other => Err(ProtocolError::Malformed(format!(
                 "expected have, got {other:?}"
+            ))),
+        }
+    }
+
+    /// Peers the server knows that may hold `video` (peer exchange). Addresses that do
+    /// not parse or name no scheme are dropped; at most [`MAX_PEX_PEERS`] are kept.
+    pub async fn peers(&mut self, video: VideoId) -> Result<Vec<PeerAddr>, ProtocolError> {
+        match self.call(&Request::Peers { video }).await? {
+            Response::Peers { peers, .. } => Ok(peers
+                .iter()
+                .take(MAX_PEX_PEERS)
+                .filter(|a| a.contains("://"))
+                .filter_map(|a| a.parse::<PeerAddr>().ok())
+                .collect()),
+            other => Err(ProtocolError::Malformed(format!(
+                "expected peers, got {other:?}"
             ))),
         }
     }

@@ -48,8 +48,17 @@ pub struct ServeContext {
     pub upload: Option<Arc<RateLimiter>>,
     /// Timeouts.
     pub timeouts: Timeouts,
+    /// Who this node tells peers about when they ask (peer exchange); `None` answers
+    /// an empty list.
+    pub exchange: Option<Arc<dyn PeerDirectory>>,
     /// Counters.
     pub stats: ServeStats,
+}
+
+/// The holders of a video a node has heard of, for peer exchange.
+pub trait PeerDirectory: Send + Sync {
+    /// At most `limit` addresses of peers that may hold `video`, the best first.
+    fn peers_of(&self, video: VideoId, limit: usize) -> Vec<crate::addr::PeerAddr>;
 }
 
 impl std::fmt::Debug for ServeContext {
@@ -337,6 +346,17 @@ impl ServeContext {
                         .await
                     }
                 },
+                Ok(Request::Peers { video }) => {
+                    let peers = self
+                        .exchange
+                        .as_ref()
+                        .map(|d| d.peers_of(video, crate::protocol::MAX_PEX_PEERS))
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|a| a.to_string())
+                        .collect();
+                    s.send(&Response::Peers { video, peers }, &t).await
+                }
                 Ok(Request::Manifest { video }) => match self.store.manifest(video) {
                     None => {
                         self.refuse(

@@ -1,18 +1,19 @@
-//! Assembly of a node from configuration: identity, store, transports, serving side and
-//! fetcher. Every role (peer, fetch, later demo and run) starts nodes through here.
+//! Configuration to node: the binary's one assembly path. It opens the identity and
+//! store, builds the transport, registry and pub/sub plugins the configuration names,
+//! and hands them to core's `Node::builder`, with the HTTP side as a node service.
+//! `fragnet peer`, `run`, `demo` and `fetch` all start their node with [`start_node`].
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
-use fragnet_core::fetch::{FetchOptions, Fetcher, PeerPool};
+use anyhow::{Context, Result, anyhow, bail};
+use fragnet_core::fetch::FetchOptions;
 use fragnet_core::identity::Identity;
-use fragnet_core::node::{ServeHandle, ServeLimits, serve};
+use fragnet_core::node::{Advertise, Node, NodeError, NodeHandle, ServeLimits};
 use fragnet_core::protocol::Timeouts;
-use fragnet_core::ratelimit::RateLimiter;
-use fragnet_core::serve::{ServeContext, ServeStats};
-use fragnet_core::{FragmentStore, PeerAddr, Transports};
+use fragnet_core::registry::Registry;
+use fragnet_core::{FragmentIndex, FragmentStore, PeerAddr, PubSub, Transports};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -86,17 +87,6 @@ pub async fn open_local(data_dir: PathBuf) -> Result<Local> {
     .expect("opening the store does not panic")
 }
 
-/// A fetcher for a node.
-pub fn fetcher(cfg: &Config, local: &Local, transports: Transports) -> Fetcher {
-    let pool = Arc::new(PeerPool::new(transports, timeouts(cfg)));
-    let opts = FetchOptions {
-        concurrency: cfg.limits.concurrency,
-        per_peer: cfg.limits.per_peer,
-        ..FetchOptions::default()
-    };
-    Fetcher::new(local.store.clone(), pool, opts)
-}
-
 /// The display name: configured, else host and port.
 pub fn display_name(cfg: &Config, listen: &[PeerAddr]) -> String {
     if let Some(n) = &cfg.name {
@@ -111,77 +101,244 @@ pub fn display_name(cfg: &Config, listen: &[PeerAddr]) -> String {
     }
 }
 
-/// Starts serving the store on every listen address.
-pub async fn start_serving(
-    cfg: &Config,
-    local: &Local,
-    transports: &Transports,
-    listen: &[PeerAddr],
-    cancel: CancellationToken,
-) -> Result<(ServeHandle, Arc<ServeContext>)> {
-    let ctx = Arc::new(ServeContext {
-        store: local.store.clone(),
-        node_id: local.identity.node_id(),
-        name: display_name(cfg, listen),
-        default_video: cfg.default_video,
-        upload: cfg.upload_rate().map(|r| Arc::new(RateLimiter::new(r))),
-        timeouts: timeouts(cfg),
-        stats: ServeStats::default(),
-    });
-    let limits = ServeLimits {
-        max_connections: cfg.limits.max_connections,
-        shutdown_grace: Duration::from_secs(cfg.limits.shutdown_grace_secs),
-    };
-    let handle = serve(transports, listen, ctx.clone(), limits, cancel)
-        .await
-        .map_err(|e| {
-            let hint = match &e {
-                fragnet_core::transport::TransportError::Listen { error, .. }
-                    if error.kind() == std::io::ErrorKind::AddrInUse =>
-                {
-                    " (another process uses that port: stop it or choose another with --listen)"
-                }
-                _ => "",
-            };
-            anyhow::anyhow!("{e}{hint}")
-        })?;
-    Ok((handle, ctx))
+/// Registry and pub/sub living in this process (`fragnet run`, `fragnet demo`), used
+/// for `registry = "memory"` and `pubsub = "local"`, and when no endpoint is configured.
+#[derive(Clone, Default)]
+pub struct InProcess {
+    /// The manager's registry, when the manager role runs here.
+    pub registry: Option<Arc<dyn Registry>>,
+    /// The in-process bus.
+    pub pubsub: Option<Arc<dyn PubSub>>,
 }
 
-/// Starts the peer's HTTP side when `http_listen` is set: the stream and player pages
-/// serve the store, and a player asking for a video not held completely starts its
-/// download from the configured peers.
-pub async fn start_http(
-    cfg: &Config,
-    local: &Local,
-    downloads: Arc<fragnet_http::Downloads>,
-    serve: Arc<ServeContext>,
-    cancel: CancellationToken,
-) -> Result<Option<fragnet_http::Handle>> {
-    let Some(http) = cfg.http()? else {
-        return Ok(None);
-    };
-    let listen = http.listen;
-    let state = fragnet_http::HttpState {
-        store: local.store.clone(),
-        node_id: local.identity.node_id(),
-        name: serve.name.clone(),
-        serve: Some(serve),
-        downloads: Some(downloads),
-    };
-    let handle = fragnet_http::spawn(http, state, cancel)
-        .await
-        .map_err(|e| {
-            let hint = match &e {
-                fragnet_http::HttpError::Bind { error, .. }
-                    if error.kind() == std::io::ErrorKind::AddrInUse =>
-                {
-                    " (another process uses that port: stop it or choose another with --http)"
+/// Resolves a token given inline or in a file (never both).
+fn token(inline: &Option<String>, file: &Option<PathBuf>, what: &str) -> Result<Option<String>> {
+    match (inline, file) {
+        (Some(_), Some(f)) => bail!(
+            "{what}: set token or token_file ({}), not both",
+            f.display()
+        ),
+        (Some(t), None) => Ok(Some(t.trim().to_string())),
+        (None, Some(f)) => {
+            let t = std::fs::read_to_string(f)
+                .with_context(|| format!("{what}: reading token_file {}", f.display()))?;
+            Ok(Some(t.lines().next().unwrap_or("").trim().to_string()))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+/// The registry plugin the configuration asks for.
+pub fn registry(cfg: &Config, here: &InProcess) -> Result<Option<Arc<dyn Registry>>> {
+    match cfg.registry.as_str() {
+        "none" => Ok(None),
+        "memory" => here
+            .registry
+            .clone()
+            .map(Some)
+            .ok_or_else(|| anyhow!("registry = \"memory\" needs the manager role in this process (fragnet run with roles = [\"manager\", ...])")),
+        _ => match &cfg.manager.url {
+            Some(url) => {
+                let t = token(&cfg.manager.token, &cfg.manager.token_file, "manager")?;
+                let r = fragnet_manager::HttpRegistry::new(url, t).map_err(|e| anyhow!("manager.url {url}: {e}"))?;
+                Ok(Some(Arc::new(r)))
+            }
+            None => Ok(here.registry.clone()),
+        },
+    }
+}
+
+/// The pub/sub plugin the configuration asks for.
+pub async fn pubsub(cfg: &Config, here: &InProcess) -> Result<Option<Arc<dyn PubSub>>> {
+    match cfg.pubsub.as_str() {
+        "none" => Ok(None),
+        "local" => here.pubsub.clone().map(Some).ok_or_else(|| {
+            anyhow!("pubsub = \"local\" works only inside one process (fragnet run, fragnet demo)")
+        }),
+        "nats" => {
+            let url = cfg.nats.url.clone().ok_or_else(|| {
+                anyhow!("pubsub = \"nats\" needs nats.url (e.g. nats://127.0.0.1:4222)")
+            })?;
+            let mut nc = fragnet_broker::NatsConfig::new(url.clone());
+            if let Some(t) = token(&cfg.nats.token, &cfg.nats.token_file, "nats")? {
+                nc.token = Some(
+                    fragnet_broker::AuthToken::new(&t).map_err(|e| anyhow!("nats token: {e}"))?,
+                );
+            }
+            let ps = fragnet_broker::NatsPubSub::connect(&nc)
+                .await
+                .with_context(|| format!("connecting to NATS at {url}"))?;
+            Ok(Some(Arc::new(ps)))
+        }
+        _ => match &cfg.broker.addr {
+            Some(addr) => {
+                let mut bc = fragnet_broker::BrokerClientConfig::new(addr.clone());
+                if let Some(t) = token(&cfg.broker.token, &cfg.broker.token_file, "broker")? {
+                    bc = bc.token(
+                        fragnet_broker::AuthToken::new(&t)
+                            .map_err(|e| anyhow!("broker token: {e}"))?,
+                    );
                 }
-                _ => "",
-            };
-            anyhow::anyhow!("{e}{hint}")
+                // No ping here: a broker that is down now is reconnected to later.
+                let ps = fragnet_broker::BrokerPubSub::new(&bc)
+                    .map_err(|e| anyhow!("broker.addr {addr}: {e}"))?;
+                Ok(Some(Arc::new(ps)))
+            }
+            None => Ok(here.pubsub.clone()),
+        },
+    }
+}
+
+/// This machine's address for others when a listener is bound to all interfaces: the
+/// first non-loopback IPv4 address the host name resolves to, else loopback.
+async fn own_host() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    if !host.is_empty()
+        && let Ok(addrs) = tokio::net::lookup_host((host.as_str(), 0)).await
+    {
+        for a in addrs {
+            if a.is_ipv4() && !a.ip().is_loopback() {
+                return a.ip().to_string();
+            }
+        }
+    }
+    "127.0.0.1".into()
+}
+
+/// `advertise` as the node builder takes it: full addresses as given; a bare host
+/// applied to every bound address; else the bound addresses with a wildcard host
+/// replaced by this machine's.
+async fn advertise(cfg: &Config, listen: &[PeerAddr]) -> Result<Advertise> {
+    let (full, hosts): (Vec<&String>, Vec<&String>) = cfg
+        .advertise
+        .iter()
+        .partition(|a| a.contains("://") || a.contains(':'));
+    if !full.is_empty() {
+        let addrs = full
+            .iter()
+            .map(|a| cfg.addr(a).with_context(|| format!("in advertise = {a:?}")))
+            .collect::<Result<Vec<_>>>()?;
+        return Ok(Advertise::Addrs(addrs));
+    }
+    if let Some(h) = hosts.first() {
+        return Ok(Advertise::Host(h.to_string()));
+    }
+    let wildcard = if listen.iter().any(|l| l.host == "0.0.0.0" || l.host == "::") {
+        own_host().await
+    } else {
+        "127.0.0.1".into()
+    };
+    Ok(Advertise::Bound { wildcard })
+}
+
+/// A split directory to import on start, optionally only some fragments.
+pub type Seed = (PathBuf, Option<Vec<FragmentIndex>>);
+
+/// What [`start_node`] needs besides the configuration.
+#[derive(Default)]
+pub struct NodeStart {
+    /// A split directory to import first.
+    pub seed: Option<Seed>,
+    /// Plugins living in this process.
+    pub here: InProcess,
+    /// Listen on `listen` (false: a node that only downloads, as `fragnet fetch`).
+    pub serve: bool,
+    /// The data directory when `data_dir` is unset (default: one per listen port).
+    pub default_data_dir: Option<PathBuf>,
+}
+
+/// A started node and where its files are.
+pub struct Started {
+    /// The node.
+    pub node: NodeHandle,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+}
+
+/// Opens the store (importing the seed), builds the plugins the configuration names
+/// and starts the node through core's builder: the one way this binary makes a node.
+pub async fn start_node(cfg: &Config, start: NodeStart, cancel: &CancellationToken) -> Result<Started> {
+    let listen = if start.serve {
+        cfg.listen_addrs()?
+    } else {
+        Vec::new()
+    };
+    let data_dir = match (&cfg.data_dir, start.default_data_dir) {
+        (Some(d), _) => d.clone(),
+        (None, Some(d)) => d,
+        (None, None) => cfg.data_dir_or_default("peer"),
+    };
+    let local = open_local(data_dir).await?;
+    info!(node_id = %local.identity.node_id(), data_dir = %local.data_dir.display(), "node identity");
+    if let Some((dir, only)) = start.seed {
+        let store = local.store.clone();
+        let (video, got) =
+            tokio::task::spawn_blocking(move || store.import_dir(&dir, only.as_deref()))
+                .await?
+                .context("importing --seed")?;
+        println!(
+            "Seeded video {video}: fragments {}",
+            crate::progress::ranges(&got)
+        );
+    }
+    let transports = transports(&local.identity, cfg)?;
+    let registry = registry(cfg, &start.here)?;
+    let pubsub = pubsub(cfg, &start.here).await?;
+    let mut builder = Node::builder(local.identity.clone(), local.store.clone(), transports)
+        .name(display_name(cfg, &listen))
+        .listen(listen.clone())
+        .advertise(advertise(cfg, &listen).await?)
+        .default_video(cfg.default_video)
+        .upload_limit(cfg.upload_rate())
+        .timeouts(timeouts(cfg))
+        .serve_limits(ServeLimits {
+            max_connections: cfg.limits.max_connections,
+            shutdown_grace: Duration::from_secs(cfg.limits.shutdown_grace_secs),
         })
-        .with_context(|| format!("starting HTTP on {listen}"))?;
-    Ok(Some(handle))
+        .fetch_options(FetchOptions {
+            concurrency: cfg.limits.concurrency,
+            per_peer: cfg.limits.per_peer,
+            ..FetchOptions::default()
+        })
+        .peers(cfg.peer_addrs()?)
+        .registry(registry)
+        .pubsub(pubsub, cfg.topic.clone())
+        .want(cfg.want.clone())
+        .reconcile(Duration::from_secs(cfg.reconcile_secs))
+        .prefer(cfg.transport.to_string());
+    let http = if start.serve { cfg.http()? } else { None };
+    if let Some(h) = &http {
+        builder = builder.service(fragnet_http::HttpService::new(h.clone()));
+    }
+    let node = builder.spawn(cancel).await.map_err(|e| {
+        let hint = match &e {
+            NodeError::Listen(fragnet_core::transport::TransportError::Listen { error, .. })
+                if error.kind() == std::io::ErrorKind::AddrInUse =>
+            {
+                " (another process uses that port: stop it or choose another with --listen)"
+            }
+            NodeError::Service(s)
+                if matches!(
+                    s.downcast_ref::<fragnet_http::HttpError>(),
+                    Some(fragnet_http::HttpError::Bind { error, .. })
+                        if error.kind() == std::io::ErrorKind::AddrInUse
+                ) =>
+            {
+                " (another process uses that port: stop it or choose another with --http)"
+            }
+            _ => "",
+        };
+        match &http {
+            Some(h) if matches!(e, NodeError::Service(_)) => {
+                anyhow!("starting HTTP on {}: {e}{hint}", h.listen)
+            }
+            _ => anyhow!("{e}{hint}"),
+        }
+    })?;
+    Ok(Started {
+        node,
+        data_dir: local.data_dir,
+    })
 }

@@ -69,47 +69,7 @@ pub struct Config {
     pub nats: NatsSection,
 }
 
-/// What a node fetches on its own.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum Want {
-    /// Nothing unless asked (console, player).
-    #[default]
-    None,
-    /// Every video the registry (or the configured peers) offer.
-    All,
-    /// These videos.
-    Videos(Vec<VideoId>),
-}
-
-impl Serialize for Want {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self {
-            Want::None => s.serialize_str("none"),
-            Want::All => s.serialize_str("all"),
-            Want::Videos(v) => v.serialize(s),
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for Want {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let items = string_or_seq(d)?;
-        match items.as_slice() {
-            [] => Ok(Want::None),
-            [one] if one == "none" => Ok(Want::None),
-            [one] if one == "all" => Ok(Want::All),
-            many => many
-                .iter()
-                .map(|s| {
-                    s.parse::<VideoId>().map_err(|e| {
-                        serde::de::Error::custom(format!("want: {e} (or \"all\", \"none\")"))
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()
-                .map(Want::Videos),
-        }
-    }
-}
+pub use fragnet_core::Want;
 
 /// `manager.*` keys.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -10,9 +10,7 @@ mod assemble;
 mod cli;
 mod cmd;
 mod config;
-mod node;
 mod progress;
-mod swarm;
 
 use cli::{Cli, Command};
 

@@ -93,3 +93,38 @@ impl FetchObserver for FetchProgress {
         self.println(format!("[!] {peer}: {error}"));
     }
 }
+
+/// `0-4,7` from `[0,1,2,3,4,7]`.
+pub fn ranges(v: &[FragmentIndex]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < v.len() {
+        let start = v[i];
+        while i + 1 < v.len() && v[i + 1] == v[i] + 1 {
+            i += 1;
+        }
+        out.push(if v[i] == start {
+            start.to_string()
+        } else {
+            format!("{start}-{}", v[i])
+        });
+        i += 1;
+    }
+    if out.is_empty() {
+        "none".into()
+    } else {
+        out.join(",")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_compress() {
+        assert_eq!(ranges(&[0, 1, 2, 3, 4]), "0-4");
+        assert_eq!(ranges(&[0, 2, 3, 7]), "0,2-3,7");
+        assert_eq!(ranges(&[]), "none");
+    }
+}

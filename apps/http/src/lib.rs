@@ -34,14 +34,15 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-mod downloads;
 pub mod events;
 mod io;
 mod metrics;
 pub mod range;
+mod service;
 mod stream;
 
-pub use downloads::{DownloadStats, Downloads};
+pub use fragnet_core::engine::{DownloadStats, Downloads};
+pub use service::HttpService;
 
 use range::RangeRequest;
 
@@ -302,7 +303,7 @@ async fn video_events(State(app): State<Arc<App>>, Path(id): Path<String>) -> Re
         Ok(v) => v,
         Err(e) => return e.into_response(),
     };
-    let can_arrive = app.state.downloads.as_ref().is_some_and(|d| d.has_peers());
+    let can_arrive = app.state.downloads.as_ref().is_some_and(|d| d.can_discover());
     if app.state.store.manifest(video).is_none() && !can_arrive {
         return ApiError(
             StatusCode::NOT_FOUND,

@@ -97,6 +97,7 @@ async fn serve_until_stdin_closes(scheme: &str, data: &Path, listen: &str) -> an
         default_video: None,
         upload: None,
         timeouts: Timeouts::default(),
+        exchange: None,
         stats: ServeStats::default(),
     });
     let t = transports(scheme, &identity)?;

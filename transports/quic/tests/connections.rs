@@ -121,6 +121,7 @@ async fn start_node(dir: &Path, listen: &str) -> Result<ServeHandle, TransportEr
         default_video: None,
         upload: None,
         timeouts: Timeouts::default(),
+        exchange: None,
         stats: ServeStats::default(),
     });
     let transports = Transports::new().with(quic(&identity));

@@ -18,7 +18,7 @@ use crate::cli::DemoArgs;
 use crate::cmd::roles::{start_broker, start_manager};
 use crate::cmd::shutdown_signal;
 use crate::config::{Config, Want};
-use crate::node::{InProcess, PeerNode};
+use crate::assemble::{NodeStart, start_node};
 
 /// The clip the demo uses when none is given (media/demo.mp4, made by
 /// media/make-demo-clip.sh from ffmpeg's test source).
@@ -117,17 +117,21 @@ pub async fn run(a: DemoArgs) -> Result<()> {
     if let Some(rate) = &a.seeder_rate {
         seed_cfg.limits.max_upload_rate = Some(rate.clone());
     }
-    let seeder = PeerNode::start(
+    let seeder = start_node(
         &seed_cfg,
-        &InProcess::default(),
-        Some((frag_dir.clone(), None)),
-        cancel.clone(),
+        NodeStart {
+            seed: Some((frag_dir.clone(), None)),
+            serve: true,
+            ..NodeStart::default()
+        },
+        &cancel,
     )
-    .await?;
+    .await?
+    .node;
     println!(
         "  seeder  {}",
         seeder
-            .bound
+            .bound()
             .iter()
             .map(|a| a.to_string())
             .collect::<Vec<_>>()
@@ -147,7 +151,16 @@ pub async fn run(a: DemoArgs) -> Result<()> {
             &baddr,
             Want::Videos(vec![video]),
         );
-        let p = PeerNode::start(&cfg, &InProcess::default(), None, cancel.clone()).await?;
+        let p = start_node(
+            &cfg,
+            NodeStart {
+                serve: true,
+                ..NodeStart::default()
+            },
+            &cancel,
+        )
+        .await?
+        .node;
         peers.push((name, p, started, None::<Duration>));
     }
 
@@ -163,7 +176,7 @@ pub async fn run(a: DemoArgs) -> Result<()> {
             b.set_style(style.clone());
             b.set_prefix(name.clone());
             b.set_message(
-                p.bound
+                p.bound()
                     .first()
                     .map(|a| a.scheme.clone())
                     .unwrap_or_default(),
@@ -175,7 +188,7 @@ pub async fn run(a: DemoArgs) -> Result<()> {
     loop {
         let mut all = true;
         for (i, (_, p, _, done)) in peers.iter_mut().enumerate() {
-            let have = p.local.store.have(video).len() as u64;
+            let have = p.store().have(video).len() as u64;
             bars[i].set_position(have);
             if have == manifest.fragment_count as u64 {
                 if done.is_none() {
@@ -208,18 +221,18 @@ pub async fn run(a: DemoArgs) -> Result<()> {
         let t = done.unwrap_or_default().as_secs_f64().max(1e-3);
         println!(
             "  {name:<7} {:<5} {:>6.2}s  {:>6.1} MB/s  {}",
-            p.bound.first().map(|a| a.scheme.as_str()).unwrap_or(""),
+            p.bound().first().map(|a| a.scheme.as_str()).unwrap_or(""),
             t,
             manifest.size as f64 / 1e6 / t,
-            p.bound.first().map(|a| a.to_string()).unwrap_or_default()
+            p.bound().first().map(|a| a.to_string()).unwrap_or_default()
         );
-        let sources = p.downloads.stats().sources.lock().unwrap().clone();
+        let sources = p.engine().stats().sources.lock().unwrap().clone();
         let mut by_fragment: Vec<_> = sources.into_iter().collect();
         by_fragment.sort_by_key(|(i, _)| *i);
         let names = |addr: &fragnet_core::PeerAddr| -> String {
             std::iter::once(("seeder", &seeder))
                 .chain(peers.iter().map(|(n, p, _, _)| (n.as_str(), p)))
-                .find(|(_, p)| p.bound.iter().any(|b| b.port == addr.port))
+                .find(|(_, p)| p.bound().iter().any(|b| b.port == addr.port))
                 .map(|(n, _)| n.to_string())
                 .unwrap_or_else(|| addr.host_port())
         };
@@ -234,32 +247,28 @@ pub async fn run(a: DemoArgs) -> Result<()> {
             .collect();
         println!("          fragments from: {}", line.join("  "));
     }
+    let sum = |f: &dyn Fn(&fragnet_core::NodeHandle) -> u64| -> u64 {
+        peers.iter().map(|(_, p, _, _)| f(p)).sum()
+    };
+    use std::sync::atomic::Ordering::Relaxed;
     println!(
-        "  fragment events published {}, reconciliations with the manager {}",
-        peers
-            .iter()
-            .map(|(_, p, _, _)| p
-                .swarm_stats
-                .events_published
-                .load(std::sync::atomic::Ordering::Relaxed))
-            .sum::<u64>(),
-        peers
-            .iter()
-            .map(|(_, p, _, _)| p
-                .swarm_stats
-                .reconciliations
-                .load(std::sync::atomic::Ordering::Relaxed))
-            .sum::<u64>()
+        "  fragment events published {}, received {}; announcements to the manager {}",
+        sum(&|p| p.announce_stats().events_published.load(Relaxed)),
+        sum(&|p| p
+            .event_stats()
+            .map(|e| e.events_received.load(Relaxed))
+            .unwrap_or(0)),
+        sum(&|p| p.announce_stats().announcements.load(Relaxed)),
     );
 
     println!("\nLook around:");
     println!("  Swagger UI     {murl}/apidocs");
     println!("  who holds what {murl}/fragments");
-    if let Some(url) = &seeder.http_url {
+    if let Some(url) = seeder.url() {
         println!("  player         {url}/watch/{video}");
     }
     if let Some((_, p, _, _)) = peers.first()
-        && let Some(url) = &p.http_url
+        && let Some(url) = p.url()
     {
         println!("  player (peer-1) {url}/watch/{video}");
     }

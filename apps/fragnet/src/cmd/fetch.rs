@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
-use fragnet_core::fetch::{FetchReport, FetchRequest};
+use fragnet_core::fetch::FetchReport;
 use fragnet_core::manifest::safe_file_name;
 use fragnet_core::ratelimit::human_bytes;
 use fragnet_core::store::FragmentStatus;
@@ -12,7 +12,7 @@ use fragnet_core::{FragmentStore, VideoId};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::assemble;
+use crate::assemble::{self, NodeStart};
 use crate::cli::{FetchArgs, parse_fragment_list};
 use crate::cmd::{node_flags_json, shutdown_signal};
 use crate::config;
@@ -36,108 +36,40 @@ pub async fn run(sources: &config::Sources, a: FetchArgs) -> Result<()> {
         .map(parse_fragment_list)
         .transpose()
         .map_err(|e| anyhow!("--fragments: {e}"))?;
-    let data_dir = cfg
-        .data_dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("fragnet-data/fetch"));
-    let local = assemble::open_local(data_dir).await?;
-    let transports = assemble::transports(&local.identity, &cfg)?;
-    let fetcher = assemble::fetcher(&cfg, &local, transports);
-    let progress = Arc::new(FetchProgress::new(false));
+    // A node that does not listen: it finds peers through the same discovery and
+    // downloads through the same engine as any other.
     let cancel = CancellationToken::new();
+    let started = assemble::start_node(
+        &cfg,
+        NodeStart {
+            serve: false,
+            default_data_dir: Some(PathBuf::from("fragnet-data/fetch")),
+            ..NodeStart::default()
+        },
+        &cancel,
+    )
+    .await?;
+    let node = started.node;
+    if !node.engine().can_discover() {
+        node.shutdown().await;
+        bail!("nowhere to look for the video: give --peer HOST:PORT or --manager URL");
+    }
+    let progress = Arc::new(FetchProgress::new(false));
     let stop = cancel.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
         stop.cancel();
     });
-    let mut peers = cfg.peer_addrs()?;
-    let mut video = video;
-    if let Some(reg) = crate::node::registry(&cfg, &crate::node::InProcess::default())? {
-        let found = holders_from_registry(
-            reg.as_ref(),
-            video,
-            &transports_schemes(&cfg),
-            &cfg.transport,
-        )
-        .await?;
-        video = video.or(found.0);
-        for p in found.1 {
-            if !peers.contains(&p) {
-                peers.push(p);
-            }
-        }
-        if peers.is_empty() {
-            bail!("the manager knows no node holding that video yet");
-        }
-    }
-    let req = FetchRequest {
-        video,
-        fragments,
-        peers,
-    };
-    let result = fetcher.fetch(req, progress.clone(), cancel).await;
+    let result = node
+        .engine()
+        .fetch(video, fragments, progress.clone(), &cancel)
+        .await;
     progress.finish();
+    let store = node.store().clone();
+    node.shutdown().await;
     let report = result?;
     print_report(&report);
-    reassemble(&local.store, &report, a.out, a.force).await
-}
-
-fn transports_schemes(_cfg: &crate::config::Config) -> Vec<&'static str> {
-    crate::assemble::SCHEMES.to_vec()
-}
-
-/// The video (the only one the manager knows, if none was given) and the addresses of
-/// every node holding any fragment of it.
-async fn holders_from_registry(
-    reg: &dyn fragnet_core::Registry,
-    video: Option<VideoId>,
-    schemes: &[&str],
-    prefer: &str,
-) -> Result<(Option<VideoId>, Vec<fragnet_core::PeerAddr>)> {
-    let video = match video {
-        Some(v) => v,
-        None => {
-            let ids: Vec<VideoId> = reg
-                .videos()
-                .await
-                .context("asking the manager for its videos")?
-                .into_iter()
-                .map(|v| v.id)
-                .collect();
-            fragnet_core::serve::default_video(None, &ids).map_err(|e| {
-                anyhow!(
-                    "{}",
-                    e.to_string()
-                        .replace("this node holds", "the manager knows")
-                        .replace("set default_video to", "choose with --video")
-                )
-            })?
-        }
-    };
-    let manifest = reg
-        .manifest(video)
-        .await
-        .with_context(|| format!("asking the manager for video {video}"))?;
-    let mut out: Vec<fragnet_core::PeerAddr> = Vec::new();
-    for index in 0..manifest.fragment_count {
-        let h = reg
-            .locate(video, index, 50)
-            .await
-            .with_context(|| format!("asking the manager who holds fragment {index}"))?;
-        for n in h.peers {
-            let pick = n
-                .addrs
-                .iter()
-                .filter(|a| schemes.contains(&a.scheme.as_str()))
-                .min_by_key(|a| a.scheme != prefer);
-            if let Some(a) = pick
-                && !out.contains(a)
-            {
-                out.push(a.clone());
-            }
-        }
-    }
-    Ok((Some(video), out))
+    reassemble(&store, &report, a.out, a.force).await
 }
 
 fn print_report(r: &FetchReport) {

@@ -10,24 +10,22 @@ use std::io::Write;
 use std::sync::Arc;
 
 use anyhow::{Result, anyhow};
-use fragnet_core::fetch::{FetchError, FetchRequest, Fetcher};
+use fragnet_core::fetch::FetchError;
 use fragnet_core::ratelimit::human_bytes;
 use fragnet_core::registry::Registry;
-use fragnet_core::serve::{DefaultVideoError, default_video};
 use fragnet_core::store::{FragmentStatus, fragment_file_name};
-use fragnet_core::{FragmentIndex, FragmentStore, PeerAddr, VideoId};
+use fragnet_core::{Downloads, FragmentIndex, FragmentStore, VideoId};
 use futures::StreamExt;
 use serde_json::json;
 use tokio_util::codec::{FramedRead, LinesCodec};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::assemble;
+use crate::assemble::{self, NodeStart};
 use crate::cli::{PeerArgs, parse_fragment_list};
 use crate::cmd::{node_flags_json, shutdown_signal};
-use crate::config::{self, Config};
-use crate::node::{InProcess, PeerNode};
-use crate::progress::FetchProgress;
+use crate::config;
+use crate::progress::{FetchProgress, ranges};
 
 /// The original project's prompt, in English.
 pub const PROMPT: &str = "Fragment to request (or 'exit'): ";
@@ -76,26 +74,36 @@ pub async fn run(sources: &config::Sources, a: PeerArgs) -> Result<()> {
         None => None,
     };
     let cancel = CancellationToken::new();
-    let node = PeerNode::start(&cfg, &InProcess::default(), seed, cancel.clone()).await?;
-    for addr in &node.bound {
+    let started = assemble::start_node(
+        &cfg,
+        NodeStart {
+            seed,
+            serve: true,
+            ..NodeStart::default()
+        },
+        &cancel,
+    )
+    .await?;
+    let node = started.node;
+    for addr in node.bound() {
         println!("[SERVER] Node listening on {addr}");
     }
     println!(
         "Node {} (\"{}\"), data in {}",
         node.node_id(),
-        node.ctx.name,
-        node.local.data_dir.display()
+        node.name(),
+        started.data_dir.display()
     );
-    if let Some(url) = &node.http_url {
+    if let Some(url) = node.url() {
         println!("[HTTP] Player on {url}/watch/<video id>");
-        for (video, m, _) in node.local.store.summary() {
+        for (video, m, _) in node.store().summary() {
             println!("[HTTP] Watch {}: {url}/watch/{video}", m.name);
         }
     }
-    if node.registry.is_some() {
+    if node.registry().is_some() {
         println!(
             "Registered as {}",
-            node.advertised
+            node.advertised()
                 .iter()
                 .map(|a| a.to_string())
                 .collect::<Vec<_>>()
@@ -104,13 +112,11 @@ pub async fn run(sources: &config::Sources, a: PeerArgs) -> Result<()> {
     }
 
     let console = Console {
-        cfg: cfg.clone(),
-        store: node.local.store.clone(),
-        fetcher: assemble::fetcher(&cfg, &node.local, node.transports.clone()),
-        peers: cfg.peer_addrs()?,
-        registry: node.registry.clone(),
+        default_video: cfg.default_video,
+        store: node.store().clone(),
+        engine: node.engine().clone(),
+        registry: node.registry().cloned(),
         node_id: node.node_id(),
-        schemes: node.transports.schemes(),
     };
     let console_done = async {
         if cfg.console {
@@ -129,37 +135,12 @@ pub async fn run(sources: &config::Sources, a: PeerArgs) -> Result<()> {
     Ok(())
 }
 
-/// `0-4,7` from `[0,1,2,3,4,7]`.
-pub fn ranges(v: &[FragmentIndex]) -> String {
-    let mut out: Vec<String> = Vec::new();
-    let mut i = 0;
-    while i < v.len() {
-        let start = v[i];
-        while i + 1 < v.len() && v[i + 1] == v[i] + 1 {
-            i += 1;
-        }
-        out.push(if v[i] == start {
-            start.to_string()
-        } else {
-            format!("{start}-{}", v[i])
-        });
-        i += 1;
-    }
-    if out.is_empty() {
-        "none".into()
-    } else {
-        out.join(",")
-    }
-}
-
 struct Console {
-    cfg: Config,
+    default_video: Option<VideoId>,
     store: Arc<FragmentStore>,
-    fetcher: Fetcher,
-    peers: Vec<PeerAddr>,
+    engine: Arc<Downloads>,
     registry: Option<Arc<dyn Registry>>,
     node_id: fragnet_core::NodeId,
-    schemes: Vec<&'static str>,
 }
 
 /// What a console line asks for.
@@ -256,14 +237,10 @@ impl Console {
         }
     }
 
-    /// The video console commands refer to: configured, else the only one held; `None`
-    /// lets the fetch pick the only one the peers offer.
-    fn video(&self) -> Result<Option<VideoId>, DefaultVideoError> {
-        match default_video(self.cfg.default_video, &self.store.videos()) {
-            Ok(v) => Ok(Some(v)),
-            Err(DefaultVideoError::None) => Ok(None),
-            Err(e) => Err(e),
-        }
+    /// The video console commands refer to: configured, else the only one held here
+    /// or known to discovery.
+    async fn video(&self) -> Result<VideoId, FetchError> {
+        self.engine.resolve_video(self.default_video).await
     }
 
     fn have(&self) {
@@ -284,25 +261,24 @@ impl Console {
     }
 
     async fn peers(&self) {
-        if self.peers.is_empty() {
-            println!("  no peers configured (start with --peer HOST:PORT)");
+        if !self.engine.can_discover() {
+            println!("  no peers to ask (start the node with --peer HOST:PORT, --manager URL or --broker ADDR)");
             return;
         }
-        let progress = FetchProgress::new(true);
-        for (addr, videos) in self.fetcher.probe(&self.peers, &progress).await {
-            if videos.is_empty() {
-                println!("  {addr}: holds nothing");
-            }
-            for v in videos {
-                println!(
-                    "  {addr}: {} {} — {} of {}: {}",
-                    v.video.short(),
-                    v.name,
-                    v.have.len(),
-                    v.fragment_count,
-                    ranges(&v.have)
-                );
-            }
+        let video = match self.video().await {
+            Ok(v) => v,
+            Err(e) => return println!("[✗] {e}"),
+        };
+        let holders = self.engine.holders(video).await;
+        if holders.is_empty() {
+            println!(
+                "  no peer found for {} (asked: {})",
+                video.short(),
+                self.engine.discovery().describe()
+            );
+        }
+        for (addr, have) in holders {
+            println!("  {addr}: {} fragment(s) of {}: {}", have.len(), video.short(), ranges(&have));
         }
     }
 
@@ -310,25 +286,8 @@ impl Console {
         let Some(reg) = &self.registry else {
             return println!("[✗] No manager configured (start with --manager URL)");
         };
-        let video = match self.video() {
-            Ok(Some(v)) => v,
-            Ok(None) => match reg
-                .videos()
-                .await
-                .map(|v| v.into_iter().map(|v| v.id).collect::<Vec<_>>())
-            {
-                Ok(ids) => match default_video(None, &ids) {
-                    Ok(v) => v,
-                    Err(e) => {
-                        return println!(
-                            "[✗] {}",
-                            e.to_string()
-                                .replace("this node holds", "the manager knows")
-                        );
-                    }
-                },
-                Err(e) => return println!("[✗] {e}"),
-            },
+        let video = match self.video().await {
+            Ok(v) => v,
             Err(e) => return println!("[✗] {e}"),
         };
         match reg.locate(video, index, 50).await {
@@ -377,40 +336,17 @@ impl Console {
         }
     }
 
-    /// Peers to fetch from: the configured ones, plus every live node the registry knows.
-    async fn candidates(&self) -> Vec<PeerAddr> {
-        let mut peers = self.peers.clone();
-        if let Some(reg) = &self.registry
-            && let Ok(nodes) = reg.nodes().await
-        {
-            for n in nodes.into_iter().filter(|n| n.id != self.node_id) {
-                let pick = n
-                    .addrs
-                    .iter()
-                    .filter(|a| self.schemes.contains(&a.scheme.as_str()))
-                    .min_by_key(|a| a.scheme != self.cfg.transport);
-                if let Some(a) = pick
-                    && !peers.contains(a)
-                {
-                    peers.push(a.clone());
-                }
-            }
-        }
-        peers
-    }
-
     async fn fetch(&self, fragments: Option<Vec<FragmentIndex>>, cancel: &CancellationToken) {
-        let peers = self.candidates().await;
-        if peers.is_empty() {
-            println!("[✗] No peers to ask; start the node with --peer HOST:PORT or --manager URL");
+        if !self.engine.can_discover() {
+            println!("[✗] No peers to ask; start the node with --peer HOST:PORT, --manager URL or --broker ADDR");
             return;
         }
-        let video = match self.video() {
+        let video = match self.video().await {
             Ok(v) => v,
             Err(e) => return println!("[✗] {e}"),
         };
-        if let (Some(v), Some([i])) = (video, fragments.as_deref())
-            && self.store.status(v, *i).ok() == Some(FragmentStatus::Complete)
+        if let Some([i]) = fragments.as_deref()
+            && self.store.status(video, *i).ok() == Some(FragmentStatus::Complete)
         {
             return println!(
                 "[=] Fragment '{}' is already here (verified)",
@@ -418,18 +354,13 @@ impl Console {
             );
         }
         let progress = Arc::new(FetchProgress::new(true));
-        let req = FetchRequest {
-            video,
-            fragments: fragments.clone(),
-            peers: self.peers.clone(),
-        };
         let result = self
-            .fetcher
-            .fetch(req, progress.clone(), cancel.child_token())
+            .engine
+            .fetch(Some(video), fragments.clone(), progress.clone(), cancel)
             .await;
         progress.finish();
         match result {
-            Ok(r) if r.fetched.is_empty() => {
+            Ok(r) if r.fetched.is_empty() && fragments.is_none() => {
                 println!("[=] Nothing to fetch: {} is complete here", r.manifest.name)
             }
             Ok(r) if fragments.is_none() => println!(
@@ -472,10 +403,4 @@ mod tests {
         );
     }
 
-    #[test]
-    fn ranges_compress() {
-        assert_eq!(ranges(&[0, 1, 2, 3, 4]), "0-4");
-        assert_eq!(ranges(&[0, 2, 3, 7]), "0,2-3,7");
-        assert_eq!(ranges(&[]), "none");
-    }
 }

@@ -14,7 +14,8 @@ use tracing::info;
 use crate::cli::{BrokerArgs, ManagerArgs, NotifyArgs, RunArgs, SubscribeArgs};
 use crate::cmd::shutdown_signal;
 use crate::config::{self, Config, Sources};
-use crate::node::{InProcess, PeerNode};
+use crate::assemble::{InProcess, NodeStart, start_node};
+use fragnet_core::NodeHandle;
 
 /// The manager role's settings from `manager.*`.
 pub fn manager_config(cfg: &Config) -> Result<fragnet_manager::ManagerConfig> {
@@ -163,7 +164,7 @@ async fn client_pubsub(cfg: &mut Config) -> Result<Arc<dyn PubSub>> {
             cfg.pubsub
         );
     }
-    crate::node::pubsub(cfg, &InProcess::default())
+    crate::assemble::pubsub(cfg, &InProcess::default())
         .await?
         .ok_or_else(|| anyhow!("no pub/sub configured"))
 }
@@ -211,7 +212,7 @@ pub struct Roles {
     /// The broker, if enabled.
     pub broker: Option<fragnet_broker::BrokerHandle>,
     /// The peer, if enabled.
-    pub peer: Option<PeerNode>,
+    pub peer: Option<NodeHandle>,
 }
 
 impl Roles {
@@ -219,7 +220,7 @@ impl Roles {
     /// registry and an in-process bus when no endpoint is configured.
     pub async fn start(
         cfg: &Config,
-        seed: Option<crate::node::Seed>,
+        seed: Option<crate::assemble::Seed>,
         cancel: CancellationToken,
     ) -> Result<Roles> {
         let has = |r: &str| cfg.roles.iter().any(|x| x == r);
@@ -247,7 +248,20 @@ impl Roles {
             pubsub: Some(Arc::new(LocalPubSub::new(1024))),
         };
         let peer = if has("peer") {
-            Some(PeerNode::start(&cfg, &here, seed, cancel.clone()).await?)
+            Some(
+                start_node(
+                    &cfg,
+                    NodeStart {
+                        seed,
+                        here,
+                        serve: true,
+                        default_data_dir: None,
+                    },
+                    &cancel,
+                )
+                .await?
+                .node,
+            )
         } else {
             None
         };
@@ -290,16 +304,16 @@ pub async fn run(sources: &Sources, a: RunArgs) -> Result<()> {
     let cancel = CancellationToken::new();
     let roles = Roles::start(&cfg, seed, cancel.clone()).await?;
     if let Some(p) = &roles.peer {
-        for addr in &p.bound {
+        for addr in p.bound() {
             println!("[SERVER] Node listening on {addr}");
         }
         println!(
             "Node {} (\"{}\"), data in {}",
             p.node_id(),
-            p.ctx.name,
-            p.local.data_dir.display()
+            p.name(),
+            p.store().root().display()
         );
-        if let Some(url) = &p.http_url {
+        if let Some(url) = p.url() {
             println!("[HTTP] Player on {url}/watch/<video id>");
         }
     }

@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fragnet_core::conformance::{NodeOptions, TestNode, TestVideo, within};
+use fragnet_core::Want;
+use fragnet_core::discovery::CombinedDiscovery;
 use fragnet_core::fetch::{FetchOptions, Fetcher, PeerPool};
 use fragnet_core::identity::Identity;
 use fragnet_core::protocol::Timeouts;
@@ -69,8 +71,9 @@ impl Viewer {
         let cancel = CancellationToken::new();
         let downloads = (!peers.is_empty()).then(|| {
             let pool = Arc::new(PeerPool::new(node.transports.clone(), Timeouts::default()));
-            let fetcher = Fetcher::new(node.store.clone(), pool, FetchOptions::default());
-            Arc::new(Downloads::new(fetcher, peers.to_vec(), cancel.clone()))
+            let fetcher = Fetcher::new(node.store.clone(), pool.clone(), FetchOptions::default());
+            let discovery = Arc::new(CombinedDiscovery::of_peers(peers.to_vec(), pool));
+            Arc::new(Downloads::new(fetcher, discovery, Want::None, cancel.clone()))
         });
         let state = HttpState {
             store: node.store.clone(),

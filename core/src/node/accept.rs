@@ -1,4 +1,4 @@
-//! A serving node: listeners on one or more transports, an accept loop per listener,
+//! The serving side of a node: listeners on one or more transports, an accept loop per listener,
 //! a cap on concurrent connections, and an orderly shutdown.
 //!
 //! Shutdown order: stop accepting, let in-flight streams finish for a grace period,

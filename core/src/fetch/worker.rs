@@ -1,0 +1,255 @@
+//! A download's workers: each asks the scheduler for a job, fetches that chunk from
+//! its peer, verifies and stores it, and tells the scheduler how it went.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::addr::PeerAddr;
+use crate::discovery::CombinedDiscovery;
+use crate::ids::VideoId;
+use crate::manifest::Manifest;
+use crate::protocol::{ErrorCode, ProtocolError};
+use crate::store::{ChunkOutcome, FragmentStore, StoreError};
+
+use super::sched::{Item, Job, Next, Sched};
+use super::{FetchError, FetchObserver, PeerPool};
+
+pub(super) struct WorkerCtx {
+    pub(super) sched: Arc<Mutex<Sched>>,
+    pub(super) wake: Arc<Notify>,
+    pub(super) store: Arc<FragmentStore>,
+    pub(super) pool: Arc<PeerPool>,
+    pub(super) obs: Arc<dyn FetchObserver>,
+    pub(super) discovery: Arc<CombinedDiscovery>,
+    pub(super) manifest: Arc<Manifest>,
+    pub(super) video: VideoId,
+    pub(super) per_peer: usize,
+    pub(super) max_rounds: u32,
+    pub(super) cancel: CancellationToken,
+}
+
+enum Failure {
+    /// The peer's bytes failed verification: ban it.
+    Lied(String),
+    /// The peer does not have it after all, or the request failed.
+    Failed(String, bool),
+    /// Our own store failed: stop.
+    Local(StoreError),
+}
+
+impl WorkerCtx {
+    pub(super) async fn run(self) {
+        loop {
+            if self.cancel.is_cancelled() {
+                return;
+            }
+            // Register for a wake-up before looking, so a prioritize or a finished
+            // job between the look and the wait is not missed.
+            let woken = self.wake.notified();
+            let next = {
+                let mut s = self.sched.lock().unwrap();
+                let next = s.next(self.per_peer);
+                if matches!(next, Next::Done) {
+                    s.worker_done();
+                }
+                next
+            };
+            match next {
+                Next::Done => {
+                    // Others may be waiting for work that will never come.
+                    self.wake.notify_waiters();
+                    return;
+                }
+                Next::Wait => {
+                    tokio::select! {
+                        _ = woken => {}
+                        _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                        _ = self.cancel.cancelled() => return,
+                    }
+                }
+                Next::Refresh => self.refresh().await,
+                Next::Job(job) => {
+                    let result = tokio::select! {
+                        r = self.fetch_chunk(job.item, &job.addr) => r,
+                        _ = self.cancel.cancelled() => return,
+                    };
+                    self.finish(&job, result);
+                    self.wake.notify_waiters();
+                }
+            }
+        }
+    }
+
+    async fn fetch_chunk(
+        &self,
+        (index, chunk): Item,
+        addr: &PeerAddr,
+    ) -> Result<(u64, ChunkOutcome), Failure> {
+        let (offset, len) = self
+            .manifest
+            .chunk_range(index, chunk)
+            .expect("queued chunks exist");
+        let mut s = self
+            .pool
+            .session(addr)
+            .await
+            .map_err(|e| Failure::Failed(e.to_string(), true))?;
+        let data = match s.get(self.video, index, offset, len).await {
+            Ok(d) => d,
+            Err(ProtocolError::Remote {
+                code: ErrorCode::NotAvailable | ErrorCode::UnknownVideo | ErrorCode::NoSuchFragment,
+                message,
+            }) => {
+                self.pool.put_back(addr, s);
+                return Err(Failure::Failed(message, false));
+            }
+            Err(e) => {
+                self.pool.forget(addr);
+                return Err(Failure::Failed(e.to_string(), true));
+            }
+        };
+        self.pool.put_back(addr, s);
+        match self.store.write_chunk(self.video, index, chunk, data).await {
+            Ok(outcome) => Ok((len, outcome)),
+            Err(StoreError::HashMismatch { what, .. }) => Err(Failure::Lied(format!(
+                "{what} of fragment {index} failed verification"
+            ))),
+            Err(e) => Err(Failure::Local(e)),
+        }
+    }
+
+    fn finish(&self, job: &Job, result: Result<(u64, ChunkOutcome), Failure>) {
+        let (item, p, addr) = (job.item, job.peer, &job.addr);
+        let mut s = self.sched.lock().unwrap();
+        s.end_job(job);
+        match result {
+            Ok((len, outcome)) => {
+                s.peers[p].failures = 0;
+                s.rounds = 0; // progress: refresh rounds count from here
+                s.bytes += len;
+                s.pending.remove(&item);
+                s.boost.remove(&item);
+                s.sources.entry(item.0).or_default().insert(p);
+                if let Some(left) = s.left.get_mut(&item.0) {
+                    *left = left.saturating_sub(1);
+                }
+                drop(s);
+                self.obs.chunk(item.0, len, addr);
+                if outcome == ChunkOutcome::FragmentComplete {
+                    let mut s = self.sched.lock().unwrap();
+                    let from: Vec<PeerAddr> = s
+                        .sources
+                        .get(&item.0)
+                        .map(|set| set.iter().map(|&i| s.peers[i].addr.clone()).collect())
+                        .unwrap_or_default();
+                    s.done.push((item.0, from.clone()));
+                    drop(s);
+                    let size = self.manifest.fragments[item.0 as usize].size;
+                    self.obs.fragment(item.0, size, &from);
+                }
+            }
+            Err(Failure::Lied(msg)) => {
+                warn!(peer = %addr, "{msg}; not using this peer again");
+                s.peers[p].banned = true;
+                s.last_error = Some(format!("{addr}: {msg}"));
+                s.enqueue(item);
+                drop(s);
+                self.obs.peer_failed(addr, &msg);
+            }
+            Err(Failure::Failed(msg, connection)) => {
+                debug!(peer = %addr, fragment = item.0, chunk = item.1, error = %msg, "chunk request failed");
+                s.excluded.entry(item).or_default().insert(p);
+                if connection {
+                    s.peers[p].failures += 1;
+                    if s.peers[p].failures >= 3 {
+                        s.peers[p].dead = true;
+                    }
+                } else {
+                    s.peers[p].holds.remove(&item.0);
+                }
+                s.last_error = Some(format!("{addr}: {msg}"));
+                s.enqueue(item);
+                drop(s);
+                if connection {
+                    self.obs.peer_failed(addr, &msg);
+                }
+            }
+            Err(Failure::Local(e)) => {
+                s.fatal = Some(FetchError::Store(e));
+            }
+        }
+    }
+
+    /// Nobody can serve what is left: ask discovery again, and every peer (dead ones
+    /// too) for its have-set, with backoff, a bounded number of times.
+    async fn refresh(&self) {
+        let round = {
+            let mut s = self.sched.lock().unwrap();
+            s.rounds += 1;
+            s.rounds
+        };
+        if round > self.max_rounds {
+            let mut s = self.sched.lock().unwrap();
+            s.stalled.clear(); // give up: the report says what is missing
+            s.refreshing = false;
+            return;
+        }
+        let backoff = Duration::from_millis(100 * (1 << round.min(6)));
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = self.cancel.cancelled() => return,
+        }
+        let found = tokio::select! {
+            f = self.discovery.locate(self.video) => f,
+            _ = self.cancel.cancelled() => return,
+        };
+        let addrs: Vec<PeerAddr> = {
+            let mut s = self.sched.lock().unwrap();
+            for h in found {
+                s.add_peer(h.addr, None);
+            }
+            s.peers
+                .iter()
+                .filter(|p| !p.banned)
+                .map(|p| p.addr.clone())
+                .collect()
+        };
+        let asks = addrs.iter().map(|addr| async move {
+            let r = async {
+                let mut sess = self.pool.session(addr).await?;
+                let h = sess.have(self.video).await;
+                if !matches!(h, Err(ProtocolError::Io(_) | ProtocolError::Timeout(_))) {
+                    self.pool.put_back(addr, sess);
+                }
+                h
+            }
+            .await;
+            (addr.clone(), r.ok())
+        });
+        let fresh = tokio::select! {
+            f = futures::future::join_all(asks) => f,
+            _ = self.cancel.cancelled() => return,
+        };
+        let mut s = self.sched.lock().unwrap();
+        for (addr, have) in fresh {
+            if let Some(have) = have
+                && let Some(p) = s.peers.iter_mut().find(|p| p.addr == addr)
+            {
+                p.holds = have.into_iter().collect();
+                p.dead = false;
+                p.failures = 0;
+            }
+        }
+        s.excluded.clear();
+        let stalled = std::mem::take(&mut s.stalled);
+        for item in stalled {
+            s.enqueue(item);
+        }
+        s.refreshing = false;
+    }
+}
+
