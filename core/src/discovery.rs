@@ -153,6 +153,8 @@ pub struct CombinedDiscovery {
     /// This node's own addresses: never a holder to dial (set once listeners are bound).
     own: OnceLock<HashSet<PeerAddr>>,
     directory: Mutex<IndexMap<VideoId, IndexMap<PeerAddr, ()>>>,
+    /// Peers the node was configured with: worth telling others about any video.
+    configured: Vec<PeerAddr>,
     hints: broadcast::Sender<Hint>,
 }
 
@@ -172,8 +174,17 @@ impl CombinedDiscovery {
             sources,
             own: OnceLock::new(),
             directory: Mutex::new(IndexMap::new()),
+            configured: Vec::new(),
             hints: broadcast::channel(1024).0,
         }
+    }
+
+    /// Also tells peers that ask about `peers` (the node's `--peer` list), for any
+    /// video: a node handed one address of a node configured with the seeder's finds
+    /// the seeder.
+    pub fn with_configured(mut self, peers: Vec<PeerAddr>) -> Self {
+        self.configured = peers;
+        self
     }
 
     /// Only these peers: what a plain `fetch --peer A --peer B` asks.
@@ -294,17 +305,19 @@ impl CombinedDiscovery {
             .collect()
     }
 
-    /// Every video any source knows of, without duplicates.
-    pub async fn videos(&self) -> Vec<VideoId> {
+    /// Every video any source knows of, without duplicates, and the errors of the
+    /// sources that could not answer.
+    pub async fn videos(&self) -> (Vec<VideoId>, Vec<DiscoveryError>) {
         let mut out = BTreeSet::new();
+        let mut errors = Vec::new();
         for s in &self.sources {
             match tokio::time::timeout(SOURCE_TIMEOUT, s.videos()).await {
                 Ok(Ok(v)) => out.extend(v),
-                Ok(Err(e)) => debug!("discovery: {e}"),
-                Err(_) => debug!(source = s.name(), "listing videos timed out"),
+                Ok(Err(e)) => errors.push(e),
+                Err(_) => errors.push(DiscoveryError::new(s.name(), "timed out")),
             }
         }
-        out.into_iter().collect()
+        (out.into_iter().collect(), errors)
     }
 
     /// The manifest of `video` from the first source that has one hashing to `video`.
@@ -346,9 +359,17 @@ impl CombinedDiscovery {
     /// a peer that asks).
     pub fn known(&self, video: VideoId, limit: usize) -> Vec<PeerAddr> {
         let dir = self.directory.lock().unwrap();
-        dir.get(&video)
-            .map(|h| h.keys().rev().take(limit).cloned().collect())
-            .unwrap_or_default()
+        let heard = dir.get(&video).into_iter().flat_map(|h| h.keys().rev());
+        let mut out: Vec<PeerAddr> = Vec::new();
+        for a in heard.chain(self.configured.iter().filter(|a| dialable(a))) {
+            if out.len() == limit {
+                break;
+            }
+            if !out.contains(a) {
+                out.push(a.clone());
+            }
+        }
+        out
     }
 }
 
@@ -360,7 +381,7 @@ impl crate::serve::PeerDirectory for CombinedDiscovery {
 
 /// Asks each peer which videos it has (bounded, concurrent); peers that fail are
 /// skipped.
-async fn probe_videos(pool: &PeerPool, peers: &[PeerAddr]) -> Vec<VideoId> {
+async fn probe_videos(pool: &PeerPool, peers: &[PeerAddr]) -> Result<Vec<VideoId>, DiscoveryError> {
     let asks = peers.iter().map(|addr| async move {
         let r = async {
             let mut s = pool.session(addr).await?;
@@ -370,19 +391,26 @@ async fn probe_videos(pool: &PeerPool, peers: &[PeerAddr]) -> Vec<VideoId> {
         }
         .await;
         match r {
-            Ok(v) => v.into_iter().map(|s| s.video).collect(),
+            Ok(v) => Ok(v.into_iter().map(|s| s.video).collect::<Vec<_>>()),
             Err(e) => {
                 pool.forget(addr);
                 debug!(peer = %addr, "asking for videos: {e}");
-                Vec::new()
+                Err(format!("{addr}: {e}"))
             }
         }
     });
-    futures::future::join_all(asks)
-        .await
-        .into_iter()
-        .flatten()
-        .collect()
+    let answers = futures::future::join_all(asks).await;
+    if !answers.is_empty() && answers.iter().all(|a| a.is_err()) {
+        let errors: Vec<String> = answers.into_iter().filter_map(|a| a.err()).collect();
+        return Err(DiscoveryError::new(
+            "static peers",
+            format!(
+                "no peer answered ({}); check the addresses and that the peers are running",
+                errors.join("; ")
+            ),
+        ));
+    }
+    Ok(answers.into_iter().flatten().flatten().collect())
 }
 
 /// The peers a node was configured with: worth asking about any video.
@@ -417,7 +445,7 @@ impl Discovery for StaticPeers {
     }
 
     async fn videos(&self) -> Result<Vec<VideoId>, DiscoveryError> {
-        Ok(probe_videos(&self.pool, &self.peers).await)
+        probe_videos(&self.pool, &self.peers).await
     }
 }
 

@@ -568,7 +568,7 @@ impl Downloads {
     pub async fn reconcile_once(&self) {
         let videos = match &self.want {
             Want::None => return,
-            Want::All => self.discovery.videos().await,
+            Want::All => self.discovery.videos().await.0,
             Want::Videos(v) => v.clone(),
         };
         for video in videos {

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use common::webdriver::{Browser, screenshot_dir};
 use common::{Viewer, original, seeder};
 use fragnet_core::conformance::{TestVideo, joined_bytes, sample_media};
+use fragnet_core::discovery::{AddrPicker, Discovery, RegistryDiscovery};
 use fragnet_core::registry::NodeRegistration;
 use fragnet_core::store::StoreEvent;
 use fragnet_core::{MemoryRegistry, NodeId};
@@ -179,7 +180,22 @@ async fn plays_while_downloading(browser: &Browser, clip: &str, manager: Option<
         lookahead: 512 * 1024,
         ..HttpConfig::default()
     };
-    let mut viewer = Viewer::start(&v, &[5], std::slice::from_ref(&seed.addr), config).await;
+    // With a manager, the viewer is given no peer at all: it finds the seeder through
+    // the registry, as a node started with only --manager does.
+    let mut viewer = match manager {
+        Some(m) => {
+            let registry: Arc<dyn fragnet_core::Registry> = m.registry();
+            Viewer::start_with(&v, &[5], config, move |node, _| {
+                vec![Arc::new(RegistryDiscovery::new(
+                    registry,
+                    node.identity.node_id(),
+                    AddrPicker::new(vec!["tcp"], "tcp"),
+                )) as Arc<dyn Discovery>]
+            })
+            .await
+        }
+        None => Viewer::start(&v, &[5], std::slice::from_ref(&seed.addr), config).await,
+    };
     assert_eq!(viewer.held(&v), 1, "starts with 1 of 10 fragments");
     let stop = CancellationToken::new();
     if let Some(m) = manager {

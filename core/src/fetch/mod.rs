@@ -463,7 +463,8 @@ impl Fetcher {
     }
 
     /// The video a request without one means: `configured`, else the only one held
-    /// here or known to discovery.
+    /// here or known to discovery (all of them count: a choice between several is the
+    /// user's, and the error lists them).
     pub async fn resolve_video(
         &self,
         configured: Option<VideoId>,
@@ -472,13 +473,22 @@ impl Fetcher {
         if let Some(v) = configured {
             return Ok(v);
         }
-        let mut all: std::collections::BTreeSet<VideoId> = self.store.videos().into_iter().collect();
-        // A node that holds one video means that one; ask discovery only otherwise.
-        if all.len() != 1 {
-            all.extend(discovery.videos().await);
-        }
+        let mut all: std::collections::BTreeSet<VideoId> =
+            self.store.videos().into_iter().collect();
+        let (found, errors) = discovery.videos().await;
+        all.extend(found);
         let all: Vec<VideoId> = all.into_iter().collect();
-        crate::serve::default_video(None, &all).map_err(|e| no_default_video(e, &discovery.describe()))
+        if all.is_empty() && !errors.is_empty() {
+            return Err(FetchError::NoPeers(
+                errors
+                    .iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ));
+        }
+        crate::serve::default_video(None, &all)
+            .map_err(|e| no_default_video(e, &discovery.describe()))
     }
 
     /// What each hinted peer holds of `video`: hints that carry fragments as they are,

@@ -333,7 +333,7 @@ impl NodeBuilder {
         if self.peer_exchange && !sources.is_empty() {
             sources.push(Arc::new(PeerExchange::new(pool.clone(), picker.clone())));
         }
-        let discovery = Arc::new(CombinedDiscovery::new(sources));
+        let discovery = Arc::new(CombinedDiscovery::new(sources).with_configured(self.peers.clone()));
 
         // 2. Serving.
         let ctx = Arc::new(ServeContext {

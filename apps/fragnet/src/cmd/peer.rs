@@ -12,6 +12,7 @@ use std::sync::Arc;
 use anyhow::{Result, anyhow};
 use fragnet_core::fetch::FetchError;
 use fragnet_core::ratelimit::human_bytes;
+use fragnet_core::serve::default_video;
 use fragnet_core::registry::Registry;
 use fragnet_core::store::{FragmentStatus, fragment_file_name};
 use fragnet_core::{Downloads, FragmentIndex, FragmentStore, VideoId};
@@ -237,9 +238,12 @@ impl Console {
         }
     }
 
-    /// The video console commands refer to: configured, else the only one held here
-    /// or known to discovery.
+    /// The video console commands refer to: configured, else the only one held here,
+    /// else the only one known to discovery.
     async fn video(&self) -> Result<VideoId, FetchError> {
+        if let Ok(v) = default_video(self.default_video, &self.store.videos()) {
+            return Ok(v);
+        }
         self.engine.resolve_video(self.default_video).await
     }
 

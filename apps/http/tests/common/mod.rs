@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use fragnet_core::conformance::{NodeOptions, TestNode, TestVideo, within};
 use fragnet_core::Want;
-use fragnet_core::discovery::CombinedDiscovery;
+use fragnet_core::discovery::{CombinedDiscovery, Discovery, StaticPeers};
 use fragnet_core::fetch::{FetchOptions, Fetcher, PeerPool};
 use fragnet_core::identity::Identity;
 use fragnet_core::protocol::Timeouts;
@@ -55,6 +55,24 @@ impl Viewer {
         peers: &[PeerAddr],
         config: HttpConfig,
     ) -> Viewer {
+        let peers = peers.to_vec();
+        Self::start_with(v, have, config, move |_, pool| {
+            (!peers.is_empty())
+                .then(|| Arc::new(StaticPeers::new(peers, pool)) as Arc<dyn Discovery>)
+                .into_iter()
+                .collect()
+        })
+        .await
+    }
+
+    /// A viewer whose discovery is the sources `sources(node, pool)` makes (none: it serves
+    /// only what it holds).
+    pub async fn start_with(
+        v: &TestVideo,
+        have: &[FragmentIndex],
+        config: HttpConfig,
+        sources: impl FnOnce(&TestNode, Arc<PeerPool>) -> Vec<Arc<dyn Discovery>>,
+    ) -> Viewer {
         let seed = (!have.is_empty()).then(|| (v.split_dir.clone(), Some(have.to_vec())));
         let node = TestNode::start(
             tcp,
@@ -69,10 +87,11 @@ impl Viewer {
             assert!(node.store.videos().is_empty());
         }
         let cancel = CancellationToken::new();
-        let downloads = (!peers.is_empty()).then(|| {
-            let pool = Arc::new(PeerPool::new(node.transports.clone(), Timeouts::default()));
-            let fetcher = Fetcher::new(node.store.clone(), pool.clone(), FetchOptions::default());
-            let discovery = Arc::new(CombinedDiscovery::of_peers(peers.to_vec(), pool));
+        let pool = Arc::new(PeerPool::new(node.transports.clone(), Timeouts::default()));
+        let sources = sources(&node, pool.clone());
+        let downloads = (!sources.is_empty()).then(|| {
+            let fetcher = Fetcher::new(node.store.clone(), pool, FetchOptions::default());
+            let discovery = Arc::new(CombinedDiscovery::new(sources));
             Arc::new(Downloads::new(fetcher, discovery, Want::None, cancel.clone()))
         });
         let state = HttpState {
