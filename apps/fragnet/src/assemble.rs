@@ -16,10 +16,10 @@ use fragnet_core::{FragmentStore, PeerAddr, Transports};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::Config;
+use crate::config::{Config, TransportKind};
 
-/// Transport schemes this build can use.
-pub const SCHEMES: &[&str] = &["tcp", "quic"];
+/// Transport schemes this build can use: one per [`TransportKind`].
+pub const SCHEMES: &[&str] = &[TransportKind::Tcp.as_str(), TransportKind::Quic.as_str()];
 
 /// Every transport this build has. A node listens on the ones its `listen` names and
 /// can dial any of them, so TCP-only and QUIC-only nodes share one swarm. QUIC

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow};
 use fragnet_core::node::ServeHandle;
 use fragnet_core::registry::Registry;
 use fragnet_core::serve::ServeContext;
@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::assemble::{self, Local};
-use crate::config::Config;
+use crate::config::{Config, PubSubKind, RegistryKind};
 use crate::swarm::{Swarm, SwarmHandle, SwarmStats};
 
 /// Registry and pub/sub living in this process (`fragnet run`, `fragnet demo`), used
@@ -59,35 +59,18 @@ pub struct PeerNode {
 /// A split directory to import on start, optionally only some fragments.
 pub type Seed = (PathBuf, Option<Vec<FragmentIndex>>);
 
-/// Resolves a token given inline or in a file (never both).
-fn token(inline: &Option<String>, file: &Option<PathBuf>, what: &str) -> Result<Option<String>> {
-    match (inline, file) {
-        (Some(_), Some(f)) => bail!(
-            "{what}: set token or token_file ({}), not both",
-            f.display()
-        ),
-        (Some(t), None) => Ok(Some(t.trim().to_string())),
-        (None, Some(f)) => {
-            let t = std::fs::read_to_string(f)
-                .with_context(|| format!("{what}: reading token_file {}", f.display()))?;
-            Ok(Some(t.lines().next().unwrap_or("").trim().to_string()))
-        }
-        (None, None) => Ok(None),
-    }
-}
-
 /// The registry plugin the configuration asks for.
 pub fn registry(cfg: &Config, here: &InProcess) -> Result<Option<Arc<dyn Registry>>> {
-    match cfg.registry.as_str() {
-        "none" => Ok(None),
-        "memory" => here
+    match cfg.registry {
+        RegistryKind::None => Ok(None),
+        RegistryKind::Memory => here
             .registry
             .clone()
             .map(Some)
             .ok_or_else(|| anyhow!("registry = \"memory\" needs the manager role in this process (fragnet run with roles = [\"manager\", ...])")),
-        _ => match &cfg.manager.url {
+        RegistryKind::Http => match &cfg.manager.url {
             Some(url) => {
-                let t = token(&cfg.manager.token, &cfg.manager.token_file, "manager")?;
+                let t = cfg.manager_token()?;
                 let r = fragnet_manager::HttpRegistry::new(url, t).map_err(|e| anyhow!("manager.url {url}: {e}"))?;
                 Ok(Some(Arc::new(r)))
             }
@@ -98,17 +81,17 @@ pub fn registry(cfg: &Config, here: &InProcess) -> Result<Option<Arc<dyn Registr
 
 /// The pub/sub plugin the configuration asks for.
 pub async fn pubsub(cfg: &Config, here: &InProcess) -> Result<Option<Arc<dyn PubSub>>> {
-    match cfg.pubsub.as_str() {
-        "none" => Ok(None),
-        "local" => here.pubsub.clone().map(Some).ok_or_else(|| {
+    match cfg.pubsub {
+        PubSubKind::None => Ok(None),
+        PubSubKind::Local => here.pubsub.clone().map(Some).ok_or_else(|| {
             anyhow!("pubsub = \"local\" works only inside one process (fragnet run, fragnet demo)")
         }),
-        "nats" => {
+        PubSubKind::Nats => {
             let url = cfg.nats.url.clone().ok_or_else(|| {
                 anyhow!("pubsub = \"nats\" needs nats.url (e.g. nats://127.0.0.1:4222)")
             })?;
             let mut nc = fragnet_broker::NatsConfig::new(url.clone());
-            if let Some(t) = token(&cfg.nats.token, &cfg.nats.token_file, "nats")? {
+            if let Some(t) = cfg.nats_token()? {
                 nc.token = Some(
                     fragnet_broker::AuthToken::new(&t).map_err(|e| anyhow!("nats token: {e}"))?,
                 );
@@ -118,10 +101,10 @@ pub async fn pubsub(cfg: &Config, here: &InProcess) -> Result<Option<Arc<dyn Pub
                 .with_context(|| format!("connecting to NATS at {url}"))?;
             Ok(Some(Arc::new(ps)))
         }
-        _ => match &cfg.broker.addr {
+        PubSubKind::Broker => match &cfg.broker.addr {
             Some(addr) => {
                 let mut bc = fragnet_broker::BrokerClientConfig::new(addr.clone());
-                if let Some(t) = token(&cfg.broker.token, &cfg.broker.token_file, "broker")? {
+                if let Some(t) = cfg.broker_token()? {
                     bc = bc.token(
                         fragnet_broker::AuthToken::new(&t)
                             .map_err(|e| anyhow!("broker token: {e}"))?,
@@ -260,7 +243,7 @@ impl PeerNode {
             downloads: downloads.clone(),
             transports: transports.clone(),
             schemes: transports.schemes(),
-            prefer: cfg.transport.clone(),
+            prefer: cfg.transport.as_str().to_string(),
             registry: registry.clone(),
             pubsub,
             topic: cfg.topic.clone(),

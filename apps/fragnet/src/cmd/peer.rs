@@ -17,14 +17,13 @@ use fragnet_core::serve::{DefaultVideoError, default_video};
 use fragnet_core::store::{FragmentStatus, fragment_file_name};
 use fragnet_core::{FragmentIndex, FragmentStore, PeerAddr, VideoId};
 use futures::StreamExt;
-use serde_json::json;
 use tokio_util::codec::{FramedRead, LinesCodec};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::assemble;
 use crate::cli::{PeerArgs, parse_fragment_list};
-use crate::cmd::{node_flags_json, shutdown_signal};
+use crate::cmd::shutdown_signal;
 use crate::config::{self, Config};
 use crate::node::{InProcess, PeerNode};
 use crate::progress::FetchProgress;
@@ -34,35 +33,7 @@ pub const PROMPT: &str = "Fragment to request (or 'exit'): ";
 
 /// Runs `fragnet peer` until Ctrl-C, SIGTERM or `exit`.
 pub async fn run(sources: &config::Sources, a: PeerArgs) -> Result<()> {
-    let mut flags = node_flags_json(&a.node);
-    if !a.listen.is_empty() {
-        flags.insert("listen".into(), json!(a.listen));
-    }
-    if !a.peer.is_empty() {
-        flags.insert("peers".into(), json!(a.peer));
-    }
-    if let Some(v) = &a.default_video {
-        flags.insert("default_video".into(), json!(v));
-    }
-    if a.no_console {
-        flags.insert("console".into(), json!(false));
-    }
-    if let Some(h) = &a.http {
-        flags.insert("http_listen".into(), json!(h));
-    }
-    if let Some(m) = &a.manager {
-        flags.insert("manager".into(), json!({ "url": m }));
-    }
-    if let Some(b) = &a.broker {
-        flags.insert("broker".into(), json!({ "addr": b }));
-    }
-    if let Some(w) = &a.want {
-        flags.insert("want".into(), json!(w));
-    }
-    if !a.advertise.is_empty() {
-        flags.insert("advertise".into(), json!(a.advertise));
-    }
-    let cfg = config::load(sources, serde_json::Value::Object(flags))?;
+    let cfg = config::load(sources, &a.overrides())?;
     let seed = match &a.seed {
         Some(dir) => {
             let only = a
@@ -388,7 +359,7 @@ impl Console {
                     .addrs
                     .iter()
                     .filter(|a| self.schemes.contains(&a.scheme.as_str()))
-                    .min_by_key(|a| a.scheme != self.cfg.transport);
+                    .min_by_key(|a| a.scheme != self.cfg.transport.as_str());
                 if let Some(a) = pick
                     && !peers.contains(a)
                 {
