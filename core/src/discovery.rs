@@ -253,7 +253,10 @@ impl CombinedDiscovery {
                         let _ = me.hints.send(h);
                     }
                     Err(broadcast::error::RecvError::Lagged(n)) => {
-                        debug!(lost = n, "discovery hints lagged; reconciliation catches up")
+                        debug!(
+                            lost = n,
+                            "discovery hints lagged; reconciliation catches up"
+                        )
                     }
                     Err(broadcast::error::RecvError::Closed) => return,
                 }
@@ -268,18 +271,17 @@ impl CombinedDiscovery {
         let mut merged: IndexMap<PeerAddr, Option<BTreeSet<FragmentIndex>>> = IndexMap::new();
         for s in &self.sources {
             let known: Vec<PeerAddr> = merged.keys().cloned().collect();
-            let found =
-                match tokio::time::timeout(SOURCE_TIMEOUT, s.locate(video, &known)).await {
-                    Ok(Ok(h)) => h,
-                    Ok(Err(e)) => {
-                        debug!(video = %video.short(), "discovery: {e}");
-                        continue;
-                    }
-                    Err(_) => {
-                        debug!(video = %video.short(), source = s.name(), "discovery timed out");
-                        continue;
-                    }
-                };
+            let found = match tokio::time::timeout(SOURCE_TIMEOUT, s.locate(video, &known)).await {
+                Ok(Ok(h)) => h,
+                Ok(Err(e)) => {
+                    debug!(video = %video.short(), "discovery: {e}");
+                    continue;
+                }
+                Err(_) => {
+                    debug!(video = %video.short(), source = s.name(), "discovery timed out");
+                    continue;
+                }
+            };
             for h in found {
                 if h.video != video || self.is_own(&h.addr) {
                     continue;
@@ -913,7 +915,10 @@ mod tests {
             Arc::new(Fixed("registry", vec![h("10.0.0.1:1", Some(vec![0, 1]))])),
             Arc::new(Fixed(
                 "events",
-                vec![h("10.0.0.1:1", Some(vec![5])), h("10.0.0.2:1", Some(vec![2]))],
+                vec![
+                    h("10.0.0.1:1", Some(vec![5])),
+                    h("10.0.0.2:1", Some(vec![2])),
+                ],
             )),
             Arc::new(Fixed("echo", vec![h("10.0.0.9:1", None)])),
         ]);
@@ -931,7 +936,11 @@ mod tests {
         assert_eq!(d.describe(), "registry, events, echo");
         assert_eq!(
             d.known(v, 10),
-            vec![addr("10.0.0.1:1001"), addr("10.0.0.2:1"), addr("10.0.0.1:1")],
+            vec![
+                addr("10.0.0.1:1001"),
+                addr("10.0.0.2:1"),
+                addr("10.0.0.1:1")
+            ],
             "the directory lists the most recently heard first"
         );
     }
@@ -950,7 +959,10 @@ mod tests {
         assert!(d.directory.lock().unwrap().len() <= DIRECTORY_VIDEOS);
         assert!(d.known(v, 10).is_empty(), "the oldest video went first");
         d.remember(v, &[addr("0.0.0.0:7"), addr("10.0.0.1:0")]);
-        assert!(d.known(v, 10).is_empty(), "undialable addresses are not kept");
+        assert!(
+            d.known(v, 10).is_empty(),
+            "undialable addresses are not kept"
+        );
     }
 
     #[test]

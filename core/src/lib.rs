@@ -39,9 +39,9 @@ pub mod conformance;
 
 pub use addr::PeerAddr;
 pub use engine::{Downloads, Want};
-pub use node::{Node, NodeBuilder, NodeHandle};
 pub use ids::{FragmentIndex, NodeId, VideoId};
 pub use manifest::Manifest;
+pub use node::{Node, NodeBuilder, NodeHandle};
 pub use pubsub::{FragmentEvent, LocalPubSub, PubSub, PubSubError, Subscription};
 pub use registry::{MemoryRegistry, Registry, RegistryError};
 pub use store::FragmentStore;

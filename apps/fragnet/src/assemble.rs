@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow};
 use fragnet_core::fetch::FetchOptions;
 use fragnet_core::identity::Identity;
 use fragnet_core::node::{Advertise, Node, NodeError, NodeHandle, ServeLimits};
@@ -17,10 +17,7 @@ use fragnet_core::{FragmentIndex, FragmentStore, PeerAddr, PubSub, Transports};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::Config;
-
-/// Transport schemes this build can use.
-pub const SCHEMES: &[&str] = &["tcp", "quic"];
+use crate::config::{Config, PubSubKind, RegistryKind};
 
 /// Every transport this build has. A node listens on the ones its `listen` names and
 /// can dial any of them, so TCP-only and QUIC-only nodes share one swarm. QUIC
@@ -111,35 +108,18 @@ pub struct InProcess {
     pub pubsub: Option<Arc<dyn PubSub>>,
 }
 
-/// Resolves a token given inline or in a file (never both).
-fn token(inline: &Option<String>, file: &Option<PathBuf>, what: &str) -> Result<Option<String>> {
-    match (inline, file) {
-        (Some(_), Some(f)) => bail!(
-            "{what}: set token or token_file ({}), not both",
-            f.display()
-        ),
-        (Some(t), None) => Ok(Some(t.trim().to_string())),
-        (None, Some(f)) => {
-            let t = std::fs::read_to_string(f)
-                .with_context(|| format!("{what}: reading token_file {}", f.display()))?;
-            Ok(Some(t.lines().next().unwrap_or("").trim().to_string()))
-        }
-        (None, None) => Ok(None),
-    }
-}
-
 /// The registry plugin the configuration asks for.
 pub fn registry(cfg: &Config, here: &InProcess) -> Result<Option<Arc<dyn Registry>>> {
-    match cfg.registry.as_str() {
-        "none" => Ok(None),
-        "memory" => here
+    match cfg.registry {
+        RegistryKind::None => Ok(None),
+        RegistryKind::Memory => here
             .registry
             .clone()
             .map(Some)
             .ok_or_else(|| anyhow!("registry = \"memory\" needs the manager role in this process (fragnet run with roles = [\"manager\", ...])")),
-        _ => match &cfg.manager.url {
+        RegistryKind::Http => match &cfg.manager.url {
             Some(url) => {
-                let t = token(&cfg.manager.token, &cfg.manager.token_file, "manager")?;
+                let t = cfg.manager_token()?;
                 let r = fragnet_manager::HttpRegistry::new(url, t).map_err(|e| anyhow!("manager.url {url}: {e}"))?;
                 Ok(Some(Arc::new(r)))
             }
@@ -150,17 +130,17 @@ pub fn registry(cfg: &Config, here: &InProcess) -> Result<Option<Arc<dyn Registr
 
 /// The pub/sub plugin the configuration asks for.
 pub async fn pubsub(cfg: &Config, here: &InProcess) -> Result<Option<Arc<dyn PubSub>>> {
-    match cfg.pubsub.as_str() {
-        "none" => Ok(None),
-        "local" => here.pubsub.clone().map(Some).ok_or_else(|| {
+    match cfg.pubsub {
+        PubSubKind::None => Ok(None),
+        PubSubKind::Local => here.pubsub.clone().map(Some).ok_or_else(|| {
             anyhow!("pubsub = \"local\" works only inside one process (fragnet run, fragnet demo)")
         }),
-        "nats" => {
+        PubSubKind::Nats => {
             let url = cfg.nats.url.clone().ok_or_else(|| {
                 anyhow!("pubsub = \"nats\" needs nats.url (e.g. nats://127.0.0.1:4222)")
             })?;
             let mut nc = fragnet_broker::NatsConfig::new(url.clone());
-            if let Some(t) = token(&cfg.nats.token, &cfg.nats.token_file, "nats")? {
+            if let Some(t) = cfg.nats_token()? {
                 nc.token = Some(
                     fragnet_broker::AuthToken::new(&t).map_err(|e| anyhow!("nats token: {e}"))?,
                 );
@@ -170,10 +150,10 @@ pub async fn pubsub(cfg: &Config, here: &InProcess) -> Result<Option<Arc<dyn Pub
                 .with_context(|| format!("connecting to NATS at {url}"))?;
             Ok(Some(Arc::new(ps)))
         }
-        _ => match &cfg.broker.addr {
+        PubSubKind::Broker => match &cfg.broker.addr {
             Some(addr) => {
                 let mut bc = fragnet_broker::BrokerClientConfig::new(addr.clone());
-                if let Some(t) = token(&cfg.broker.token, &cfg.broker.token_file, "broker")? {
+                if let Some(t) = cfg.broker_token()? {
                     bc = bc.token(
                         fragnet_broker::AuthToken::new(&t)
                             .map_err(|e| anyhow!("broker token: {e}"))?,
@@ -259,7 +239,11 @@ pub struct Started {
 
 /// Opens the store (importing the seed), builds the plugins the configuration names
 /// and starts the node through core's builder: the one way this binary makes a node.
-pub async fn start_node(cfg: &Config, start: NodeStart, cancel: &CancellationToken) -> Result<Started> {
+pub async fn start_node(
+    cfg: &Config,
+    start: NodeStart,
+    cancel: &CancellationToken,
+) -> Result<Started> {
     let listen = if start.serve {
         cfg.listen_addrs()?
     } else {
@@ -314,9 +298,9 @@ pub async fn start_node(cfg: &Config, start: NodeStart, cancel: &CancellationTok
     }
     let node = builder.spawn(cancel).await.map_err(|e| {
         let hint = match &e {
-            NodeError::Listen(fragnet_core::transport::TransportError::Listen { error, .. })
-                if error.kind() == std::io::ErrorKind::AddrInUse =>
-            {
+            NodeError::Listen(fragnet_core::transport::TransportError::Listen {
+                error, ..
+            }) if error.kind() == std::io::ErrorKind::AddrInUse => {
                 " (another process uses that port: stop it or choose another with --listen)"
             }
             NodeError::Service(s)

@@ -1,8 +1,14 @@
-//! The command line: one subcommand per role.
+//! The command line: one subcommand per role. Each subcommand that loads the
+//! configuration turns its flags into [`Overrides`], the top configuration layer.
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+
+use crate::config::{
+    BrokerOverrides, LimitsOverrides, ManagerOverrides, NatsOverrides, Overrides, PubSubKind, Role,
+    TransportKind,
+};
 
 /// fragnet: peer-to-peer video distribution and streaming.
 ///
@@ -112,9 +118,9 @@ pub struct NodeFlags {
     /// Data directory (store and node key). Default: one per listen port.
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
-    /// Transport for bare addresses and listen entries without a scheme: tcp or quic.
+    /// Transport for bare addresses and listen entries without a scheme.
     #[arg(long)]
-    pub transport: Option<String>,
+    pub transport: Option<TransportKind>,
     /// Display name of this node.
     #[arg(long)]
     pub name: Option<String>,
@@ -287,9 +293,9 @@ pub struct DemoArgs {
 /// `fragnet run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Roles to run, overriding the profile's `roles` (peer, manager, broker). Repeats.
-    #[arg(long = "role", value_name = "ROLE")]
-    pub roles: Vec<String>,
+    /// Roles to run, overriding the profile's `roles`. Repeats, or comma separated.
+    #[arg(long = "role", value_name = "ROLE", value_delimiter = ',')]
+    pub roles: Vec<Role>,
     /// Listen addresses of the peer role. Repeats.
     #[arg(long, short, value_name = "ADDR")]
     pub listen: Vec<String>,
@@ -308,6 +314,136 @@ pub struct HealthArgs {
     /// Seconds to wait for an answer.
     #[arg(long, default_value_t = 3)]
     pub timeout: u64,
+}
+
+impl NodeFlags {
+    /// The configuration keys these flags set.
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            data_dir: self.data.clone(),
+            transport: self.transport,
+            name: self.name.clone(),
+            limits: LimitsOverrides {
+                max_upload_rate: self.max_upload_rate.clone(),
+                max_connections: self.max_connections,
+                concurrency: self.concurrency,
+            },
+            ..Overrides::default()
+        }
+    }
+}
+
+impl PeerArgs {
+    /// The configuration keys `fragnet peer`'s flags set.
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            listen: self.listen.clone(),
+            peers: self.peer.clone(),
+            default_video: self.default_video.clone(),
+            console: self.no_console.then_some(false),
+            http_listen: self.http.clone(),
+            manager: ManagerOverrides {
+                url: self.manager.clone(),
+                ..ManagerOverrides::default()
+            },
+            broker: BrokerOverrides {
+                addr: self.broker.clone(),
+                ..BrokerOverrides::default()
+            },
+            want: self.want.clone(),
+            advertise: self.advertise.clone(),
+            ..self.node.overrides()
+        }
+    }
+}
+
+impl FetchArgs {
+    /// The configuration keys `fragnet fetch`'s flags set.
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            peers: self.peer.clone(),
+            manager: ManagerOverrides {
+                url: self.manager.clone(),
+                ..ManagerOverrides::default()
+            },
+            ..self.node.overrides()
+        }
+    }
+}
+
+impl ManagerArgs {
+    /// The `manager.*` keys `fragnet manager`'s flags set.
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            manager: ManagerOverrides {
+                listen: self.listen.clone(),
+                data_dir: self.data.clone(),
+                token_file: self.token_file.clone(),
+                ttl_secs: self.ttl,
+                ..ManagerOverrides::default()
+            },
+            ..Overrides::default()
+        }
+    }
+}
+
+impl BrokerArgs {
+    /// The `broker.*` keys `fragnet broker`'s flags set.
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            broker: BrokerOverrides {
+                listen: self.listen.clone(),
+                token_file: self.token_file.clone(),
+                ..BrokerOverrides::default()
+            },
+            ..Overrides::default()
+        }
+    }
+}
+
+/// `--broker ADDR` or `--nats URL` of the pub/sub clients: the server, and the plugin
+/// that talks to it.
+fn pubsub_client_overrides(broker: &Option<String>, nats: &Option<String>) -> Overrides {
+    let pubsub = match (broker, nats) {
+        (Some(_), _) => Some(PubSubKind::Broker),
+        (None, Some(_)) => Some(PubSubKind::Nats),
+        (None, None) => None,
+    };
+    Overrides {
+        pubsub,
+        broker: BrokerOverrides {
+            addr: broker.clone(),
+            ..BrokerOverrides::default()
+        },
+        nats: NatsOverrides { url: nats.clone() },
+        ..Overrides::default()
+    }
+}
+
+impl SubscribeArgs {
+    /// The configuration keys `fragnet subscribe`'s flags set.
+    pub fn overrides(&self) -> Overrides {
+        pubsub_client_overrides(&self.broker, &self.nats)
+    }
+}
+
+impl NotifyArgs {
+    /// The configuration keys `fragnet notify`'s flags set.
+    pub fn overrides(&self) -> Overrides {
+        pubsub_client_overrides(&self.broker, &self.nats)
+    }
+}
+
+impl RunArgs {
+    /// The configuration keys `fragnet run`'s flags set; `run` never reads a console.
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            roles: self.roles.clone(),
+            listen: self.listen.clone(),
+            console: Some(false),
+            ..self.node.overrides()
+        }
+    }
 }
 
 /// Parses `0-4`, `5`, `0,2,5-7` into a sorted list of indices.
@@ -354,6 +490,65 @@ mod tests {
         assert!(parse_fragment_list("x").is_err());
         assert!(parse_fragment_list("").is_err());
         assert!(parse_fragment_list("-1").is_err());
+    }
+
+    fn overrides(args: &[&str]) -> Overrides {
+        let cli =
+            Cli::try_parse_from(std::iter::once("fragnet").chain(args.iter().copied())).unwrap();
+        match cli.command {
+            Command::Peer(a) => a.overrides(),
+            Command::Fetch(a) => a.overrides(),
+            Command::Manager(a) => a.overrides(),
+            Command::Broker(a) => a.overrides(),
+            Command::Subscribe(a) => a.overrides(),
+            Command::Notify(a) => a.overrides(),
+            Command::Run(a) => a.overrides(),
+            other => panic!("{other:?} sets no configuration"),
+        }
+    }
+
+    #[test]
+    fn flags_become_typed_overrides() {
+        let o = overrides(&[
+            "run",
+            "--role",
+            "peer,manager",
+            "--role",
+            "broker",
+            "--transport",
+            "quic",
+            "--concurrency",
+            "3",
+        ]);
+        assert_eq!(o.roles, vec![Role::Peer, Role::Manager, Role::Broker]);
+        assert_eq!(o.transport, Some(TransportKind::Quic));
+        assert_eq!(o.limits.concurrency, Some(3));
+        assert_eq!(o.console, Some(false), "run never reads a console");
+        let e = Cli::try_parse_from(["fragnet", "run", "--role", "seeder"]).unwrap_err();
+        assert!(e.to_string().contains("peer, manager, broker"), "{e}");
+
+        let o = overrides(&["peer", "--manager", "http://m:1", "-l", "7001"]);
+        assert_eq!(o.manager.url.as_deref(), Some("http://m:1"));
+        assert_eq!(o.listen, vec!["7001"]);
+        assert_eq!(
+            o.console, None,
+            "a console flag not given leaves the key alone"
+        );
+        let o = overrides(&["manager", "--ttl", "2.5", "--listen", "127.0.0.1:0"]);
+        assert_eq!(o.manager.ttl_secs, Some(2.5));
+        assert_eq!(o.manager.listen.as_deref(), Some("127.0.0.1:0"));
+        let o = overrides(&["notify", "x", "--nats", "nats://n:1"]);
+        assert_eq!(o.pubsub, Some(PubSubKind::Nats));
+        assert_eq!(o.nats.url.as_deref(), Some("nats://n:1"));
+        let o = overrides(&["subscribe", "--broker", "b:1"]);
+        assert_eq!(o.pubsub, Some(PubSubKind::Broker));
+        assert_eq!(o.broker.addr.as_deref(), Some("b:1"));
+        assert_eq!(overrides(&["subscribe"]), Overrides::default());
+        let o = overrides(&["fetch", "--manager", "http://m:1"]);
+        assert!(
+            o.peers.is_empty(),
+            "no --peer leaves `peers` to the layers below"
+        );
     }
 
     #[test]

@@ -1,13 +1,17 @@
 //! Configuration: one path, layered by figment. Later wins:
-//! built-in defaults < `--config FILE` < `FRAGNET_*` environment (`__` nests) < flags.
-//! Unknown keys are errors that name the key and where it came from.
+//! built-in defaults < `--profile NAME` < `--config FILE` < `FRAGNET_*` environment
+//! (`__` nests) < flags ([`Overrides`]).
+//! Unknown keys and values outside a key's choices are errors that name the key, the
+//! value and where it came from, raised once at load.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
+use figment::value::{Dict, Map};
+use figment::{Figment, Metadata, Profile, Provider};
 use fragnet_core::{PeerAddr, VideoId};
+use serde::de::{DeserializeOwned, IntoDeserializer};
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// The whole configuration of a fragnet process. Every key has a default.
@@ -19,7 +23,7 @@ pub struct Config {
     /// The node's store and key (default: `fragnet-data/node-<port>`, one per listen port).
     pub data_dir: Option<PathBuf>,
     /// `tcp` or `quic`: the scheme of bare addresses and of listen entries without one.
-    pub transport: String,
+    pub transport: TransportKind,
     /// QUIC identity policy for addresses without a node id: `tofu` (trust on first use,
     /// then pin) or `strict` (refuse them).
     pub trust: fragnet_quic::Trust,
@@ -40,9 +44,10 @@ pub struct Config {
     pub http_listen: Option<String>,
     /// `stream.*`: how the HTTP side streams to players.
     pub stream: Stream,
-    /// Roles `fragnet run` starts in this process: any of `peer`, `manager`, `broker`.
-    #[serde(deserialize_with = "string_or_seq")]
-    pub roles: Vec<String>,
+    /// Roles `fragnet run` starts in this process: any of `peer`, `manager`, `broker`,
+    /// as a list or a comma-separated string (`FRAGNET_ROLES=peer,manager`).
+    #[serde(deserialize_with = "enum_list")]
+    pub roles: Vec<Role>,
     /// Videos to fetch as they appear: `"all"` (every video the registry knows), `"none"`,
     /// or a list of video ids.
     pub want: Want,
@@ -53,10 +58,10 @@ pub struct Config {
     pub advertise: Vec<String>,
     /// Registry plugin: `http` (the manager at `manager.url`), `memory` (the manager
     /// running in this process; `fragnet run`, `fragnet demo`), or `none`.
-    pub registry: String,
+    pub registry: RegistryKind,
     /// Pub/sub plugin: `broker` (at `broker.addr`), `nats` (at `nats.url`), `local` (in
     /// this process), or `none`.
-    pub pubsub: String,
+    pub pubsub: PubSubKind,
     /// The fragment-event topic.
     pub topic: String,
     /// Seconds between reconciliations with the registry (catches up on lost events).
@@ -67,6 +72,105 @@ pub struct Config {
     pub broker: BrokerSection,
     /// `nats.*`: the NATS server, for `pubsub = "nats"`.
     pub nats: NatsSection,
+}
+
+/// The transport of bare addresses and of listen entries without a scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportKind {
+    /// `tcp`: fragnet-tcp.
+    Tcp,
+    /// `quic`: fragnet-quic, authenticated by node key.
+    Quic,
+}
+
+impl TransportKind {
+    /// The address scheme: `tcp` or `quic`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            TransportKind::Tcp => "tcp",
+            TransportKind::Quic => "quic",
+        }
+    }
+}
+
+impl std::fmt::Display for TransportKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a node registers and finds peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RegistryKind {
+    /// `http`: the manager at `manager.url`.
+    Http,
+    /// `memory`: the manager running in this process (`fragnet run`, `fragnet demo`).
+    Memory,
+    /// `none`: static peers only.
+    None,
+}
+
+impl RegistryKind {
+    /// The configuration value: `http`, `memory` or `none`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            RegistryKind::Http => "http",
+            RegistryKind::Memory => "memory",
+            RegistryKind::None => "none",
+        }
+    }
+}
+
+impl std::fmt::Display for RegistryKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where fragment events travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PubSubKind {
+    /// `broker`: fragnet's broker at `broker.addr`.
+    Broker,
+    /// `nats`: a NATS server at `nats.url`.
+    Nats,
+    /// `local`: the bus inside this process.
+    Local,
+    /// `none`: no events; reconciliation alone finds new fragments.
+    None,
+}
+
+impl PubSubKind {
+    /// The configuration value: `broker`, `nats`, `local` or `none`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            PubSubKind::Broker => "broker",
+            PubSubKind::Nats => "nats",
+            PubSubKind::Local => "local",
+            PubSubKind::None => "none",
+        }
+    }
+}
+
+impl std::fmt::Display for PubSubKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A role `fragnet run` can start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// A peer node.
+    Peer,
+    /// The manager (registry).
+    Manager,
+    /// The pub/sub broker.
+    Broker,
 }
 
 pub use fragnet_core::Want;
@@ -211,7 +315,7 @@ impl Default for Config {
         Config {
             name: None,
             data_dir: None,
-            transport: "tcp".into(),
+            transport: TransportKind::Tcp,
             trust: fragnet_quic::Trust::Tofu,
             listen: vec!["6001".into()],
             peers: Vec::new(),
@@ -220,11 +324,11 @@ impl Default for Config {
             limits: Limits::default(),
             http_listen: None,
             stream: Stream::default(),
-            roles: vec!["peer".into()],
+            roles: vec![Role::Peer],
             want: Want::None,
             advertise: Vec::new(),
-            registry: "http".into(),
-            pubsub: "broker".into(),
+            registry: RegistryKind::Http,
+            pubsub: PubSubKind::Broker,
             topic: "fragments".into(),
             reconcile_secs: 10,
             manager: ManagerSection::default(),
@@ -266,6 +370,15 @@ fn string_or_seq<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Erro
         .collect())
 }
 
+/// A list key of enum values, written as [`string_or_seq`] accepts. A wrong value is
+/// serde's "unknown variant" error, which figment completes with the key and source.
+fn enum_list<'de, D: Deserializer<'de>, T: DeserializeOwned>(d: D) -> Result<Vec<T>, D::Error> {
+    string_or_seq(d)?
+        .into_iter()
+        .map(|s| T::deserialize(s.into_deserializer()))
+        .collect()
+}
+
 /// Where configuration comes from besides defaults and environment.
 #[derive(Debug, Clone, Default)]
 pub struct Sources {
@@ -273,6 +386,137 @@ pub struct Sources {
     pub profile: Option<String>,
     /// `--config FILE`.
     pub file: Option<PathBuf>,
+}
+
+/// What `config show` calls the flag layer, and the name figment gives it in errors
+/// ("for key `want` in command line").
+const COMMAND_LINE: &str = "command line";
+
+fn is_default<T: Default + PartialEq>(t: &T) -> bool {
+    *t == T::default()
+}
+
+/// The keys the command line set: the top configuration layer. Field names are config
+/// keys; an unset field leaves the layers below alone. Only keys some flag sets are here:
+/// give a new flag its field rather than a hand-built map.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Overrides {
+    /// `name`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `data_dir`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// `transport`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transport: Option<TransportKind>,
+    /// `listen`; empty: not set.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub listen: Vec<String>,
+    /// `peers`; empty: not set.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<String>,
+    /// `default_video` (checked as a video id at load).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_video: Option<String>,
+    /// `console`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub console: Option<bool>,
+    /// `limits.*`.
+    #[serde(skip_serializing_if = "is_default")]
+    pub limits: LimitsOverrides,
+    /// `http_listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_listen: Option<String>,
+    /// `roles`; empty: not set.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<Role>,
+    /// `want`: `all`, `none` or video ids, comma separated (checked at load).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub want: Option<String>,
+    /// `advertise`; empty: not set.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub advertise: Vec<String>,
+    /// `pubsub`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pubsub: Option<PubSubKind>,
+    /// `manager.*`.
+    #[serde(skip_serializing_if = "is_default")]
+    pub manager: ManagerOverrides,
+    /// `broker.*`.
+    #[serde(skip_serializing_if = "is_default")]
+    pub broker: BrokerOverrides,
+    /// `nats.*`.
+    #[serde(skip_serializing_if = "is_default")]
+    pub nats: NatsOverrides,
+}
+
+/// `limits.*` keys the command line set.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct LimitsOverrides {
+    /// `limits.max_upload_rate`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_upload_rate: Option<String>,
+    /// `limits.max_connections`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
+    /// `limits.concurrency`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<usize>,
+}
+
+/// `manager.*` keys the command line set.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ManagerOverrides {
+    /// `manager.url`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// `manager.token_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// `manager.listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// `manager.data_dir`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// `manager.ttl_secs`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttl_secs: Option<f64>,
+}
+
+/// `broker.*` keys the command line set.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct BrokerOverrides {
+    /// `broker.addr`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub addr: Option<String>,
+    /// `broker.token_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// `broker.listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+}
+
+/// `nats.*` keys the command line set.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct NatsOverrides {
+    /// `nats.url`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+/// The flag layer is figment's `Serialized` provider under its own name, so errors and
+/// `config show` say "command line" rather than a Rust type name.
+impl Provider for Overrides {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(COMMAND_LINE)
+    }
+
+    fn data(&self) -> std::result::Result<Map<Profile, Dict>, figment::Error> {
+        Serialized::defaults(self).data()
+    }
 }
 
 /// The profiles shipped in `configs/`, built into the binary so `--profile` works from
@@ -329,7 +573,7 @@ fn profile_provider(name: &str) -> Result<(figment::providers::Data<Toml>, Strin
 }
 
 /// The layered figment: defaults < profile < file < environment < flags.
-fn figment(src: &Sources, flags: serde_json::Value, env: Env) -> Result<(Figment, Option<String>)> {
+fn figment(src: &Sources, flags: &Overrides, env: Env) -> Result<(Figment, Option<String>)> {
     let mut fig = Figment::from(Serialized::defaults(Config::default()));
     let mut profile_shown = None;
     if let Some(name) = &src.profile {
@@ -343,10 +587,7 @@ fn figment(src: &Sources, flags: serde_json::Value, env: Env) -> Result<(Figment
         }
         fig = fig.merge(Toml::file_exact(path));
     }
-    Ok((
-        fig.merge(env).merge(Serialized::defaults(flags)),
-        profile_shown,
-    ))
+    Ok((fig.merge(env).merge(flags.clone()), profile_shown))
 }
 
 /// The environment layer: `FRAGNET_*`, `__` nests.
@@ -354,19 +595,28 @@ fn env() -> Env {
     Env::prefixed("FRAGNET_").split("__")
 }
 
-/// Loads the configuration: defaults < profile < `file` < environment < `flags` (a JSON
-/// object of the keys the command line set).
-pub fn load(src: &Sources, flags: serde_json::Value) -> Result<Config> {
+/// Loads the configuration: defaults < profile < `file` < environment < `flags` (the
+/// keys the command line set).
+pub fn load(src: &Sources, flags: &Overrides) -> Result<Config> {
     load_with_env(src, flags, env())
 }
 
-fn load_with_env(src: &Sources, flags: serde_json::Value, env: Env) -> Result<Config> {
+fn load_with_env(src: &Sources, flags: &Overrides, env: Env) -> Result<Config> {
+    extract(src, flags, env).map(|(cfg, _, _)| cfg)
+}
+
+/// The figment, the checked configuration it gives, and the profile's shown name.
+fn extract(
+    src: &Sources,
+    flags: &Overrides,
+    env: Env,
+) -> Result<(Config, Figment, Option<String>)> {
     let (fig, profile_shown) = figment(src, flags, env)?;
     let cfg: Config = fig
         .extract()
         .map_err(|e| anyhow::anyhow!(describe(e, profile_shown.as_deref())))?;
     cfg.validate()?;
-    Ok(cfg)
+    Ok((cfg, fig, profile_shown))
 }
 
 /// figment errors name the key and the source; say plainly which file when the source
@@ -382,12 +632,12 @@ fn describe(e: figment::Error, profile: Option<&str>) -> String {
 
 /// The effective configuration, one `key = value` per line, each with where it came
 /// from (`default`, a file, an environment variable, `command line`).
-pub fn show(src: &Sources, flags: serde_json::Value) -> Result<String> {
-    let (fig, profile_shown) = figment(src, flags, env())?;
-    let cfg: Config = fig
-        .extract()
-        .map_err(|e| anyhow::anyhow!(describe(e, profile_shown.as_deref())))?;
-    cfg.validate()?;
+pub fn show(src: &Sources, flags: &Overrides) -> Result<String> {
+    show_with_env(src, flags, env())
+}
+
+fn show_with_env(src: &Sources, flags: &Overrides, env: Env) -> Result<String> {
+    let (cfg, fig, profile_shown) = extract(src, flags, env)?;
     let mut leaves = Vec::new();
     flatten("", &serde_json::to_value(&cfg)?, &mut leaves);
     let width = leaves
@@ -408,7 +658,7 @@ pub fn show(src: &Sources, flags: serde_json::Value) -> Result<String> {
                         key.to_uppercase().replace('.', "__")
                     )
                 }
-                (_, n) if n.contains("serde_json") => "command line".to_string(),
+                (_, n) if n == COMMAND_LINE => COMMAND_LINE.to_string(),
                 (_, n) if n.contains("TOML source string") => {
                     profile_shown.clone().unwrap_or_else(|| n.to_string())
                 }
@@ -440,14 +690,9 @@ fn flatten(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, String)>)
 }
 
 impl Config {
+    /// Checks what the types cannot: addresses, sizes, ranges. The enum keys
+    /// (`transport`, `registry`, `pubsub`, `roles`) were checked by deserializing them.
     fn validate(&self) -> Result<()> {
-        if !crate::assemble::SCHEMES.contains(&self.transport.as_str()) {
-            bail!(
-                "transport = {:?} is not available; use one of {:?}",
-                self.transport,
-                crate::assemble::SCHEMES
-            );
-        }
         for l in &self.listen {
             self.addr(l).with_context(|| format!("in listen = {l:?}"))?;
         }
@@ -469,23 +714,6 @@ impl Config {
         {
             bail!(
                 "stream.chunk_wait_secs, stream.max_responses and stream.idle_timeout_secs must be at least 1"
-            );
-        }
-        for r in &self.roles {
-            if !["peer", "manager", "broker"].contains(&r.as_str()) {
-                bail!("roles: unknown role {r:?}; use peer, manager or broker");
-            }
-        }
-        if !["http", "memory", "none"].contains(&self.registry.as_str()) {
-            bail!(
-                "registry = {:?}: use \"http\", \"memory\" or \"none\"",
-                self.registry
-            );
-        }
-        if !["broker", "nats", "local", "none"].contains(&self.pubsub.as_str()) {
-            bail!(
-                "pubsub = {:?}: use \"broker\", \"nats\", \"local\" or \"none\"",
-                self.pubsub
             );
         }
         fragnet_core::pubsub::check_topic(&self.topic)
@@ -511,7 +739,25 @@ impl Config {
 
     /// Parses an address with this configuration's default scheme.
     pub fn addr(&self, s: &str) -> Result<PeerAddr> {
-        Ok(PeerAddr::parse(s, &self.transport)?)
+        Ok(PeerAddr::parse(s, self.transport.as_str())?)
+    }
+
+    /// The token for the manager (`manager.token` or `manager.token_file`), if any.
+    pub fn manager_token(&self) -> Result<Option<String>> {
+        let m = &self.manager;
+        resolve_secret("manager", m.token.as_deref(), m.token_file.as_deref())
+    }
+
+    /// The token for the broker (`broker.token` or `broker.token_file`), if any.
+    pub fn broker_token(&self) -> Result<Option<String>> {
+        let b = &self.broker;
+        resolve_secret("broker", b.token.as_deref(), b.token_file.as_deref())
+    }
+
+    /// The token for NATS (`nats.token` or `nats.token_file`), if any.
+    pub fn nats_token(&self) -> Result<Option<String>> {
+        let n = &self.nats;
+        resolve_secret("nats", n.token.as_deref(), n.token_file.as_deref())
     }
 
     /// Listen addresses, parsed.
@@ -570,6 +816,39 @@ impl Config {
     }
 }
 
+/// The secret of a `section.*`: `token` as given, or the first line of `token_file`,
+/// trimmed; both set, or an empty one, is an error naming the keys.
+fn resolve_secret(
+    section: &str,
+    inline: Option<&str>,
+    file: Option<&Path>,
+) -> Result<Option<String>> {
+    let token = match (inline, file) {
+        (Some(_), Some(f)) => bail!(
+            "{section}.token and {section}.token_file ({}) are both set; set one",
+            f.display()
+        ),
+        (Some(t), None) => t.trim().to_string(),
+        (None, Some(f)) => {
+            let text = std::fs::read_to_string(f)
+                .with_context(|| format!("{section}.token_file: reading {}", f.display()))?;
+            let first = text.lines().next().unwrap_or("").trim().to_string();
+            if first.is_empty() {
+                bail!(
+                    "{section}.token_file: the first line of {} is empty",
+                    f.display()
+                );
+            }
+            first
+        }
+        (None, None) => return Ok(None),
+    };
+    if token.is_empty() {
+        bail!("{section}.token is empty");
+    }
+    Ok(Some(token))
+}
+
 /// `PORT` (all interfaces), `HOST:PORT` or `[V6]:PORT`, resolved (`localhost` works).
 pub fn http_addr(s: &str) -> Result<std::net::SocketAddr> {
     use std::net::ToSocketAddrs;
@@ -587,23 +866,44 @@ pub fn http_addr(s: &str) -> Result<std::net::SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
-    /// For tests that are not about the environment: figment::Jail sets FRAGNET_*
-    /// variables for the whole process while it runs, and tests run in parallel.
+    /// The environment layer for every test but the one about the environment:
+    /// figment::Jail sets FRAGNET_* variables for the whole process while it runs, and
+    /// tests run in parallel, so a test reading the real `FRAGNET_*` would see them.
     fn isolated_env() -> Env {
         Env::prefixed("FRAGNET_CONFIG_TEST_UNSET_").split("__")
     }
 
+    /// Loads with `flags` and no environment.
+    fn load(src: &Sources, flags: &Overrides) -> Result<Config> {
+        load_with_env(src, flags, isolated_env())
+    }
+
+    /// A `--config` file holding `toml`, in `dir`.
+    fn file(dir: &tempfile::TempDir, toml: &str) -> Sources {
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, toml).unwrap();
+        Sources {
+            file: Some(path),
+            ..Sources::default()
+        }
+    }
+
+    fn none() -> Sources {
+        Sources::default()
+    }
+
     #[test]
     fn http_is_off_by_default_and_takes_a_port_or_an_address() {
-        let none = Sources::default();
-        let cfg = load_with_env(&none, json!({}), isolated_env()).unwrap();
+        let cfg = load(&none(), &Overrides::default()).unwrap();
         assert!(cfg.http().unwrap().is_none());
-        let cfg = load_with_env(
-            &none,
-            json!({"http_listen": "127.0.0.1:0", "stream": {"lookahead": "1MiB"}}),
-            isolated_env(),
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = load(
+            &file(&dir, "[stream]\nlookahead = \"1MiB\"\n"),
+            &Overrides {
+                http_listen: Some("127.0.0.1:0".into()),
+                ..Overrides::default()
+            },
         )
         .unwrap();
         let h = cfg.http().unwrap().unwrap();
@@ -612,64 +912,87 @@ mod tests {
         assert_eq!(h.max_responses, 64);
         assert_eq!(http_addr("8080").unwrap().to_string(), "0.0.0.0:8080");
         assert_eq!(http_addr("[::1]:9").unwrap().to_string(), "[::1]:9");
-        let e = load_with_env(
-            &none,
-            json!({"http_listen": "nowhere:port"}),
-            isolated_env(),
+        let e = load(
+            &none(),
+            &Overrides {
+                http_listen: Some("nowhere:port".into()),
+                ..Overrides::default()
+            },
         )
         .unwrap_err();
         assert!(format!("{e:#}").contains("http_listen"), "{e:#}");
-        let e = load_with_env(
-            &none,
-            json!({"stream": {"lookahead": "lots"}}),
-            isolated_env(),
+        let e = load(
+            &file(&dir, "[stream]\nlookahead = \"lots\"\n"),
+            &Overrides::default(),
         )
         .unwrap_err()
         .to_string();
         assert!(e.contains("stream.lookahead"), "{e}");
-        let e = load_with_env(
-            &none,
-            json!({"stream": {"max_responses": 0}}),
-            isolated_env(),
+        let e = load(
+            &file(&dir, "[stream]\nmax_responses = 0\n"),
+            &Overrides::default(),
         )
         .unwrap_err()
         .to_string();
         assert!(e.contains("stream.max_responses"), "{e}");
     }
 
+    /// The only test that reads the real environment (inside the Jail).
     #[test]
     #[allow(clippy::result_large_err)] // figment::Jail's closure returns figment's own error type
     fn environment_sits_between_file_and_flags() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("c.toml", "transport = \"tcp\"\nlisten = [7001]\n")?;
+            let c_toml = Sources {
+                file: Some("c.toml".into()),
+                ..Sources::default()
+            };
             jail.set_env("FRAGNET_LISTEN", "7002");
             jail.set_env("FRAGNET_LIMITS__CONCURRENCY", "4");
-            let cfg = load_with_env(
-                &Sources {
-                    file: Some("c.toml".into()),
-                    ..Default::default()
-                },
-                json!({}),
-                env(),
-            )
-            .unwrap();
+            jail.set_env("FRAGNET_MANAGER__URL", "http://from-env:5001");
+            let cfg = load_with_env(&c_toml, &Overrides::default(), env()).unwrap();
             assert_eq!(cfg.listen, vec!["7002"], "env beats the file");
             assert_eq!(cfg.limits.concurrency, 4, "__ nests");
-            let cfg = load_with_env(
-                &Sources {
-                    file: Some("c.toml".into()),
-                    ..Default::default()
+            assert_eq!(cfg.manager.url.as_deref(), Some("http://from-env:5001"));
+            let flags = Overrides {
+                listen: vec!["7003".into()],
+                limits: LimitsOverrides {
+                    concurrency: Some(5),
+                    ..LimitsOverrides::default()
                 },
-                json!({"listen": ["7003"]}),
-                env(),
-            )
-            .unwrap();
+                manager: ManagerOverrides {
+                    url: Some("http://from-flag:5001".into()),
+                    ..ManagerOverrides::default()
+                },
+                ..Overrides::default()
+            };
+            let cfg = load_with_env(&c_toml, &flags, env()).unwrap();
             assert_eq!(cfg.listen, vec!["7003"], "flags beat env");
+            assert_eq!(cfg.limits.concurrency, 5, "a nested flag beats its env var");
+            assert_eq!(cfg.manager.url.as_deref(), Some("http://from-flag:5001"));
             jail.set_env("FRAGNET_LISTEN", "tcp://127.0.0.1:1, 2");
-            let cfg = load_with_env(&Sources::default(), json!({}), env()).unwrap();
+            jail.set_env("FRAGNET_ROLES", "peer,manager");
+            jail.set_env("FRAGNET_TRANSPORT", "quic");
+            jail.set_env("FRAGNET_PUBSUB", "nats");
+            let cfg = load_with_env(&none(), &Overrides::default(), env()).unwrap();
             assert_eq!(cfg.listen, vec!["tcp://127.0.0.1:1", "2"]);
+            assert_eq!(cfg.roles, vec![Role::Peer, Role::Manager]);
+            assert_eq!(cfg.transport, TransportKind::Quic);
+            assert_eq!(cfg.pubsub, PubSubKind::Nats);
+            jail.set_env("FRAGNET_ROLES", "peer,seeder");
+            let e = load_with_env(&none(), &Overrides::default(), env())
+                .unwrap_err()
+                .to_string();
+            // figment names an environment key by its variable, without the prefix.
+            assert!(
+                e.contains(
+                    "unknown variant: found `seeder`, expected `one of `peer`, `manager`, `broker``"
+                ) && e.contains("for key \"ROLES\" in `FRAGNET_` environment variable(s)"),
+                "{e}"
+            );
+            jail.set_env("FRAGNET_ROLES", "peer");
             jail.set_env("FRAGNET_NOPE", "1");
-            let e = load_with_env(&Sources::default(), json!({}), env())
+            let e = load_with_env(&none(), &Overrides::default(), env())
                 .unwrap_err()
                 .to_string();
             assert!(e.contains("nope") || e.contains("NOPE"), "{e}");
@@ -680,34 +1003,28 @@ mod tests {
     #[test]
     fn layers_in_order_defaults_file_env_flags() {
         let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("c.toml");
-        std::fs::write(
-            &file,
+        let src = file(
+            &dir,
             "name = \"from-file\"\nlisten = [7001]\n[limits]\nconcurrency = 3\nper_peer = 2\n",
-        )
-        .unwrap();
-        let base = load_with_env(&Sources::default(), json!({}), env()).unwrap();
+        );
+        let base = load(&none(), &Overrides::default()).unwrap();
         assert_eq!(base.listen, vec!["6001"]);
         assert_eq!(base.limits.concurrency, 8);
-        let from_file = load_with_env(
-            &Sources {
-                file: Some(file.clone()),
-                ..Default::default()
-            },
-            json!({}),
-            env(),
-        )
-        .unwrap();
+        assert_eq!(base.roles, vec![Role::Peer]);
+        let from_file = load(&src, &Overrides::default()).unwrap();
         assert_eq!(from_file.name.as_deref(), Some("from-file"));
         assert_eq!(from_file.listen, vec!["7001"]);
         assert_eq!(from_file.limits.concurrency, 3);
-        let flags = load_with_env(
-            &Sources {
-                file: Some(file.clone()),
-                ..Default::default()
+        let flags = load(
+            &src,
+            &Overrides {
+                name: Some("from-flag".into()),
+                limits: LimitsOverrides {
+                    concurrency: Some(5),
+                    ..LimitsOverrides::default()
+                },
+                ..Overrides::default()
             },
-            json!({"name": "from-flag", "limits": {"concurrency": 5}}),
-            env(),
         )
         .unwrap();
         assert_eq!(flags.name.as_deref(), Some("from-flag"));
@@ -716,70 +1033,312 @@ mod tests {
             flags.limits.per_peer, 2,
             "a flag on one nested key keeps the file's siblings"
         );
+        assert_eq!(
+            flags.listen,
+            vec!["7001"],
+            "an unset flag keeps the file's value"
+        );
+    }
+
+    /// Every field of `Overrides` is a config key: a misspelt one would be an unknown
+    /// key here (deny_unknown_fields), and a value that did not land would differ.
+    #[test]
+    fn every_override_lands_on_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let video = "11".repeat(32);
+        let all = Overrides {
+            name: Some("n".into()),
+            data_dir: Some(dir.path().join("d")),
+            transport: Some(TransportKind::Quic),
+            listen: vec!["7001".into()],
+            peers: vec!["tcp://127.0.0.1:7002".into()],
+            default_video: Some(video.clone()),
+            console: Some(false),
+            limits: LimitsOverrides {
+                max_upload_rate: Some("1MB".into()),
+                max_connections: Some(3),
+                concurrency: Some(2),
+            },
+            http_listen: Some("127.0.0.1:0".into()),
+            roles: vec![Role::Broker, Role::Manager],
+            want: Some("all".into()),
+            advertise: vec!["peer1".into()],
+            pubsub: Some(PubSubKind::Local),
+            manager: ManagerOverrides {
+                url: Some("http://m:1".into()),
+                token_file: Some(dir.path().join("mt")),
+                listen: Some("127.0.0.1:0".into()),
+                data_dir: Some(dir.path().join("m")),
+                ttl_secs: Some(2.5),
+            },
+            broker: BrokerOverrides {
+                addr: Some("b:1".into()),
+                token_file: Some(dir.path().join("bt")),
+                listen: Some("127.0.0.1:1".into()),
+            },
+            nats: NatsOverrides {
+                url: Some("nats://n:1".into()),
+            },
+        };
+        let c = load(&none(), &all).unwrap();
+        assert_eq!(c.name.as_deref(), Some("n"));
+        assert_eq!(c.data_dir, Some(dir.path().join("d")));
+        assert_eq!(c.transport, TransportKind::Quic);
+        assert_eq!(c.listen, vec!["7001"]);
+        assert_eq!(c.peers, vec!["tcp://127.0.0.1:7002"]);
+        assert_eq!(c.default_video, Some(video.parse().unwrap()));
+        assert!(!c.console);
+        assert_eq!(c.limits.max_upload_rate.as_deref(), Some("1MB"));
+        assert_eq!(c.limits.max_connections, 3);
+        assert_eq!(c.limits.concurrency, 2);
+        assert_eq!(c.http_listen.as_deref(), Some("127.0.0.1:0"));
+        assert_eq!(c.roles, vec![Role::Broker, Role::Manager]);
+        assert_eq!(c.want, Want::All);
+        assert_eq!(c.advertise, vec!["peer1"]);
+        assert_eq!(c.pubsub, PubSubKind::Local);
+        assert_eq!(c.manager.url.as_deref(), Some("http://m:1"));
+        assert_eq!(c.manager.token_file, Some(dir.path().join("mt")));
+        assert_eq!(c.manager.listen, "127.0.0.1:0");
+        assert_eq!(c.manager.data_dir, dir.path().join("m"));
+        assert_eq!(c.manager.ttl_secs, 2.5);
+        assert_eq!(c.broker.addr.as_deref(), Some("b:1"));
+        assert_eq!(c.broker.token_file, Some(dir.path().join("bt")));
+        assert_eq!(c.broker.listen, "127.0.0.1:1");
+        assert_eq!(c.nats.url.as_deref(), Some("nats://n:1"));
+    }
+
+    #[test]
+    fn show_names_the_command_line_for_flag_set_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = file(&dir, "name = \"from-file\"\n[limits]\nper_peer = 2\n");
+        let out = show_with_env(
+            &src,
+            &Overrides {
+                transport: Some(TransportKind::Quic),
+                limits: LimitsOverrides {
+                    concurrency: Some(5),
+                    ..LimitsOverrides::default()
+                },
+                ..Overrides::default()
+            },
+            isolated_env(),
+        )
+        .unwrap();
+        let from = |key: &str| {
+            let line = out
+                .lines()
+                .find(|l| l.starts_with(&format!("{key} = ")))
+                .unwrap_or_else(|| panic!("no {key} in\n{out}"));
+            line.rsplit_once("# ").unwrap().1.to_string()
+        };
+        assert_eq!(from("transport"), "command line", "{out}");
+        assert_eq!(from("limits.concurrency"), "command line", "{out}");
+        assert_eq!(
+            from("limits.per_peer"),
+            src.file.unwrap().display().to_string()
+        );
+        assert_eq!(from("limits.max_connections"), "default", "{out}");
+        assert!(out.contains("transport = \"quic\""), "{out}");
+        assert!(out.contains("roles = [\"peer\"]"), "{out}");
     }
 
     #[test]
     fn unknown_keys_are_errors_naming_the_key_and_file() {
         let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("bad.toml");
-        std::fs::write(&file, "transprot = \"tcp\"\n").unwrap();
-        let e = load_with_env(
-            &Sources {
-                file: Some(file.clone()),
-                ..Default::default()
-            },
-            json!({}),
-            env(),
-        )
-        .unwrap_err()
-        .to_string();
+        let e = load(&file(&dir, "transprot = \"tcp\"\n"), &Overrides::default())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("transprot"), "{e}");
-        assert!(e.contains("bad.toml"), "{e}");
-        std::fs::write(&file, "[limits]\nmax_speed = 1\n").unwrap();
-        let e = load_with_env(
-            &Sources {
-                file: Some(file.clone()),
-                ..Default::default()
-            },
-            json!({}),
-            env(),
+        assert!(e.contains("c.toml"), "{e}");
+        let e = load(
+            &file(&dir, "[limits]\nmax_speed = 1\n"),
+            &Overrides::default(),
         )
         .unwrap_err()
         .to_string();
         assert!(e.contains("max_speed"), "{e}");
     }
 
+    /// A value outside an enum key's choices names the key, the value, every allowed
+    /// value and the file, whether the key is a string or (roles) a list or a
+    /// comma-separated string. The text is figment's: it quotes the expected values
+    /// twice and prefixes the key with figment's profile, `default`.
+    #[test]
+    fn wrong_choices_name_key_value_and_allowed_values() {
+        let dir = tempfile::tempdir().unwrap();
+        for (toml, key, value, allowed) in [
+            (
+                "transport = \"carrier-pigeon\"",
+                "transport",
+                "carrier-pigeon",
+                "`tcp` or `quic`",
+            ),
+            (
+                "registry = \"etcd\"",
+                "registry",
+                "etcd",
+                "one of `http`, `memory`, `none`",
+            ),
+            (
+                "pubsub = \"kafka\"",
+                "pubsub",
+                "kafka",
+                "one of `broker`, `nats`, `local`, `none`",
+            ),
+            (
+                "roles = [\"peer\", \"seeder\"]",
+                "roles",
+                "seeder",
+                "one of `peer`, `manager`, `broker`",
+            ),
+            (
+                "roles = \"manager, tracker\"",
+                "roles",
+                "tracker",
+                "one of `peer`, `manager`, `broker`",
+            ),
+        ] {
+            let e = load(&file(&dir, toml), &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!(
+                    "unknown variant: found `{value}`, expected `{allowed}` for key \"default.{key}\" in "
+                )) && e.contains("c.toml TOML file"),
+                "{toml}: {e}"
+            );
+        }
+        let c = load(
+            &file(&dir, "roles = \"manager, broker\"\nregistry = \"memory\""),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.roles, vec![Role::Manager, Role::Broker]);
+        assert_eq!(c.registry, RegistryKind::Memory);
+    }
+
     #[test]
     fn bad_values_are_clear() {
-        let e = load_with_env(
-            &Sources::default(),
-            json!({"transport": "carrier-pigeon"}),
-            env(),
+        let e = load(
+            &none(),
+            &Overrides {
+                listen: vec!["nonsense".into()],
+                ..Overrides::default()
+            },
         )
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("carrier-pigeon"), "{e}");
-        let e =
-            load_with_env(&Sources::default(), json!({"listen": ["nonsense"]}), env()).unwrap_err();
+        .unwrap_err();
         assert!(format!("{e:#}").contains("nonsense"), "{e:#}");
-        let e = load_with_env(
-            &Sources::default(),
-            json!({"limits": {"max_upload_rate": "fast"}}),
-            env(),
+        let e = load(
+            &none(),
+            &Overrides {
+                limits: LimitsOverrides {
+                    max_upload_rate: Some("fast".into()),
+                    ..LimitsOverrides::default()
+                },
+                ..Overrides::default()
+            },
         )
         .unwrap_err()
         .to_string();
         assert!(e.contains("max_upload_rate"), "{e}");
+        let e = load(
+            &none(),
+            &Overrides {
+                want: Some("everything".into()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
         assert!(
-            load_with_env(
+            e.contains("for key \"default.want\" in command line"),
+            "a bad flag value says it came from the command line: {e}"
+        );
+        assert!(
+            load(
                 &Sources {
                     file: Some("/nonexistent/x.toml".into()),
-                    ..Default::default()
+                    ..Sources::default()
                 },
-                json!({}),
-                env()
+                &Overrides::default(),
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn schemes_are_the_transport_kinds() {
+        use clap::ValueEnum;
+        let mut kinds: Vec<&str> = TransportKind::value_variants()
+            .iter()
+            .map(|t| t.as_str())
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let id = std::sync::Arc::new(
+            fragnet_core::identity::Identity::load_or_create(dir.path()).unwrap(),
+        );
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut built = crate::assemble::transports(&id, &Config::default())
+            .unwrap()
+            .schemes();
+        kinds.sort();
+        built.sort();
+        assert_eq!(kinds, built, "every transport kind is built, and no other");
+        for t in TransportKind::value_variants() {
+            assert_eq!(t.to_possible_value().unwrap().get_name(), t.as_str());
+            assert_eq!(serde_json::to_value(t).unwrap(), t.as_str());
+        }
+    }
+
+    #[test]
+    fn secrets_come_inline_or_from_the_first_line_of_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("token");
+        std::fs::write(&f, "  s3cret  \nsecond line\n").unwrap();
+        assert_eq!(resolve_secret("broker", None, None).unwrap(), None);
+        assert_eq!(
+            resolve_secret("broker", Some(" inline\n"), None).unwrap(),
+            Some("inline".into())
+        );
+        assert_eq!(
+            resolve_secret("broker", None, Some(&f)).unwrap(),
+            Some("s3cret".into())
+        );
+        let e = resolve_secret("nats", Some("x"), Some(&f))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("nats.token and nats.token_file") && e.contains("both"),
+            "{e}"
+        );
+        let e = format!(
+            "{:#}",
+            resolve_secret("manager", None, Some(&dir.path().join("missing"))).unwrap_err()
+        );
+        assert!(
+            e.contains("manager.token_file") && e.contains("missing"),
+            "{e}"
+        );
+        std::fs::write(&f, "\n").unwrap();
+        let e = resolve_secret("manager", None, Some(&f))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("manager.token_file") && e.contains("empty"),
+            "{e}"
+        );
+        let e = resolve_secret("manager", Some(" "), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("manager.token is empty"), "{e}");
+
+        // Each section's accessor reads its own keys.
+        std::fs::write(&f, "from-file\n").unwrap();
+        let mut c = Config::default();
+        c.manager.token = Some("m".into());
+        c.broker.token_file = Some(f.clone());
+        assert_eq!(c.manager_token().unwrap().as_deref(), Some("m"));
+        assert_eq!(c.broker_token().unwrap().as_deref(), Some("from-file"));
+        assert_eq!(c.nats_token().unwrap(), None);
     }
 }

@@ -35,13 +35,7 @@ fn after(lines: &[String], prefix: &str) -> String {
 fn manager(dir: &Path) -> (Proc, String) {
     let mut m = spawn(
         dir,
-        &[
-            "manager",
-            "--listen",
-            "127.0.0.1:0",
-            "--data",
-            "manager",
-        ],
+        &["manager", "--listen", "127.0.0.1:0", "--data", "manager"],
         &[],
     );
     let lines = wait_for_line(&mut m, "REST API on ", 20);
@@ -103,7 +97,10 @@ fn get_range(addr: &str, path: &str, range: &str) -> (u16, Vec<u8>) {
     let head = String::from_utf8_lossy(&raw[..split]).to_string();
     let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
     let mut body = raw[split + 4..].to_vec();
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         body = dechunk_bytes(&body);
     }
     (status, body)
@@ -134,7 +131,11 @@ fn assert_streams_the_tail(http: &str, video: &str) {
         "body: {}",
         String::from_utf8_lossy(&body[..body.len().min(300)])
     );
-    assert_eq!(body, want[want.len() - 500..], "the streamed bytes are the file's");
+    assert_eq!(
+        body,
+        want[want.len() - 500..],
+        "the streamed bytes are the file's"
+    );
 }
 
 #[test]

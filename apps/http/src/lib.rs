@@ -303,7 +303,11 @@ async fn video_events(State(app): State<Arc<App>>, Path(id): Path<String>) -> Re
         Ok(v) => v,
         Err(e) => return e.into_response(),
     };
-    let can_arrive = app.state.downloads.as_ref().is_some_and(|d| d.can_discover());
+    let can_arrive = app
+        .state
+        .downloads
+        .as_ref()
+        .is_some_and(|d| d.can_discover());
     if app.state.store.manifest(video).is_none() && !can_arrive {
         return ApiError(
             StatusCode::NOT_FOUND,

@@ -441,7 +441,10 @@ fn no_default_video(e: crate::serve::DefaultVideoError, sources: &str) -> FetchE
         }
         DefaultVideoError::Ambiguous(v) => format!(
             "several videos are offered; choose one with --video (or default_video): {}",
-            v.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(", ")
+            v.iter()
+                .map(|v| v.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     })
 }

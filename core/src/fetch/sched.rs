@@ -363,7 +363,11 @@ impl Sched {
     /// `addr` holds `fragments` (or is worth asking, when `None`): the peer joins the
     /// download, and stalled chunks it holds are queued again at once. Returns how many
     /// were re-queued; 0 for a banned peer.
-    pub(super) fn add_peer(&mut self, addr: PeerAddr, fragments: Option<&[FragmentIndex]>) -> usize {
+    pub(super) fn add_peer(
+        &mut self,
+        addr: PeerAddr,
+        fragments: Option<&[FragmentIndex]>,
+    ) -> usize {
         let p = match self.peers.iter().position(|p| p.addr == addr) {
             Some(p) => p,
             None => {

@@ -252,4 +252,3 @@ impl WorkerCtx {
         s.refreshing = false;
     }
 }
-

@@ -85,7 +85,11 @@ impl Advertise {
                 .map(|b| {
                     let any = b.host == "0.0.0.0" || b.host == "::";
                     PeerAddr {
-                        host: if any { wildcard.clone() } else { b.host.clone() },
+                        host: if any {
+                            wildcard.clone()
+                        } else {
+                            b.host.clone()
+                        },
                         ..b.clone()
                     }
                 })
@@ -333,7 +337,8 @@ impl NodeBuilder {
         if self.peer_exchange && !sources.is_empty() {
             sources.push(Arc::new(PeerExchange::new(pool.clone(), picker.clone())));
         }
-        let discovery = Arc::new(CombinedDiscovery::new(sources).with_configured(self.peers.clone()));
+        let discovery =
+            Arc::new(CombinedDiscovery::new(sources).with_configured(self.peers.clone()));
 
         // 2. Serving.
         let ctx = Arc::new(ServeContext {
@@ -574,7 +579,10 @@ mod tests {
         }
         .resolve(&bound, node);
         assert_eq!(a[0], addr("tcp://10.0.0.5:6001"));
-        assert_eq!((a[1].host.as_str(), a[1].node_id), ("127.0.0.1", Some(node)));
+        assert_eq!(
+            (a[1].host.as_str(), a[1].node_id),
+            ("127.0.0.1", Some(node))
+        );
         let a = Advertise::Host("peer1".into()).resolve(&bound, node);
         assert!(a.iter().all(|a| a.host == "peer1"));
         assert_eq!(a[0].port, 6001);

@@ -14,11 +14,11 @@ use fragnet_core::{Manifest, VideoId};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 
+use crate::assemble::{NodeStart, start_node};
 use crate::cli::DemoArgs;
 use crate::cmd::roles::{start_broker, start_manager};
 use crate::cmd::shutdown_signal;
 use crate::config::{Config, Want};
-use crate::assemble::{NodeStart, start_node};
 
 /// The clip the demo uses when none is given (media/demo.mp4, made by
 /// media/make-demo-clip.sh from ffmpeg's test source).

@@ -9,23 +9,17 @@ use fragnet_core::manifest::safe_file_name;
 use fragnet_core::ratelimit::human_bytes;
 use fragnet_core::store::FragmentStatus;
 use fragnet_core::{FragmentStore, VideoId};
-use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::assemble::{self, NodeStart};
 use crate::cli::{FetchArgs, parse_fragment_list};
-use crate::cmd::{node_flags_json, shutdown_signal};
+use crate::cmd::shutdown_signal;
 use crate::config;
 use crate::progress::{FetchProgress, bytes_bar, sources};
 
 /// Runs `fragnet fetch`.
 pub async fn run(sources: &config::Sources, a: FetchArgs) -> Result<()> {
-    let mut flags = node_flags_json(&a.node);
-    flags.insert("peers".into(), json!(a.peer));
-    if let Some(m) = &a.manager {
-        flags.insert("manager".into(), json!({ "url": m }));
-    }
-    let cfg = config::load(sources, serde_json::Value::Object(flags))?;
+    let cfg = config::load(sources, &a.overrides())?;
     let video: Option<VideoId> = match &a.video {
         Some(v) => Some(v.parse().map_err(|e| anyhow!("--video: {e}"))?),
         None => cfg.default_video,

@@ -12,19 +12,18 @@ use std::sync::Arc;
 use anyhow::{Result, anyhow};
 use fragnet_core::fetch::FetchError;
 use fragnet_core::ratelimit::human_bytes;
-use fragnet_core::serve::default_video;
 use fragnet_core::registry::Registry;
+use fragnet_core::serve::default_video;
 use fragnet_core::store::{FragmentStatus, fragment_file_name};
 use fragnet_core::{Downloads, FragmentIndex, FragmentStore, VideoId};
 use futures::StreamExt;
-use serde_json::json;
 use tokio_util::codec::{FramedRead, LinesCodec};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::assemble::{self, NodeStart};
 use crate::cli::{PeerArgs, parse_fragment_list};
-use crate::cmd::{node_flags_json, shutdown_signal};
+use crate::cmd::shutdown_signal;
 use crate::config;
 use crate::progress::{FetchProgress, ranges};
 
@@ -33,35 +32,7 @@ pub const PROMPT: &str = "Fragment to request (or 'exit'): ";
 
 /// Runs `fragnet peer` until Ctrl-C, SIGTERM or `exit`.
 pub async fn run(sources: &config::Sources, a: PeerArgs) -> Result<()> {
-    let mut flags = node_flags_json(&a.node);
-    if !a.listen.is_empty() {
-        flags.insert("listen".into(), json!(a.listen));
-    }
-    if !a.peer.is_empty() {
-        flags.insert("peers".into(), json!(a.peer));
-    }
-    if let Some(v) = &a.default_video {
-        flags.insert("default_video".into(), json!(v));
-    }
-    if a.no_console {
-        flags.insert("console".into(), json!(false));
-    }
-    if let Some(h) = &a.http {
-        flags.insert("http_listen".into(), json!(h));
-    }
-    if let Some(m) = &a.manager {
-        flags.insert("manager".into(), json!({ "url": m }));
-    }
-    if let Some(b) = &a.broker {
-        flags.insert("broker".into(), json!({ "addr": b }));
-    }
-    if let Some(w) = &a.want {
-        flags.insert("want".into(), json!(w));
-    }
-    if !a.advertise.is_empty() {
-        flags.insert("advertise".into(), json!(a.advertise));
-    }
-    let cfg = config::load(sources, serde_json::Value::Object(flags))?;
+    let cfg = config::load(sources, &a.overrides())?;
     let seed = match &a.seed {
         Some(dir) => {
             let only = a
@@ -266,7 +237,9 @@ impl Console {
 
     async fn peers(&self) {
         if !self.engine.can_discover() {
-            println!("  no peers to ask (start the node with --peer HOST:PORT, --manager URL or --broker ADDR)");
+            println!(
+                "  no peers to ask (start the node with --peer HOST:PORT, --manager URL or --broker ADDR)"
+            );
             return;
         }
         let video = match self.video().await {
@@ -282,7 +255,12 @@ impl Console {
             );
         }
         for (addr, have) in holders {
-            println!("  {addr}: {} fragment(s) of {}: {}", have.len(), video.short(), ranges(&have));
+            println!(
+                "  {addr}: {} fragment(s) of {}: {}",
+                have.len(),
+                video.short(),
+                ranges(&have)
+            );
         }
     }
 
@@ -342,7 +320,9 @@ impl Console {
 
     async fn fetch(&self, fragments: Option<Vec<FragmentIndex>>, cancel: &CancellationToken) {
         if !self.engine.can_discover() {
-            println!("[✗] No peers to ask; start the node with --peer HOST:PORT, --manager URL or --broker ADDR");
+            println!(
+                "[✗] No peers to ask; start the node with --peer HOST:PORT, --manager URL or --broker ADDR"
+            );
             return;
         }
         let video = match self.video().await {
@@ -406,5 +386,4 @@ mod tests {
             Cmd::Unknown("fragment_-1.bin".into())
         );
     }
-
 }

@@ -7,14 +7,13 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use fragnet_core::{LocalPubSub, PubSub};
-use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use crate::assemble::{InProcess, NodeStart, start_node};
 use crate::cli::{BrokerArgs, ManagerArgs, NotifyArgs, RunArgs, SubscribeArgs};
 use crate::cmd::shutdown_signal;
-use crate::config::{self, Config, Sources};
-use crate::assemble::{InProcess, NodeStart, start_node};
+use crate::config::{self, Config, PubSubKind, Role, Sources};
 use fragnet_core::NodeHandle;
 
 /// The manager role's settings from `manager.*`.
@@ -26,8 +25,8 @@ pub fn manager_config(cfg: &Config) -> Result<fragnet_manager::ManagerConfig> {
         listen,
         data_dir: m.data_dir.clone(),
         ttl_secs: m.ttl_secs,
-        token: m.token.clone(),
-        token_file: m.token_file.clone(),
+        token: cfg.manager_token()?,
+        token_file: None,
         limits: m.limits.clone(),
     })
 }
@@ -35,16 +34,14 @@ pub fn manager_config(cfg: &Config) -> Result<fragnet_manager::ManagerConfig> {
 /// The broker role's settings from `broker.*`.
 pub fn broker_config(cfg: &Config) -> Result<fragnet_broker::BrokerConfig> {
     let b = &cfg.broker;
-    let token = match &b.token {
-        Some(t) => {
-            Some(fragnet_broker::AuthToken::new(t).map_err(|e| anyhow!("broker.token: {e}"))?)
-        }
-        None => None,
-    };
+    let token = cfg
+        .broker_token()?
+        .map(|t| fragnet_broker::AuthToken::new(&t).map_err(|e| anyhow!("broker token: {e}")))
+        .transpose()?;
     Ok(fragnet_broker::BrokerConfig {
         listen: b.listen.clone(),
         token,
-        token_file: b.token_file.clone(),
+        token_file: None,
         limits: b.limits.clone(),
     })
 }
@@ -99,20 +96,7 @@ pub async fn start_broker(
 
 /// `fragnet manager`.
 pub async fn manager(sources: &Sources, a: ManagerArgs) -> Result<()> {
-    let mut m = serde_json::Map::new();
-    if let Some(l) = &a.listen {
-        m.insert("listen".into(), json!(l));
-    }
-    if let Some(d) = &a.data {
-        m.insert("data_dir".into(), json!(d));
-    }
-    if let Some(f) = &a.token_file {
-        m.insert("token_file".into(), json!(f));
-    }
-    if let Some(t) = a.ttl {
-        m.insert("ttl_secs".into(), json!(t));
-    }
-    let cfg = config::load(sources, json!({ "manager": m }))?;
+    let cfg = config::load(sources, &a.overrides())?;
     let cancel = CancellationToken::new();
     let h = start_manager(&cfg, cancel.clone()).await?;
     shutdown_signal().await;
@@ -123,14 +107,7 @@ pub async fn manager(sources: &Sources, a: ManagerArgs) -> Result<()> {
 
 /// `fragnet broker`.
 pub async fn broker(sources: &Sources, a: BrokerArgs) -> Result<()> {
-    let mut b = serde_json::Map::new();
-    if let Some(l) = &a.listen {
-        b.insert("listen".into(), json!(l));
-    }
-    if let Some(f) = &a.token_file {
-        b.insert("token_file".into(), json!(f));
-    }
-    let cfg = config::load(sources, json!({ "broker": b }))?;
+    let cfg = config::load(sources, &a.overrides())?;
     let cancel = CancellationToken::new();
     let h = start_broker(&cfg, cancel.clone()).await?;
     shutdown_signal().await;
@@ -139,28 +116,15 @@ pub async fn broker(sources: &Sources, a: BrokerArgs) -> Result<()> {
     Ok(())
 }
 
-fn client_flags(broker: &Option<String>, nats: &Option<String>) -> serde_json::Value {
-    let mut flags = serde_json::Map::new();
-    if let Some(b) = broker {
-        flags.insert("broker".into(), json!({ "addr": b }));
-        flags.insert("pubsub".into(), json!("broker"));
-    }
-    if let Some(n) = nats {
-        flags.insert("nats".into(), json!({ "url": n }));
-        flags.insert("pubsub".into(), json!("nats"));
-    }
-    serde_json::Value::Object(flags)
-}
-
 /// The pub/sub a client command talks to: `broker.addr` (default localhost:5555) or
 /// NATS.
 async fn client_pubsub(cfg: &mut Config) -> Result<Arc<dyn PubSub>> {
-    if cfg.pubsub == "broker" && cfg.broker.addr.is_none() {
+    if cfg.pubsub == PubSubKind::Broker && cfg.broker.addr.is_none() {
         cfg.broker.addr = Some("localhost:5555".into());
     }
-    if cfg.pubsub == "local" || cfg.pubsub == "none" {
+    if matches!(cfg.pubsub, PubSubKind::Local | PubSubKind::None) {
         bail!(
-            "pubsub = {:?} has no server to talk to; use --broker ADDR or --nats URL",
+            "pubsub = \"{}\" has no server to talk to; use --broker ADDR or --nats URL",
             cfg.pubsub
         );
     }
@@ -171,7 +135,7 @@ async fn client_pubsub(cfg: &mut Config) -> Result<Arc<dyn PubSub>> {
 
 /// `fragnet subscribe TOPIC`: prints `[fragments] fragment_5.bin` per message.
 pub async fn subscribe(sources: &Sources, a: SubscribeArgs) -> Result<()> {
-    let mut cfg = config::load(sources, client_flags(&a.broker, &a.nats))?;
+    let mut cfg = config::load(sources, &a.overrides())?;
     let ps = client_pubsub(&mut cfg).await?;
     let cancel = CancellationToken::new();
     let stop = cancel.clone();
@@ -192,7 +156,7 @@ pub async fn subscribe(sources: &Sources, a: SubscribeArgs) -> Result<()> {
 
 /// `fragnet notify MESSAGE`: succeeds only once the broker took the message.
 pub async fn notify(sources: &Sources, a: NotifyArgs) -> Result<()> {
-    let mut cfg = config::load(sources, client_flags(&a.broker, &a.nats))?;
+    let mut cfg = config::load(sources, &a.overrides())?;
     let ps = client_pubsub(&mut cfg).await?;
     let topic = a.topic.clone().unwrap_or_else(|| cfg.topic.clone());
     fragnet_broker::notify(
@@ -223,13 +187,13 @@ impl Roles {
         seed: Option<crate::assemble::Seed>,
         cancel: CancellationToken,
     ) -> Result<Roles> {
-        let has = |r: &str| cfg.roles.iter().any(|x| x == r);
-        let manager = if has("manager") {
+        let has = |r: Role| cfg.roles.contains(&r);
+        let manager = if has(Role::Manager) {
             Some(start_manager(cfg, cancel.clone()).await?)
         } else {
             None
         };
-        let broker = if has("broker") {
+        let broker = if has(Role::Broker) {
             Some(start_broker(cfg, cancel.clone()).await?)
         } else {
             None
@@ -237,7 +201,7 @@ impl Roles {
         let mut cfg = cfg.clone();
         if let Some(b) = &broker
             && cfg.broker.addr.is_none()
-            && cfg.pubsub == "broker"
+            && cfg.pubsub == PubSubKind::Broker
         {
             cfg.broker.addr = Some(b.local_addr().to_string().replace("0.0.0.0", "127.0.0.1"));
         }
@@ -247,7 +211,7 @@ impl Roles {
                 .map(|m| m.registry() as Arc<dyn fragnet_core::Registry>),
             pubsub: Some(Arc::new(LocalPubSub::new(1024))),
         };
-        let peer = if has("peer") {
+        let peer = if has(Role::Peer) {
             Some(
                 start_node(
                     &cfg,
@@ -291,15 +255,7 @@ impl Roles {
 
 /// `fragnet run --profile NAME`: every role the profile enables, in one process.
 pub async fn run(sources: &Sources, a: RunArgs) -> Result<()> {
-    let mut flags = crate::cmd::node_flags_json(&a.node);
-    if !a.roles.is_empty() {
-        flags.insert("roles".into(), json!(a.roles));
-    }
-    if !a.listen.is_empty() {
-        flags.insert("listen".into(), json!(a.listen));
-    }
-    flags.insert("console".into(), json!(false));
-    let cfg = config::load(sources, serde_json::Value::Object(flags))?;
+    let cfg = config::load(sources, &a.overrides())?;
     let seed = a.seed.clone().map(|d| (d, None));
     let cancel = CancellationToken::new();
     let roles = Roles::start(&cfg, seed, cancel.clone()).await?;

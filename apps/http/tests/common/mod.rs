@@ -8,8 +8,8 @@ pub mod webdriver;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fragnet_core::conformance::{NodeOptions, TestNode, TestVideo, within};
 use fragnet_core::Want;
+use fragnet_core::conformance::{NodeOptions, TestNode, TestVideo, within};
 use fragnet_core::discovery::{CombinedDiscovery, Discovery, StaticPeers};
 use fragnet_core::fetch::{FetchOptions, Fetcher, PeerPool};
 use fragnet_core::identity::Identity;
@@ -92,7 +92,12 @@ impl Viewer {
         let downloads = (!sources.is_empty()).then(|| {
             let fetcher = Fetcher::new(node.store.clone(), pool, FetchOptions::default());
             let discovery = Arc::new(CombinedDiscovery::new(sources));
-            Arc::new(Downloads::new(fetcher, discovery, Want::None, cancel.clone()))
+            Arc::new(Downloads::new(
+                fetcher,
+                discovery,
+                Want::None,
+                cancel.clone(),
+            ))
         });
         let state = HttpState {
             store: node.store.clone(),
