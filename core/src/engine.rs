@@ -16,7 +16,9 @@ use tracing::{debug, info, warn};
 
 use crate::addr::PeerAddr;
 use crate::discovery::CombinedDiscovery;
-use crate::fetch::{Download, DownloadState, FetchError, FetchObserver, FetchReport, Fetcher};
+use crate::fetch::{
+    Download, DownloadState, FetchError, FetchObserver, FetchReport, Fetcher, Observers,
+};
 use crate::ids::{FragmentIndex, VideoId};
 use crate::manifest::Manifest;
 use crate::ratelimit::human_bytes;
@@ -335,7 +337,7 @@ impl Downloads {
             return Ok(None);
         }
         let obs: Arc<dyn FetchObserver> = match extra {
-            Some(o) => Arc::new(FanOut(vec![self.log.clone(), o])),
+            Some(o) => Arc::new(Observers::new(vec![self.log.clone(), o])),
             None => self.log.clone(),
         };
         let urgent: Vec<(u64, u64)> = first.into_iter().collect();
@@ -592,32 +594,6 @@ impl Downloads {
                     }
                 }
             }
-        }
-    }
-}
-
-/// Several observers heard as one.
-struct FanOut(Vec<Arc<dyn FetchObserver>>);
-
-impl FetchObserver for FanOut {
-    fn started(&self, video: VideoId, manifest: &Manifest, wanted: u64, already: u64) {
-        for o in &self.0 {
-            o.started(video, manifest, wanted, already);
-        }
-    }
-    fn chunk(&self, index: FragmentIndex, bytes: u64, from: &PeerAddr) {
-        for o in &self.0 {
-            o.chunk(index, bytes, from);
-        }
-    }
-    fn fragment(&self, index: FragmentIndex, bytes: u64, from: &[PeerAddr]) {
-        for o in &self.0 {
-            o.fragment(index, bytes, from);
-        }
-    }
-    fn peer_failed(&self, peer: &PeerAddr, error: &str) {
-        for o in &self.0 {
-            o.peer_failed(peer, error);
         }
     }
 }

@@ -43,6 +43,18 @@ fn manager(dir: &Path) -> (Proc, String) {
     (m, url)
 }
 
+/// A manager, and a seeder of the split sample registered with it; returns both and
+/// the manager's URL once the seeder's fragments are listed.
+fn manager_and_seeder(dir: &Path, video: &str) -> (Proc, Proc, String) {
+    let (m, murl) = manager(dir);
+    let (s, _) = peer(dir, "seeder", &["--seed", "fragments", "--manager", &murl]);
+    eventually(20, "the seeder's announcement", || {
+        let (st, body) = http_get(murl.trim_start_matches("http://"), "/fragments")?;
+        (st == 200 && body.contains(video)).then_some(())
+    });
+    (m, s, murl)
+}
+
 /// `fragnet broker` on 127.0.0.1:0; returns it and its address.
 fn broker(dir: &Path) -> (Proc, String) {
     let mut b = spawn(dir, &["broker", "--listen", "127.0.0.1:0"], &[]);
@@ -143,12 +155,7 @@ fn a_viewer_with_only_a_manager_streams_a_range_it_lacks() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let video = split_sample(d);
-    let (_m, murl) = manager(d);
-    let (_s, _) = peer(d, "seeder", &["--seed", "fragments", "--manager", &murl]);
-    eventually(20, "the seeder's announcement", || {
-        let (st, body) = http_get(murl.trim_start_matches("http://"), "/fragments")?;
-        (st == 200 && body.contains(&video)).then_some(())
-    });
+    let (_m, _s, murl) = manager_and_seeder(d, &video);
     let (_v, http) = viewer(d, &["--manager", &murl]);
     assert_streams_the_tail(&http, &video);
 }
@@ -188,12 +195,7 @@ fn the_console_with_only_a_manager_fetches_all() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let video = split_sample(d);
-    let (_m, murl) = manager(d);
-    let (_s, _) = peer(d, "seeder", &["--seed", "fragments", "--manager", &murl]);
-    eventually(20, "the seeder's announcement", || {
-        let (st, body) = http_get(murl.trim_start_matches("http://"), "/fragments")?;
-        (st == 200 && body.contains(&video)).then_some(())
-    });
+    let (_m, _s, murl) = manager_and_seeder(d, &video);
     let mut c = spawn_peer(
         d,
         &[
@@ -229,12 +231,7 @@ fn fetch_with_only_a_manager_downloads_and_reassembles() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let video = split_sample(d);
-    let (_m, murl) = manager(d);
-    let (_s, _) = peer(d, "seeder", &["--seed", "fragments", "--manager", &murl]);
-    eventually(20, "the seeder's announcement", || {
-        let (st, body) = http_get(murl.trim_start_matches("http://"), "/fragments")?;
-        (st == 200 && body.contains(&video)).then_some(())
-    });
+    let (_m, _s, murl) = manager_and_seeder(d, &video);
     let o = fragnet(
         d,
         &[

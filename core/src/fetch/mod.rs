@@ -174,11 +174,16 @@ pub enum DownloadState {
     Cancelled,
 }
 
-/// Every observer of one download, heard as one.
+/// Several observers heard as one (those of one download can change while it runs).
 #[derive(Default)]
-struct Observers(Mutex<Vec<Arc<dyn FetchObserver>>>);
+pub struct Observers(Mutex<Vec<Arc<dyn FetchObserver>>>);
 
 impl Observers {
+    /// These observers.
+    pub fn new(all: Vec<Arc<dyn FetchObserver>>) -> Self {
+        Observers(Mutex::new(all))
+    }
+
     fn snapshot(&self) -> Vec<Arc<dyn FetchObserver>> {
         self.0.lock().unwrap().clone()
     }
@@ -700,7 +705,7 @@ impl Fetcher {
         sched.alive = workers;
         let sched = Arc::new(Mutex::new(sched));
         let wake = Arc::new(Notify::new());
-        let observers = Arc::new(Observers(Mutex::new(vec![obs])));
+        let observers = Arc::new(Observers::new(vec![obs]));
         let (state_tx, state_rx) = watch::channel(DownloadState::Running);
         let mut set = tokio::task::JoinSet::new();
         for _ in 0..workers {
