@@ -25,12 +25,11 @@ use crate::fetch::{
 use crate::identity::Identity;
 use crate::ids::{Digest, FragmentIndex, NodeId, VideoId};
 use crate::manifest::Manifest;
-use crate::node::{ServeHandle, ServeLimits, serve};
+use crate::node::ServeLimits;
 use crate::protocol::{
     ErrorCode, PeerClient, ProtocolError, Request, Response, ServerSession, Timeouts, read_opening,
 };
-use crate::ratelimit::RateLimiter;
-use crate::serve::{ServeContext, ServeStats};
+use crate::serve::ServeContext;
 use crate::split::{SplitOptions, split};
 use crate::store::FragmentStore;
 use crate::transport::Transports;
@@ -144,7 +143,8 @@ pub struct TestNode {
     pub addrs: Vec<PeerAddr>,
     /// Its serving context (stats).
     pub ctx: Arc<ServeContext>,
-    handle: Option<ServeHandle>,
+    /// The running node (built by [`crate::node::Node::builder`], like every node).
+    pub node: Option<crate::node::NodeHandle>,
     _dir: TempDir,
 }
 
@@ -169,6 +169,17 @@ pub struct NodeOptions {
 impl TestNode {
     /// Starts a node listening on `listen` (port 0).
     pub async fn start(make: MakeTransports, listen: &str, opts: NodeOptions) -> TestNode {
+        Self::start_with(make, listen, opts, |b| b).await
+    }
+
+    /// [`TestNode::start`], with more of the node's configuration (discovery sources,
+    /// services) set by `customize` on its builder.
+    pub async fn start_with(
+        make: MakeTransports,
+        listen: &str,
+        opts: NodeOptions,
+        customize: impl FnOnce(crate::node::NodeBuilder) -> crate::node::NodeBuilder,
+    ) -> TestNode {
         let dir = tempfile::tempdir().unwrap();
         let identity = Arc::new(Identity::load_or_create(dir.path()).unwrap());
         let (store, _) = FragmentStore::open(dir.path().join("store")).unwrap();
@@ -181,16 +192,6 @@ impl TestNode {
         if let Some(idle) = opts.idle {
             timeouts.idle = idle;
         }
-        let ctx = Arc::new(ServeContext {
-            store: store.clone(),
-            node_id: identity.node_id(),
-            name: "test".into(),
-            default_video: None,
-            upload: opts.upload.map(|r| Arc::new(RateLimiter::new(r))),
-            timeouts,
-            exchange: None,
-            stats: ServeStats::default(),
-        });
         let listen: Vec<PeerAddr> = std::iter::once(listen)
             .chain(opts.also_listen.iter().map(String::as_str))
             .map(|a| PeerAddr::parse(a, "tcp").unwrap())
@@ -199,21 +200,22 @@ impl TestNode {
             max_connections: opts.max_connections.unwrap_or(256),
             shutdown_grace: opts.grace.unwrap_or(Duration::from_secs(5)),
         };
-        let handle = within(
+        let builder =
+            crate::node::Node::builder(identity.clone(), store.clone(), transports.clone())
+                .name("test")
+                .listen(listen)
+                .upload_limit(opts.upload)
+                .timeouts(timeouts)
+                .serve_limits(limits);
+        let node = within(
             10,
-            "listen",
-            serve(
-                &transports,
-                &listen,
-                ctx.clone(),
-                limits,
-                CancellationToken::new(),
-            ),
+            "node start",
+            customize(builder).spawn(&CancellationToken::new()),
         )
         .await
         .unwrap();
-        let addrs: Vec<PeerAddr> = handle
-            .local_addrs()
+        let addrs: Vec<PeerAddr> = node
+            .bound()
             .iter()
             .map(|a| PeerAddr {
                 host: "127.0.0.1".into(),
@@ -226,8 +228,8 @@ impl TestNode {
             transports,
             addr: addrs[0].clone(),
             addrs,
-            ctx,
-            handle: Some(handle),
+            ctx: node.serve_context().clone(),
+            node: Some(node),
             _dir: dir,
         }
     }
@@ -285,7 +287,7 @@ impl TestNode {
 
     /// Stops the node (grace period as configured).
     pub async fn stop(&mut self) {
-        if let Some(h) = self.handle.take() {
+        if let Some(h) = self.node.take() {
             within(30, "node shutdown", h.shutdown()).await;
         }
     }

@@ -243,7 +243,9 @@ impl App {
         };
         match d.ensure(video, first).await {
             Ok(_) => self.state.store.manifest(video).ok_or_else(not_here),
-            Err(FetchError::NoManifest(_) | FetchError::NoVideo(_)) => Err(not_here()),
+            Err(FetchError::NoManifest(_) | FetchError::NoVideo(_) | FetchError::NoHolders(_)) => {
+                Err(not_here())
+            }
             Err(e @ FetchError::NoPeers(_)) => Err(ApiError(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("video {video} is not held here: {e}"),

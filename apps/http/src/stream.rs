@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fragnet_core::fetch::{Download, DownloadState};
+use fragnet_core::fetch::{Download, DownloadState, FetchError};
 use fragnet_core::serve::BODY_PIECE;
 use fragnet_core::store::StoreEvent;
 use fragnet_core::{FragmentIndex, Manifest, VideoId};
@@ -154,6 +154,9 @@ impl Body {
                 self.download = d;
                 Ok(())
             }
+            // Nobody to ask right now; the bytes may still come (a holder appears, a
+            // console fetch): wait out the chunk wait, asking again each tick.
+            Err(FetchError::NoPeers(_) | FetchError::NoHolders(_)) => Ok(()),
             Err(e) => Err(io::Error::other(format!(
                 "cannot fetch the rest of the video: {e}"
             ))),

@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 use common::webdriver::{Browser, screenshot_dir};
 use common::{Viewer, original, seeder};
 use fragnet_core::conformance::{TestVideo, joined_bytes, sample_media};
-use fragnet_core::discovery::{AddrPicker, Discovery, RegistryDiscovery};
 use fragnet_core::registry::NodeRegistration;
 use fragnet_core::store::StoreEvent;
 use fragnet_core::{MemoryRegistry, NodeId};
@@ -185,14 +184,7 @@ async fn plays_while_downloading(browser: &Browser, clip: &str, manager: Option<
     let mut viewer = match manager {
         Some(m) => {
             let registry: Arc<dyn fragnet_core::Registry> = m.registry();
-            Viewer::start_with(&v, &[5], config, move |node, _| {
-                vec![Arc::new(RegistryDiscovery::new(
-                    registry,
-                    node.identity.node_id(),
-                    AddrPicker::new(vec!["tcp"], "tcp"),
-                )) as Arc<dyn Discovery>]
-            })
-            .await
+            Viewer::start_with(&v, &[5], config, move |b| b.registry(Some(registry))).await
         }
         None => Viewer::start(&v, &[5], std::slice::from_ref(&seed.addr), config).await,
     };

@@ -306,7 +306,11 @@ async fn without_peers_only_what_is_held_is_served() {
         failed,
         "a body that cannot complete must not end as if complete"
     );
-    assert!(got[..] == orig[..100_000], "exactly fragment 0 was sent");
+    assert!(
+        got[..] == orig[..100_000],
+        "exactly fragment 0 was sent (got {} bytes)",
+        got.len()
+    );
     // Unknown video, no peers: 404.
     let r = c
         .get(format!("{}/videos/{}/stream", viewer.base, "cd".repeat(32)))
@@ -417,7 +421,7 @@ async fn pages_are_served_from_the_binary_and_shutdown_ends_waiting_streams() {
     within(
         10,
         "shutdown with a stream waiting",
-        viewer.http.take().unwrap().shutdown(),
+        viewer.node.node.take().unwrap().shutdown(),
     )
     .await;
     // The body ends (short) rather than hanging.

@@ -97,9 +97,12 @@ pub struct FetchReport {
 /// Why a fetch failed.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
-    /// Discovery found no peer to ask, or none of those it found answered.
+    /// Peers were found, but none of them answered.
     #[error("{0}")]
     NoPeers(String),
+    /// Discovery found no peer that may hold the video.
+    #[error("{0}")]
+    NoHolders(String),
     /// No video could be chosen.
     #[error("{0}")]
     NoVideo(String),
@@ -626,8 +629,8 @@ impl Fetcher {
         cancel: CancellationToken,
     ) -> Result<Download, FetchError> {
         let hints = discovery.locate(video).await;
-        if hints.is_empty() && self.store.manifest(video).is_none() {
-            return Err(FetchError::NoPeers(format!(
+        if hints.is_empty() {
+            return Err(FetchError::NoHolders(format!(
                 "no peer holding video {} was found (asked: {}); give the node a --peer, --manager or --broker",
                 video.short(),
                 discovery.describe()

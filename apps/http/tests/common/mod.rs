@@ -8,15 +8,11 @@ pub mod webdriver;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fragnet_core::Want;
-use fragnet_core::conformance::{NodeOptions, TestNode, TestVideo, within};
-use fragnet_core::discovery::{CombinedDiscovery, Discovery, StaticPeers};
-use fragnet_core::fetch::{FetchOptions, Fetcher, PeerPool};
+use fragnet_core::conformance::{NodeOptions, TestNode, TestVideo};
 use fragnet_core::identity::Identity;
-use fragnet_core::protocol::Timeouts;
+use fragnet_core::node::NodeBuilder;
 use fragnet_core::{FragmentIndex, PeerAddr, Transports};
-use fragnet_http::{Downloads, Handle, HttpConfig, HttpState};
-use tokio_util::sync::CancellationToken;
+use fragnet_http::{HttpConfig, HttpService};
 
 /// One node's transports: TCP.
 pub fn tcp(_: &Identity) -> Transports {
@@ -39,16 +35,15 @@ pub async fn seeder(v: &TestVideo, upload: Option<u64>) -> TestNode {
 }
 
 /// A node holding `have` of `v`, with its HTTP side on 127.0.0.1:0 downloading from
-/// `peers` when a player asks.
+/// the peers its discovery finds when a player asks. Built like every node, by core's
+/// node builder, with the HTTP side as its service.
 pub struct Viewer {
     pub node: TestNode,
-    pub http: Option<Handle>,
-    pub downloads: Option<Arc<Downloads>>,
     pub base: String,
-    cancel: CancellationToken,
 }
 
 impl Viewer {
+    /// A viewer that knows `peers` (none: it serves only what it holds).
     pub async fn start(
         v: &TestVideo,
         have: &[FragmentIndex],
@@ -56,82 +51,49 @@ impl Viewer {
         config: HttpConfig,
     ) -> Viewer {
         let peers = peers.to_vec();
-        Self::start_with(v, have, config, move |_, pool| {
-            (!peers.is_empty())
-                .then(|| Arc::new(StaticPeers::new(peers, pool)) as Arc<dyn Discovery>)
-                .into_iter()
-                .collect()
-        })
-        .await
+        Self::start_with(v, have, config, move |b| b.peers(peers)).await
     }
 
-    /// A viewer whose discovery is the sources `sources(node, pool)` makes (none: it serves
-    /// only what it holds).
+    /// A viewer whose discovery (or anything else) `customize` sets on its builder.
     pub async fn start_with(
         v: &TestVideo,
         have: &[FragmentIndex],
         config: HttpConfig,
-        sources: impl FnOnce(&TestNode, Arc<PeerPool>) -> Vec<Arc<dyn Discovery>>,
+        customize: impl FnOnce(NodeBuilder) -> NodeBuilder,
     ) -> Viewer {
         let seed = (!have.is_empty()).then(|| (v.split_dir.clone(), Some(have.to_vec())));
-        let node = TestNode::start(
+        let node = TestNode::start_with(
             tcp,
             "tcp://127.0.0.1:0",
             NodeOptions {
                 seed,
                 ..Default::default()
             },
+            move |b| customize(b.name("viewer").service(HttpService::new(config))),
         )
         .await;
         if have.is_empty() {
             assert!(node.store.videos().is_empty());
         }
-        let cancel = CancellationToken::new();
-        let pool = Arc::new(PeerPool::new(node.transports.clone(), Timeouts::default()));
-        let sources = sources(&node, pool.clone());
-        let downloads = (!sources.is_empty()).then(|| {
-            let fetcher = Fetcher::new(node.store.clone(), pool, FetchOptions::default());
-            let discovery = Arc::new(CombinedDiscovery::new(sources));
-            Arc::new(Downloads::new(
-                fetcher,
-                discovery,
-                Want::None,
-                cancel.clone(),
-            ))
-        });
-        let state = HttpState {
-            store: node.store.clone(),
-            node_id: node.identity.node_id(),
-            name: "viewer".into(),
-            serve: Some(node.ctx.clone()),
-            downloads: downloads.clone(),
-        };
-        let http = within(
-            10,
-            "HTTP spawn",
-            fragnet_http::spawn(config, state, cancel.clone()),
-        )
-        .await
-        .unwrap();
-        let base = format!("http://{}", http.local_addr());
-        Viewer {
-            node,
-            http: Some(http),
-            downloads,
-            base,
-            cancel,
-        }
+        let base = node
+            .node
+            .as_ref()
+            .and_then(|n| n.url())
+            .expect("the HTTP service runs")
+            .to_string();
+        Viewer { node, base }
     }
 
     pub fn held(&self, v: &TestVideo) -> usize {
         self.node.store.have(v.id()).len()
     }
 
+    /// The viewer's download engine.
+    pub fn engine(&self) -> &std::sync::Arc<fragnet_http::Downloads> {
+        self.node.node.as_ref().unwrap().engine()
+    }
+
     pub async fn stop(&mut self) {
-        if let Some(h) = self.http.take() {
-            within(10, "HTTP shutdown", h.shutdown()).await;
-        }
-        self.cancel.cancel();
         self.node.stop().await;
     }
 }
