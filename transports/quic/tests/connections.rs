@@ -15,10 +15,9 @@ use common::{echo_once, listen, quic, quic_with, serve_echo};
 use fragnet_core::conformance::{TestVideo, generated_bytes, within};
 use fragnet_core::fetch::{FetchOptions, FetchRequest, Fetcher, PeerPool, Quiet};
 use fragnet_core::identity::Identity;
-use fragnet_core::node::{ServeHandle, ServeLimits, serve};
+use fragnet_core::node::{Node, NodeError, NodeHandle, ServeLimits};
 use fragnet_core::protocol::{PeerClient, Timeouts};
-use fragnet_core::serve::{ServeContext, ServeStats};
-use fragnet_core::transport::{Connection, Transport, TransportError};
+use fragnet_core::transport::{Connection, Transport};
 use fragnet_core::{FragmentStore, PeerAddr, Transports};
 use fragnet_quic::{Config, QuicTransport};
 use tokio_util::sync::CancellationToken;
@@ -110,37 +109,25 @@ async fn idle_connections_close_and_the_next_stream_dials_again() {
     assert_eq!(server.peers.lock().unwrap().len(), 2);
 }
 
-/// A node serving `dir`'s store under `dir`'s identity, as a restarted process would.
-async fn start_node(dir: &Path, listen: &str) -> Result<ServeHandle, TransportError> {
-    let identity = Identity::load_or_create(dir).unwrap();
+/// A node serving `dir`'s store under `dir`'s identity, as a restarted process would
+/// (built like every node, by core's builder).
+async fn start_node(dir: &Path, listen: &str) -> Result<NodeHandle, NodeError> {
+    let identity = Arc::new(Identity::load_or_create(dir).unwrap());
     let (store, _) = FragmentStore::open(dir.join("store")).unwrap();
-    let ctx = Arc::new(ServeContext {
-        store: Arc::new(store),
-        node_id: identity.node_id(),
-        name: "restartable".into(),
-        default_video: None,
-        upload: None,
-        timeouts: Timeouts::default(),
-        exchange: None,
-        stats: ServeStats::default(),
-    });
     let transports = Transports::new().with(quic(&identity));
-    let limits = ServeLimits {
-        max_connections: 16,
-        shutdown_grace: Duration::from_millis(200),
-    };
-    serve(
-        &transports,
-        &[PeerAddr::parse(listen, "quic").unwrap()],
-        ctx,
-        limits,
-        CancellationToken::new(),
-    )
-    .await
+    Node::builder(identity, Arc::new(store), transports)
+        .name("restartable")
+        .listen(vec![PeerAddr::parse(listen, "quic").unwrap()])
+        .serve_limits(ServeLimits {
+            max_connections: 16,
+            shutdown_grace: Duration::from_millis(200),
+        })
+        .spawn(&CancellationToken::new())
+        .await
 }
 
 /// Starts the node on `port`, waiting while the previous run's socket drains.
-async fn restart_node(dir: &Path, port: u16) -> ServeHandle {
+async fn restart_node(dir: &Path, port: u16) -> NodeHandle {
     within(15, "restart on the same port", async {
         loop {
             match start_node(dir, &format!("quic://127.0.0.1:{port}")).await {
@@ -192,7 +179,7 @@ async fn after_the_server_restarts_on_the_same_port_the_next_dial_works() {
     let handle = start_node(server_dir.path(), "quic://127.0.0.1:0")
         .await
         .unwrap();
-    let port = handle.local_addrs()[0].port;
+    let port = handle.bound()[0].port;
     let addr = PeerAddr::parse(&format!("quic://127.0.0.1:{port}"), "quic").unwrap();
     let server_id = Identity::load_or_create(server_dir.path())
         .unwrap()
@@ -262,7 +249,7 @@ async fn child_node() {
         panic!("run by a_killed_and_restarted_peer_is_noticed_and_redialed only");
     };
     let handle = restart_node(Path::new(&dir), port.parse().unwrap()).await;
-    println!("LISTENING {}", handle.local_addrs()[0].port);
+    println!("LISTENING {}", handle.bound()[0].port);
     std::future::pending::<()>().await;
 }
 
