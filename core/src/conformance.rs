@@ -388,6 +388,175 @@ pub async fn session_basics(make: MakeTransports, listen: &str) {
     assert_eq!(&again[..], &original[..10]);
 }
 
+/// A watch reports the verified chunks a node holds, including chunks of a fragment
+/// still in `.part`, then each chunk as it verifies; those chunks are served at once.
+pub async fn watch_reports_chunks_and_part_files_serve_them(make: MakeTransports, listen: &str) {
+    let v = TestVideo::from_bytes("v.mp4", &generated_bytes(80_000, 7), 4, 4096);
+    let original = std::fs::read(&v.input).unwrap();
+    // The server holds fragment 0 and chunk 2 of fragment 1 (in a .part file).
+    let server = TestNode::start(
+        make,
+        listen,
+        NodeOptions {
+            seed: Some((v.split_dir.clone(), Some(vec![0]))),
+            ..Default::default()
+        },
+    )
+    .await;
+    let chunk = |index: FragmentIndex, c: u32| {
+        let (off, len) = v.manifest.chunk_range(index, c).unwrap();
+        let start = (v.manifest.fragments[index as usize].offset + off) as usize;
+        Bytes::copy_from_slice(&original[start..start + len as usize])
+    };
+    server
+        .store
+        .write_chunk(v.id(), 1, 2, chunk(1, 2))
+        .await
+        .unwrap();
+    let client = TestNode::start(make, listen, NodeOptions::default()).await;
+    let s = within(10, "connect", client.client(&server.addr))
+        .await
+        .unwrap();
+    let (bits, mut updates) = within(5, "watch", s.watch(v.id())).await.unwrap();
+    let map = crate::avail::ChunkMap::of(&v.manifest);
+    let per_fragment = v.manifest.fragments[0].chunks.len() as u32;
+    let mut want: Vec<(FragmentIndex, u32)> = (0..per_fragment).map(|c| (0, c)).collect();
+    want.push((1, 2));
+    assert_eq!(
+        map.items(&bits),
+        want,
+        "fragment 0 and the one chunk of fragment 1"
+    );
+    // A chunk verified now is reported on the open watch.
+    server
+        .store
+        .write_chunk(v.id(), 1, 4, chunk(1, 4))
+        .await
+        .unwrap();
+    let got = within(15, "an update", async {
+        loop {
+            let u = updates.next().await.unwrap();
+            if !u.is_empty() {
+                return u;
+            }
+        }
+    })
+    .await;
+    assert_eq!(got, vec![(1, 4)]);
+    // Both chunks of the .part file are served; the rest of the fragment is not.
+    let mut s = within(10, "connect", client.client(&server.addr))
+        .await
+        .unwrap();
+    let (off, len) = v.manifest.chunk_range(1, 4).unwrap();
+    let bytes = within(5, "get from .part", s.get(v.id(), 1, off, len))
+        .await
+        .unwrap();
+    assert_eq!(bytes, chunk(1, 4));
+    assert_refused(
+        within(5, "get unverified", s.get(v.id(), 1, 0, 10)).await,
+        ErrorCode::NotAvailable,
+    );
+    // A video the server does not know: a typed refusal, not a watch.
+    let s = within(10, "connect", client.client(&server.addr))
+        .await
+        .unwrap();
+    assert_refused(
+        within(5, "watch unknown", s.watch(VideoId(Digest::of(b"none"))))
+            .await
+            .map(|_| ()),
+        ErrorCode::UnknownVideo,
+    );
+}
+
+/// A leecher that got chunks of a fragment seconds ago (the fragment still in `.part`)
+/// serves them to a third node, which learns of them through its watch: the third node
+/// completes the fragment from the leecher alone, with the seeder gone.
+pub async fn a_leecher_relays_chunks_it_just_got(make: MakeTransports, listen: &str) {
+    let v = TestVideo::from_bytes("v.mp4", &generated_bytes(200_000, 9), 2, 4096);
+    let mut seeder = TestNode::start(
+        make,
+        listen,
+        NodeOptions {
+            seed: Some((v.split_dir.clone(), None)),
+            ..Default::default()
+        },
+    )
+    .await;
+    let leecher = TestNode::start(make, listen, NodeOptions::default()).await;
+    // The leecher takes every chunk of fragment 1 but its last: the fragment stays a
+    // .part file, announced nowhere as a whole fragment.
+    let n = v.manifest.fragments[1].chunks.len() as u32;
+    let mut s = within(10, "connect", leecher.client(&seeder.addr))
+        .await
+        .unwrap();
+    leecher.store.add_manifest(&v.manifest).unwrap();
+    for c in 0..n - 1 {
+        let (off, len) = v.manifest.chunk_range(1, c).unwrap();
+        let data = within(5, "get", s.get(v.id(), 1, off, len)).await.unwrap();
+        leecher.store.write_chunk(v.id(), 1, c, data).await.unwrap();
+    }
+    assert!(
+        leecher.store.have(v.id()).is_empty(),
+        "no whole fragment yet"
+    );
+    drop(s);
+    // The seeder goes; a third node that knows only the leecher downloads fragment 1.
+    seeder.stop().await;
+    let third = TestNode::start(make, listen, NodeOptions::default()).await;
+    let pool = Arc::new(PeerPool::new(third.transports.clone(), Timeouts::default()));
+    let fetcher = Fetcher::new(third.store.clone(), pool.clone(), FetchOptions::default());
+    third.store.add_manifest(&v.manifest).unwrap();
+    let discovery = Arc::new(crate::discovery::CombinedDiscovery::of_peers(
+        vec![leecher.addr.clone()],
+        pool,
+    ));
+    let dl = within(
+        10,
+        "start",
+        fetcher.start(
+            v.id(),
+            Some(vec![1]),
+            &discovery,
+            &[],
+            Arc::new(crate::fetch::Quiet),
+            CancellationToken::new(),
+        ),
+    )
+    .await
+    .unwrap();
+    // The leecher's last chunk arrives later (from outside): the watch tells the third
+    // node, which then completes the fragment.
+    let (off, len) = v.manifest.chunk_range(1, n - 1).unwrap();
+    let start = (v.manifest.fragments[1].offset + off) as usize;
+    let original = std::fs::read(&v.input).unwrap();
+    leecher
+        .store
+        .write_chunk(
+            v.id(),
+            1,
+            n - 1,
+            Bytes::copy_from_slice(&original[start..start + len as usize]),
+        )
+        .await
+        .unwrap();
+    let report = within(30, "download from the leecher", dl.finish())
+        .await
+        .unwrap();
+    assert_eq!(report.fetched.len(), 1);
+    assert!(
+        report.fetched[0]
+            .1
+            .iter()
+            .all(|a| a.port == leecher.addr.port),
+        "every chunk came from the leecher: {:?}",
+        report.fetched
+    );
+    assert_eq!(
+        third.store.status(v.id(), 1).unwrap(),
+        crate::store::FragmentStatus::Complete
+    );
+}
+
 /// A version the server does not speak gets a typed refusal.
 pub async fn unsupported_version(make: MakeTransports, listen: &str) {
     let server = TestNode::start(make, listen, NodeOptions::default()).await;
@@ -653,6 +822,16 @@ async fn lie(
                     .get_mut()
                     .write_all(&vec![0x5A; length as usize])
                     .await?;
+            }
+            Ok(Request::Watch { .. }) => {
+                s.send(
+                    &Response::Error {
+                        code: ErrorCode::BadRequest,
+                        message: "no watches here".into(),
+                    },
+                    &t,
+                )
+                .await?
             }
             Ok(Request::Peers { video }) => {
                 s.send(
@@ -1052,8 +1231,15 @@ pub async fn download_priorities(make: MakeTransports, listen: &str) {
         last(5).max(last(7)) < pos(0).min(pos(9)),
         "urgent before the first and last fragment: {chunks:?}"
     );
+    // Background chunks start only once the first and last fragments' have: at most
+    // the requests one peer gets at once (per_peer, 4) overlap their end.
+    let early_end = last(0).max(last(9));
+    let overlap = chunks[..early_end]
+        .iter()
+        .filter(|&&i| ![0, 5, 7, 9].contains(&i))
+        .count();
     assert!(
-        last(0).max(last(9)) < [1, 2, 3].into_iter().map(pos).min().unwrap(),
+        overlap < FetchOptions::default().per_peer,
         "first and last fragment before the rest: {chunks:?}"
     );
     let (p6, p8) = (
@@ -1094,6 +1280,8 @@ macro_rules! transport_conformance {
             case!(idle_client_times_out);
             case!(download_priorities);
             case!(upload_limit_keeps_every_response_moving);
+            case!(watch_reports_chunks_and_part_files_serve_them);
+            case!(a_leecher_relays_chunks_it_just_got);
         }
     };
 }

@@ -17,6 +17,7 @@
 //! Core opens no concrete socket and knows no HTTP framework and no CLI.
 
 pub mod addr;
+pub mod avail;
 pub mod discovery;
 pub mod engine;
 pub mod fetch;

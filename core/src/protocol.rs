@@ -33,6 +33,8 @@ pub const PROTOCOL_VERSION: u16 = 1;
 pub const MAX_REQUEST_FRAME: usize = 16 * 1024;
 /// Largest response frame a client reads (bodies are not frames).
 pub const MAX_RESPONSE_FRAME: usize = 4 << 20;
+/// Most chunks one watch update carries; more go in the next frame.
+pub const MAX_UPDATE_CHUNKS: usize = 1024;
 /// Most addresses one peer-exchange answer carries; a client ignores the rest.
 pub const MAX_PEX_PEERS: usize = 32;
 /// Largest `get` body a client accepts in one response.
@@ -71,7 +73,17 @@ pub enum Request {
         /// Video.
         video: VideoId,
     },
+    /// Which verified chunks of the video the server holds, now and as they verify:
+    /// answered by [`Response::Avail`], then [`Response::Update`] frames on the same
+    /// stream (an empty one every [`WATCH_KEEPALIVE`]) until the client closes it.
+    Watch {
+        /// Video.
+        video: VideoId,
+    },
 }
+
+/// How often a watched server says something even when nothing changed.
+pub const WATCH_KEEPALIVE: Duration = Duration::from_secs(10);
 
 /// One video as listed by [`Request::Videos`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,6 +150,19 @@ pub enum Response {
         video: VideoId,
         /// Addresses.
         peers: Vec<String>,
+    },
+    /// Answer to [`Request::Watch`]: the verified chunks held, as a hex bitmap over
+    /// the video's chunks in manifest order ([`crate::avail::ChunkMap`]).
+    Avail {
+        /// Video.
+        video: VideoId,
+        /// Hex bitmap.
+        chunks: String,
+    },
+    /// Chunks verified since the last frame of a watch, as `[fragment, chunk]`.
+    Update {
+        /// The chunks (at most [`MAX_UPDATE_CHUNKS`]).
+        chunks: Vec<(FragmentIndex, u32)>,
     },
     /// A manifest's canonical bytes follow.
     Manifest {
@@ -305,7 +330,15 @@ impl PeerClient {
     }
 
     async fn read_response(&mut self, what: &'static str) -> Result<Response, ProtocolError> {
-        let frame = timed(self.timeouts.io, what, self.reader.next())
+        self.read_response_within(self.timeouts.io, what).await
+    }
+
+    async fn read_response_within(
+        &mut self,
+        within: Duration,
+        what: &'static str,
+    ) -> Result<Response, ProtocolError> {
+        let frame = timed(within, what, self.reader.next())
             .await?
             .ok_or(ProtocolError::Closed)??;
         let resp: Response =
@@ -389,6 +422,22 @@ impl PeerClient {
         }
     }
 
+    /// Turns this session into a watch of `video`'s verified chunks: returns the
+    /// bitmap held now and the stream of updates. A server that does not know the video
+    /// answers [`ErrorCode::UnknownVideo`]; one that predates watches, `BadRequest`.
+    pub async fn watch(mut self, video: VideoId) -> Result<(Vec<u8>, Watcher), ProtocolError> {
+        match self.call(&Request::Watch { video }).await? {
+            Response::Avail { video: v, chunks } if v == video => {
+                let bitmap = crate::avail::from_hex(&chunks)
+                    .ok_or_else(|| ProtocolError::Malformed("a bitmap that is not hex".into()))?;
+                Ok((bitmap, Watcher { client: self }))
+            }
+            other => Err(ProtocolError::Malformed(format!(
+                "expected availability, got {other:?}"
+            ))),
+        }
+    }
+
     /// The manifest of `video`, checked to hash to `video`.
     pub async fn manifest(&mut self, video: VideoId) -> Result<Manifest, ProtocolError> {
         let length = match self.call(&Request::Manifest { video }).await? {
@@ -435,6 +484,29 @@ impl PeerClient {
             Response::Data { length: l } if l == length => self.read_body(length).await,
             other => Err(ProtocolError::Malformed(format!(
                 "expected {length} data bytes, got {other:?}"
+            ))),
+        }
+    }
+}
+
+/// The updates of a watched peer (see [`PeerClient::watch`]).
+#[derive(Debug)]
+pub struct Watcher {
+    client: PeerClient,
+}
+
+impl Watcher {
+    /// The next chunks the peer verified (empty: a keepalive). Fails when the peer
+    /// says nothing for three keepalive periods, closes, or breaks the protocol.
+    pub async fn next(&mut self) -> Result<Vec<(FragmentIndex, u32)>, ProtocolError> {
+        match self
+            .client
+            .read_response_within(WATCH_KEEPALIVE * 3, "waiting for a watch update")
+            .await?
+        {
+            Response::Update { chunks } if chunks.len() <= MAX_UPDATE_CHUNKS => Ok(chunks),
+            other => Err(ProtocolError::Malformed(format!(
+                "expected an update, got {other:?}"
             ))),
         }
     }

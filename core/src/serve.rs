@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tracing::{debug, info, warn};
 
@@ -346,6 +347,10 @@ impl ServeContext {
                         .await
                     }
                 },
+                Ok(Request::Watch { video }) => {
+                    // The stream is the watch's from here on.
+                    break self.serve_watch(&mut s, video, stop).await;
+                }
                 Ok(Request::Peers { video }) => {
                     let peers = self
                         .exchange
@@ -444,6 +449,87 @@ impl ServeContext {
             );
         }
         result
+    }
+
+    /// Tells a watching peer which verified chunks of `video` this node holds, then
+    /// each chunk as it verifies, until the peer closes the stream or the node stops.
+    async fn serve_watch(
+        &self,
+        s: &mut ServerSession,
+        video: VideoId,
+        stop: &tokio_util::sync::CancellationToken,
+    ) -> Result<(), ProtocolError> {
+        let t = self.timeouts;
+        let Some(m) = self.store.manifest(video) else {
+            return self
+                .refuse(s, ErrorCode::UnknownVideo, format!("unknown video {video}"))
+                .await;
+        };
+        // Subscribe before taking the snapshot: a chunk verified in between is sent
+        // twice rather than never.
+        let mut events = self.store.subscribe();
+        let map = crate::avail::ChunkMap::of(&m);
+        let bits = crate::avail::held_bitmap(&self.store, video, &map);
+        s.send(
+            &Response::Avail {
+                video,
+                chunks: crate::avail::to_hex(&bits),
+            },
+            &t,
+        )
+        .await?;
+        let mut keepalive = tokio::time::interval(crate::protocol::WATCH_KEEPALIVE);
+        keepalive.tick().await;
+        loop {
+            let mut batch: Vec<(FragmentIndex, u32)> = Vec::new();
+            tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                // The client closes its side (or sends anything): the watch ends.
+                _ = s.reader.next() => return Ok(()),
+                _ = keepalive.tick() => {}
+                ev = events.recv() => match ev {
+                    Ok(crate::store::StoreEvent::ChunkVerified { video: v, index, chunk }) if v == video => {
+                        batch.push((index, chunk));
+                    }
+                    Ok(crate::store::StoreEvent::FragmentComplete { video: v, index }) if v == video => {
+                        let n = m.fragment(index).map(|f| f.chunks.len() as u32).unwrap_or(0);
+                        batch.extend((0..n).map(|c| (index, c)));
+                    }
+                    Ok(_) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        // Missed some: send everything held again, in bounded frames.
+                        let bits = crate::avail::held_bitmap(&self.store, video, &map);
+                        batch = map.items(&bits);
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
+                },
+            }
+            // More that verified meanwhile goes in the same frame.
+            while batch.len() < crate::protocol::MAX_UPDATE_CHUNKS {
+                match events.try_recv() {
+                    Ok(crate::store::StoreEvent::ChunkVerified {
+                        video: v,
+                        index,
+                        chunk,
+                    }) if v == video => batch.push((index, chunk)),
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+            for part in batch.chunks(crate::protocol::MAX_UPDATE_CHUNKS) {
+                s.send(
+                    &Response::Update {
+                        chunks: part.to_vec(),
+                    },
+                    &t,
+                )
+                .await?;
+            }
+            if batch.is_empty() {
+                s.send(&Response::Update { chunks: Vec::new() }, &t).await?;
+            }
+            keepalive.reset();
+        }
     }
 
     async fn refuse(

@@ -25,6 +25,7 @@
 
 pub mod pool;
 mod sched;
+mod watches;
 mod worker;
 
 use std::collections::HashSet;
@@ -227,6 +228,7 @@ pub struct Download {
     sched: Arc<Mutex<Sched>>,
     wake: Arc<Notify>,
     observers: Arc<Observers>,
+    watches: Arc<watches::Watches>,
     state: watch::Receiver<DownloadState>,
     task: Mutex<Option<tokio::task::JoinHandle<Result<FetchReport, FetchError>>>>,
     resumed: u64,
@@ -342,7 +344,12 @@ impl Download {
     /// again at once, so a swarm converges on events without waiting for a refresh.
     /// Returns how many stalled chunks were re-queued.
     pub fn add_holder(&self, addr: PeerAddr, fragments: &[FragmentIndex]) -> usize {
-        let n = self.sched.lock().unwrap().add_peer(addr, Some(fragments));
+        let n = self
+            .sched
+            .lock()
+            .unwrap()
+            .add_peer(addr.clone(), Some(fragments));
+        self.watches.ensure(addr);
         self.wake.notify_waiters();
         n
     }
@@ -670,6 +677,8 @@ impl Fetcher {
         let mut sched = Sched::new(peers, early);
         sched.urgent_per_peer = self.opts.urgent_per_peer.max(1);
         sched.wanted.extend(wanted.iter().copied());
+        sched.fragment_count = manifest.fragment_count;
+        sched.shuffle = true;
         let (mut already_complete, mut resumed, mut wanted_bytes, mut already_bytes) =
             (Vec::new(), 0u64, 0u64, 0u64);
         for &index in &wanted {
@@ -698,6 +707,14 @@ impl Fetcher {
             let (store, items) = (&self.store, covering(&manifest, offset, len));
             sched.prioritize(&items, |(i, c)| store.has_chunk(video, i, c));
         }
+        // A node that holds nothing of the video takes its first chunks at random.
+        sched.random_first = self.store.have(video).is_empty()
+            && resumed == 0
+            && self.store.manifest(video).is_some_and(|m| {
+                crate::avail::held_bitmap(&self.store, video, &crate::avail::ChunkMap::of(&m))
+                    .iter()
+                    .all(|b| *b == 0)
+            });
         obs.started(video, &manifest, wanted_bytes, already_bytes);
         if resumed > 0 {
             info!(video = %video.short(), chunks = resumed, "resuming from chunks verified earlier");
@@ -709,6 +726,25 @@ impl Fetcher {
         let sched = Arc::new(Mutex::new(sched));
         let wake = Arc::new(Notify::new());
         let observers = Arc::new(Observers::new(vec![obs]));
+        let watches = Arc::new(watches::Watches {
+            pool: self.pool.clone(),
+            sched: sched.clone(),
+            wake: wake.clone(),
+            video,
+            map: crate::avail::ChunkMap::of(&manifest),
+            cancel: cancel.clone(),
+            watched: Mutex::default(),
+        });
+        let initial: Vec<PeerAddr> = sched
+            .lock()
+            .unwrap()
+            .peers
+            .iter()
+            .map(|p| p.addr.clone())
+            .collect();
+        for addr in initial {
+            watches.ensure(addr);
+        }
         let (state_tx, state_rx) = watch::channel(DownloadState::Running);
         let mut set = tokio::task::JoinSet::new();
         for _ in 0..workers {
@@ -719,6 +755,7 @@ impl Fetcher {
                 pool: self.pool.clone(),
                 obs: observers.clone(),
                 discovery: discovery.clone(),
+                watches: watches.clone(),
                 manifest: manifest.clone(),
                 video,
                 per_peer: self.opts.per_peer.max(1),
@@ -755,6 +792,7 @@ impl Fetcher {
             sched,
             wake,
             observers,
+            watches,
             state: state_rx,
             task: Mutex::new(Some(task)),
             resumed,

@@ -52,7 +52,11 @@ pub(super) fn covering(manifest: &Manifest, offset: u64, len: u64) -> Vec<Item> 
 
 pub(super) struct PeerState {
     pub(super) addr: PeerAddr,
+    /// Whole fragments it holds.
     pub(super) holds: HashSet<FragmentIndex>,
+    /// Single verified chunks it holds (of fragments it does not hold whole), as its
+    /// watch reports them.
+    pub(super) chunks: HashSet<Item>,
     pub(super) in_flight: usize,
     pub(super) urgent_in_flight: usize,
     pub(super) failures: u32,
@@ -99,6 +103,27 @@ pub(super) struct Sched {
     pub(super) alive: usize,
     /// Fragments this download was asked for (they grow while it runs).
     pub(super) wanted: BTreeSet<FragmentIndex>,
+    /// Fragments in the video (0: unknown): a peer holding all of them is a seeder,
+    /// asked only for what no other peer can give.
+    pub(super) fragment_count: u32,
+    /// Break ties between equally rare chunks at random, so leechers that see the same
+    /// availability ask for different chunks.
+    pub(super) shuffle: bool,
+    /// This node holds nothing yet: pick at random rather than rarest first, so it has
+    /// something to trade as soon as possible (BitTorrent's random first piece).
+    pub(super) random_first: bool,
+    /// Chunks verified by this download.
+    pub(super) verified: u64,
+}
+
+/// Chunks a node fetches at random before it switches to rarest first.
+pub(super) const RANDOM_FIRST_CHUNKS: u64 = 4;
+
+impl PeerState {
+    /// Whether it holds `item` (its whole fragment, or the chunk alone).
+    pub(super) fn has(&self, item: Item) -> bool {
+        self.holds.contains(&item.0) || self.chunks.contains(&item)
+    }
 }
 
 impl PeerState {
@@ -107,6 +132,7 @@ impl PeerState {
         PeerState {
             addr,
             holds: HashSet::new(),
+            chunks: HashSet::new(),
             in_flight: 0,
             urgent_in_flight: 0,
             failures: 0,
@@ -158,14 +184,23 @@ impl Sched {
             finished: false,
             alive: 0,
             wanted: BTreeSet::new(),
+            fragment_count: 0,
+            shuffle: false,
+            random_first: false,
+            verified: 0,
         }
     }
 
-    pub(super) fn rarity(&self, index: FragmentIndex) -> usize {
+    pub(super) fn rarity(&self, item: Item) -> usize {
         self.peers
             .iter()
-            .filter(|p| !p.banned && p.holds.contains(&index))
+            .filter(|p| !p.banned && p.has(item))
             .count()
+    }
+
+    /// Whether peer `p` holds the whole video.
+    fn is_seeder(&self, p: usize) -> bool {
+        self.fragment_count > 0 && self.peers[p].holds.len() as u32 >= self.fragment_count
     }
 
     /// The class and rank an item is queued with now.
@@ -176,7 +211,16 @@ impl Sched {
         if self.early.contains(&item.0) {
             return (priority::EARLY, 0);
         }
-        (priority::NORMAL, self.rarity(item.0) as u64)
+        if self.random_first {
+            return (priority::NORMAL, fastrand::u64(..1 << 20));
+        }
+        let rarity = (self.rarity(item) as u64) << 20;
+        let tie = if self.shuffle {
+            fastrand::u64(..1 << 20)
+        } else {
+            0
+        };
+        (priority::NORMAL, rarity | tie)
     }
 
     /// Adds a wanted item (not verified here) to the download.
@@ -259,7 +303,7 @@ impl Sched {
         let st = &self.peers[p];
         !st.banned
             && !st.dead
-            && st.holds.contains(&item.0)
+            && st.has(item)
             && !self.excluded.get(&item).is_some_and(|x| x.contains(&p))
     }
 
@@ -300,8 +344,11 @@ impl Sched {
                 .iter()
                 .copied()
                 .filter(|&p| usable(self, &reserved, p))
+                // Seeders last for background chunks (they serve what nobody else
+                // can); then the least loaded; among equals, spread by chunk number.
                 .min_by_key(|&p| {
                     (
+                        !urgent && self.is_seeder(p),
                         self.peers[p].in_flight,
                         (p + key.3 as usize) % self.peers.len(),
                     )
@@ -395,6 +442,46 @@ impl Sched {
             self.enqueue(*item);
         }
         now.len()
+    }
+
+    /// Peer `p` verified `items` (its watch said so): they become eligible there, the
+    /// queued ones are ranked again (rarity changed) and stalled ones queued again.
+    /// Returns how many stalled items were re-queued.
+    pub(super) fn peer_has(&mut self, p: usize, items: &[Item]) -> usize {
+        if self.peers[p].banned {
+            return 0;
+        }
+        let mut changed = Vec::new();
+        for &item in items {
+            if !self.peers[p].has(item) && self.peers[p].chunks.insert(item) {
+                changed.push(item);
+            }
+        }
+        self.peers[p].dead = false;
+        for &item in &changed {
+            if self.queued.contains_key(&item) {
+                self.enqueue(item);
+            }
+        }
+        let stalled = std::mem::take(&mut self.stalled);
+        let (now, still): (Vec<Item>, Vec<Item>) =
+            stalled.into_iter().partition(|it| self.peers[p].has(*it));
+        self.stalled = still;
+        for item in &now {
+            if let Some(x) = self.excluded.get_mut(item) {
+                x.remove(&p);
+            }
+            self.enqueue(*item);
+        }
+        now.len()
+    }
+
+    /// A chunk of this download verified: counts towards leaving random-first.
+    pub(super) fn chunk_verified(&mut self) {
+        self.verified += 1;
+        if self.verified >= RANDOM_FIRST_CHUNKS {
+            self.random_first = false;
+        }
     }
 
     /// A job ended: frees its slots.

@@ -25,6 +25,7 @@ pub(super) struct WorkerCtx {
     pub(super) pool: Arc<PeerPool>,
     pub(super) obs: Arc<dyn FetchObserver>,
     pub(super) discovery: Arc<CombinedDiscovery>,
+    pub(super) watches: Arc<super::watches::Watches>,
     pub(super) manifest: Arc<Manifest>,
     pub(super) video: VideoId,
     pub(super) per_peer: usize,
@@ -131,6 +132,7 @@ impl WorkerCtx {
                 s.peers[p].failures = 0;
                 s.rounds = 0; // progress: refresh rounds count from here
                 s.bytes += len;
+                s.chunk_verified();
                 s.pending.remove(&item);
                 s.boost.remove(&item);
                 s.sources.entry(item.0).or_default().insert(p);
@@ -170,6 +172,7 @@ impl WorkerCtx {
                     }
                 } else {
                     s.peers[p].holds.remove(&item.0);
+                    s.peers[p].chunks.remove(&item);
                 }
                 s.last_error = Some(format!("{addr}: {msg}"));
                 s.enqueue(item);
@@ -234,6 +237,9 @@ impl WorkerCtx {
             f = futures::future::join_all(asks) => f,
             _ = self.cancel.cancelled() => return,
         };
+        for addr in &addrs {
+            self.watches.ensure(addr.clone());
+        }
         let mut s = self.sched.lock().unwrap();
         for (addr, have) in fresh {
             if let Some(have) = have
