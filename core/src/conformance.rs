@@ -1150,6 +1150,7 @@ pub async fn idle_client_times_out(make: MakeTransports, listen: &str) {
         within(5, "videos", s.videos()).await.is_ok(),
         "an active session is served"
     );
+    // Silent for four times the idle timeout: that is what is tested.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let after = within(10, "request after idling", s.videos()).await;
     assert!(

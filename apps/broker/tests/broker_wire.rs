@@ -82,6 +82,8 @@ async fn original_nc_clients_still_work() {
 async fn partial_lines_across_writes_and_crlf() {
     let broker = start_broker(loopback_config()).await;
     let mut sub = Raw::connect(broker.local_addr()).await;
+    // The pauses are what is tested, not waits for anything: they give the broker time
+    // to read each piece on its own, as a line split across TCP segments arrives.
     for piece in ["S", "UB:", "to", "pic\r", "\nPI", "NG", "\r\n"] {
         sub.send(piece).await;
         tokio::time::sleep(Duration::from_millis(30)).await;
@@ -159,7 +161,7 @@ async fn oversized_lines_are_refused_whole() {
     c.expect("PONG").await;
     assert_eq!(sub.line().await.unwrap().len(), 4096);
     // One byte more is refused, the whole line is skipped (nothing of it is published or
-    // taken as a command), even when it arrives in pieces.
+    // taken as a command), even when it arrives in pieces (the pauses split it).
     let long = format!("PUB:t:{}PING", "y".repeat(4096 - 6 - 3));
     c.send(&long[..2000]).await;
     tokio::time::sleep(Duration::from_millis(30)).await;
@@ -462,7 +464,8 @@ async fn idle_connections_without_subscriptions_are_closed() {
     let mut sub = Raw::subscribe(broker.local_addr(), "t").await;
     idle.expect_eof().await;
     partial.expect_eof().await;
-    // A quiet subscriber is not idle.
+    // A quiet subscriber is not idle: the idle timeout elapses (twice over) and its
+    // connection is still served.
     tokio::time::sleep(Duration::from_millis(400)).await;
     sub.ping().await;
     within(10, "shutdown", broker.shutdown()).await;

@@ -29,12 +29,15 @@ async fn publish_until_received(
         for i in 0.. {
             // Publishing fails while the broker is down; that is expected here.
             let _ = p.publish(topic, Bytes::from(format!("{prefix}-{i}"))).await;
-            if let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(100), sub.next()).await
-            {
-                let text = m.text().unwrap().to_string();
-                if text.starts_with(prefix) {
-                    return text;
+            match tokio::time::timeout(Duration::from_millis(100), sub.next()).await {
+                Ok(Some(m)) => {
+                    let text = m.text().unwrap().to_string();
+                    if text.starts_with(prefix) {
+                        return text;
+                    }
                 }
+                Ok(None) => panic!("the subscription ended instead of reconnecting"),
+                Err(_) => {}
             }
         }
         unreachable!()
@@ -79,8 +82,10 @@ async fn subscribers_reconnect_after_a_broker_restart() {
     .await
     .unwrap_err();
     assert!(matches!(e, PubSubError::Unreachable { .. }), "{e}");
+    // Not a wait for an event: the broker stays down for a while, so the subscribers'
+    // first reconnect attempts (20 ms backoff) fail and back off, as in a real outage.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    // Same port, new broker process state.
+    // Same port (the subscribers know only that address), new broker process state.
     let broker = start_broker(BrokerConfig {
         listen: addr.to_string(),
         ..BrokerConfig::default()
@@ -327,8 +332,8 @@ async fn subscribe_prints_what_notify_sends() {
 
 #[tokio::test]
 async fn notify_reports_every_failure_clearly() {
-    // Nothing listening.
-    let port = common::free_port();
+    // Nothing listening (the port is bound and released, and no server is started on it).
+    let port = common::dead_port();
     let b = BrokerPubSub::new(&BrokerClientConfig::new(format!("127.0.0.1:{port}"))).unwrap();
     let e = within(
         10,
@@ -417,6 +422,7 @@ async fn notify_reports_every_failure_clearly() {
     .unwrap();
     assert_eq!(broker.stats().published, 1);
     // The publishing connection survives the broker closing it (idle timeout, restart).
+    // The restart is on the same port: the client knows only that address.
     within(10, "broker shutdown", broker.shutdown()).await;
     let broker = start_broker(BrokerConfig {
         listen: b.broker_addr().to_string(),
@@ -443,8 +449,8 @@ async fn notify_reports_every_failure_clearly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_connect_errors_tokens_and_restart() {
-    // Nothing listening.
-    let port = common::free_port();
+    // Nothing listening (the port is bound and released, and no server is started on it).
+    let port = common::dead_port();
     let e = within(
         20,
         "connect",
@@ -505,10 +511,42 @@ async fn nats_connect_errors_tokens_and_restart() {
         within(10, "before", sub.next()).await.unwrap().text(),
         Some("before")
     );
+    // Restarted on the same port: the client knows only that address.
     let port = server.port;
     server.stop();
     let _server = NatsServer::start_on(port, &[]).await;
     let got = publish_until_received(&nats, "fragments", "after", &mut sub).await;
     assert!(got.starts_with("after-"));
+    // Known product bug (apps/broker/src/nats.rs): the NATS plugin counts reconnects in
+    // async-nats's event callback, a task of its own that is ordered neither with the
+    // messages nor with the reset to 0 in `connect`. So this can still read 0 when the
+    // first message after the restart has arrived (rare, under load), and it often reads
+    // 1 before any restart (`nats_reconnects_start_at_zero`, ignored until fixed). Left
+    // as is: waiting here for the counter would hide the bug.
     assert!(sub.reconnects() >= 1);
+}
+
+/// A fresh NATS client has not reconnected. Fails today: the first connection's
+/// `Connected` event reaches the counter after `NatsPubSub::connect` has reset it, in
+/// about half of the connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "product bug: NatsPubSub counts its first connection as a reconnect (apps/broker/src/nats.rs)"]
+async fn nats_reconnects_start_at_zero() {
+    let server = NatsServer::start(&[]).await;
+    for _ in 0..10 {
+        let nats = within(
+            10,
+            "connect",
+            NatsPubSub::connect(&NatsConfig::new(server.url())),
+        )
+        .await
+        .unwrap();
+        let sub = within(10, "subscribe", nats.subscribe("fragments"))
+            .await
+            .unwrap();
+        within(10, "publish", nats.publish("fragments", Bytes::from("x")))
+            .await
+            .unwrap();
+        assert_eq!(sub.reconnects(), 0, "no reconnection has happened");
+    }
 }

@@ -85,6 +85,10 @@ fn split_then_join_and_refuse_another_video() {
 
 /// The original walkthrough: A holds 0–4, B holds 5–9; A's console asks for
 /// fragment_5.bin and gets it from B; B exits cleanly on SIGTERM.
+///
+/// Both listen on a bare port, as in the original, but port 0: each prints the port it
+/// bound. So B, which starts first, cannot be told A's address as in the original; it
+/// only serves here, and nothing depends on it knowing A.
 #[test]
 fn original_walkthrough_with_two_peer_processes() {
     let dir = tempfile::tempdir().unwrap();
@@ -94,16 +98,11 @@ fn original_walkthrough_with_two_peer_processes() {
             .status
             .success()
     );
-    let (pa, pb) = (free_port(), free_port());
-    let (la, lb) = (pa.to_string(), pb.to_string());
-    let (to_a, to_b) = (format!("localhost:{pa}"), format!("localhost:{pb}"));
     let mut b = spawn_peer(
         d,
         &[
             "--listen",
-            &lb,
-            "--peer",
-            &to_a,
+            "0",
             "--seed",
             "fragments",
             "--have",
@@ -111,12 +110,16 @@ fn original_walkthrough_with_two_peer_processes() {
             "--no-console",
         ],
     );
-    wait_for_line(&mut b, "Node listening", 20);
+    let pb = port_of(&after(
+        &wait_for_line(&mut b, "Node listening on ", 20),
+        "Node listening on ",
+    ));
+    let to_b = format!("localhost:{pb}");
     let mut a = spawn_peer(
         d,
         &[
             "--listen",
-            &la,
+            "0",
             "--peer",
             &to_b,
             "--seed",
@@ -125,6 +128,7 @@ fn original_walkthrough_with_two_peer_processes() {
             "0-4",
         ],
     );
+    let store = d.join(after(&wait_for_line(&mut a, "data in ", 20), "data in "));
     let stdin = a.0.stdin.as_mut().unwrap();
     stdin.write_all(b"fragment_5.bin\n").unwrap();
     let lines = wait_for_line(&mut a, "received from", 30);
@@ -139,7 +143,6 @@ fn original_walkthrough_with_two_peer_processes() {
     a.0.stdin.as_mut().unwrap().write_all(b"exit\n").unwrap();
     assert!(wait_exit(&mut a, 20).success());
     // Node A's store now holds 0-4 and 5.
-    let store = d.join(format!("fragnet-data/node-{pa}"));
     let vid = std::fs::read_dir(&store)
         .unwrap()
         .filter_map(|e| e.ok())
@@ -167,12 +170,11 @@ fn fetch_from_two_peers_reassembles_the_video() {
             .status
             .success()
     );
-    let (pa, pb) = (free_port(), free_port());
     let mut a = spawn_peer(
         d,
         &[
             "--listen",
-            &pa.to_string(),
+            "0",
             "--seed",
             "fragments",
             "--have",
@@ -184,7 +186,7 @@ fn fetch_from_two_peers_reassembles_the_video() {
         d,
         &[
             "--listen",
-            &pb.to_string(),
+            "0",
             "--seed",
             "fragments",
             "--have",
@@ -192,8 +194,9 @@ fn fetch_from_two_peers_reassembles_the_video() {
             "--no-console",
         ],
     );
-    wait_for_line(&mut a, "Node listening", 20);
-    wait_for_line(&mut b, "Node listening", 20);
+    let listening = "Node listening on ";
+    let pa = port_of(&after(&wait_for_line(&mut a, listening, 20), listening));
+    let pb = port_of(&after(&wait_for_line(&mut b, listening, 20), listening));
     let o = fragnet(
         d,
         &[
@@ -225,13 +228,13 @@ fn fetch_from_two_peers_reassembles_the_video() {
         "{}",
         text(&o)
     );
-    // A dead peer is a clear error.
+    // A dead peer (nothing listens on a dead port) is a clear error.
     let o = fragnet(
         d,
         &[
             "fetch",
             "--peer",
-            &format!("127.0.0.1:{}", free_port()),
+            &format!("127.0.0.1:{}", dead_port()),
             "--data",
             "elsewhere",
         ],
@@ -303,14 +306,15 @@ fn quic_is_one_key_away() {
             .status
             .success()
     );
-    let port = free_port();
+    // A bare port is QUIC under this key; the second listener names TCP. Each binds a
+    // port of its own and prints it.
     let child = Command::new(BIN)
         .args([
             "peer",
             "--listen",
-            &port.to_string(),
+            "0",
             "--listen",
-            &format!("tcp://0.0.0.0:{port}"),
+            "tcp://0.0.0.0:0",
             "--seed",
             "fragments",
             "--no-console",
@@ -322,22 +326,14 @@ fn quic_is_one_key_away() {
         .spawn()
         .unwrap();
     let mut node = Proc::new(child);
-    let lines = wait_for_line(
-        &mut node,
-        &format!("Node listening on tcp://0.0.0.0:{port}"),
-        20,
-    );
-    assert!(
-        lines
-            .iter()
-            .any(|l| l.contains(&format!("quic://0.0.0.0:{port}"))),
-        "{lines:?}"
-    );
+    let lines = wait_for_line(&mut node, "Node listening on tcp://0.0.0.0:", 20);
+    let quic_port = port_of(&after(&lines, "Node listening on quic://"));
+    let tcp_port = port_of(&after(&lines, "Node listening on tcp://"));
     let quic = Command::new(BIN)
         .args([
             "fetch",
             "--peer",
-            &format!("localhost:{port}"),
+            &format!("localhost:{quic_port}"),
             "--data",
             "q",
             "--out",
@@ -353,7 +349,7 @@ fn quic_is_one_key_away() {
         &[
             "fetch",
             "--peer",
-            &format!("tcp://localhost:{port}"),
+            &format!("tcp://localhost:{tcp_port}"),
             "--data",
             "t",
             "--out",
@@ -364,7 +360,7 @@ fn quic_is_one_key_away() {
     let original = std::fs::read(sample()).unwrap();
     assert!(std::fs::read(d.join("via-quic.mp4")).unwrap() == original);
     assert!(std::fs::read(d.join("via-tcp.mp4")).unwrap() == original);
-    let h = fragnet(d, &["health", &format!("quic://127.0.0.1:{port}")]);
+    let h = fragnet(d, &["health", &format!("quic://127.0.0.1:{quic_port}")]);
     assert!(h.status.success(), "{}", text(&h));
 }
 
@@ -402,12 +398,11 @@ fn peer_http_streams_a_video_it_does_not_hold_yet() {
         .unwrap()
         .video_id();
     let original = std::fs::read(sample()).unwrap();
-    let (ps, pv) = (free_port(), free_port());
     let mut seeder = spawn_peer(
         d,
         &[
             "--listen",
-            &ps.to_string(),
+            "0",
             "--seed",
             "fragments",
             "--no-console",
@@ -417,12 +412,16 @@ fn peer_http_streams_a_video_it_does_not_hold_yet() {
             "seeder",
         ],
     );
-    wait_for_line(&mut seeder, "[SERVER] Node listening", 30);
+    let listening = "[SERVER] Node listening on ";
+    let ps = port_of(&after(
+        &wait_for_line(&mut seeder, listening, 30),
+        listening,
+    ));
     let mut viewer = spawn_peer(
         d,
         &[
             "--listen",
-            &pv.to_string(),
+            "0",
             "--peer",
             &format!("localhost:{ps}"),
             "--http",

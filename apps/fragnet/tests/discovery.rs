@@ -24,13 +24,6 @@ fn split_sample(dir: &Path) -> String {
         .to_string()
 }
 
-/// The part of the line containing `prefix` after it, up to the next space.
-fn after(lines: &[String], prefix: &str) -> String {
-    let l = lines.iter().rev().find(|l| l.contains(prefix)).unwrap();
-    let rest = &l[l.find(prefix).unwrap() + prefix.len()..];
-    rest.split_whitespace().next().unwrap().to_string()
-}
-
 /// `fragnet manager` on 127.0.0.1:0; returns it and its URL.
 fn manager(dir: &Path) -> (Proc, String) {
     let mut m = spawn(

@@ -1,11 +1,11 @@
 //! Swarms of real `fragnet` processes: peers that find each other only through the
 //! manager, a manager restart mid-swarm, and convergence by fragment events alone over
-//! the broker and over a real nats-server.
+//! the broker and over a real nats-server. Every server binds port 0 and the test reads
+//! the address it printed; only the manager's restart reuses its first port.
 
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use common::*;
 
@@ -53,25 +53,22 @@ fn assert_copy(dir: &Path, data: &str, video: &str) {
     );
 }
 
-fn start_manager(dir: &Path, port: u16) -> Proc {
+/// `fragnet manager` on `listen`; returns it and the address it printed (`HOST:PORT`).
+fn start_manager(dir: &Path, listen: &str) -> (Proc, String) {
     let mut m = spawn(
         dir,
         &[
-            "manager",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--data",
-            "manager",
-            "--ttl",
-            "6",
+            "manager", "--listen", listen, "--data", "manager", "--ttl", "6",
         ],
         &[],
     );
-    wait_for_line(&mut m, "REST API", 20);
-    m
+    let lines = wait_for_line(&mut m, "REST API on ", 20);
+    let url = after(&lines, "REST API on http://");
+    (m, url)
 }
 
-/// A peer on its own port and data directory, with environment configuration.
+/// A peer on its own port and data directory, with environment configuration; returns
+/// once it listens.
 fn peer(dir: &Path, name: &str, listen: &str, extra: &[&str], env: &[(&str, &str)]) -> Proc {
     let mut args = vec![
         "peer",
@@ -96,29 +93,27 @@ fn three_peers_find_each_other_only_through_the_manager() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let video = split_sample(d);
-    let mport = free_port();
-    let murl = format!("http://127.0.0.1:{mport}");
-    let maddr = format!("127.0.0.1:{mport}");
-    let _m = start_manager(d, mport);
+    let (_m, maddr) = start_manager(d, "127.0.0.1:0");
+    let murl = format!("http://{maddr}");
     let env = [("FRAGNET_PUBSUB", "none")];
     let _seeder = peer(
         d,
         "seeder",
-        &format!("127.0.0.1:{}", free_port()),
+        "127.0.0.1:0",
         &["--seed", "fragments", "--manager", &murl],
         &env,
     );
     let _a = peer(
         d,
         "leech-a",
-        &format!("127.0.0.1:{}", free_port()),
+        "127.0.0.1:0",
         &["--manager", &murl, "--want", "all"],
         &env,
     );
     let _b = peer(
         d,
         "leech-b",
-        &format!("quic://127.0.0.1:{}", free_port()),
+        "quic://127.0.0.1:0",
         &["--manager", &murl, "--want", "all"],
         &env,
     );
@@ -158,15 +153,13 @@ fn a_manager_restart_mid_swarm_loses_no_manifest() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let video = split_sample(d);
-    let mport = free_port();
-    let murl = format!("http://127.0.0.1:{mport}");
-    let maddr = format!("127.0.0.1:{mport}");
-    let mut m = start_manager(d, mport);
+    let (mut m, maddr) = start_manager(d, "127.0.0.1:0");
+    let murl = format!("http://{maddr}");
     let env = [("FRAGNET_PUBSUB", "none")];
     let _seeder = peer(
         d,
         "seeder",
-        &format!("127.0.0.1:{}", free_port()),
+        "127.0.0.1:0",
         &["--seed", "fragments", "--manager", &murl],
         &env,
     );
@@ -179,12 +172,16 @@ fn a_manager_restart_mid_swarm_loses_no_manifest() {
     let _l = peer(
         d,
         "leecher",
-        &format!("127.0.0.1:{}", free_port()),
+        "127.0.0.1:0",
         &["--manager", &murl, "--want", "all"],
         &env,
     );
+    // Not a wait for an event: the manager stays down a while, so the nodes' registration
+    // and heartbeats fail and back off (200 ms, 400 ms, ...) first, as in a real outage.
     std::thread::sleep(std::time::Duration::from_millis(800));
-    let _m2 = start_manager(d, mport);
+    // Back on the same port: the nodes know only that address.
+    let (_m2, again) = start_manager(d, &maddr);
+    assert_eq!(again, maddr, "the manager restarted on its port");
     // The manifest came back from disk, before any node re-announced it.
     let (status, _) = http_get(&maddr, &format!("/videos/{video}")).unwrap();
     assert_eq!(status, 200, "the manifest survives a manager restart");
@@ -201,20 +198,21 @@ fn a_manager_restart_mid_swarm_loses_no_manifest() {
 }
 
 /// No manager at all: leechers learn of the video and of every fragment from events.
-fn converge_by_events(env: &[(&str, &str)]) {
+/// `subscribers` counts the subscriptions to the fragment topic the pub/sub server has.
+fn converge_by_events(env: &[(&str, &str)], subscribers: impl Fn() -> Option<u64>) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let video = split_sample(d);
     let mut env = env.to_vec();
     // Reconciliation off in practice: only events can move fragments.
     env.push(("FRAGNET_REGISTRY", "none"));
-    let slow = [("FRAGNET_RECONCILE_SECS", "3600")];
+    env.push(("FRAGNET_RECONCILE_SECS", "3600"));
     let mut leechers = Vec::new();
     for name in ["leech-a", "leech-b"] {
-        let mut args = vec![
+        let args = [
             "peer",
             "--listen",
-            "",
+            "127.0.0.1:0",
             "--data",
             name,
             "--name",
@@ -223,32 +221,28 @@ fn converge_by_events(env: &[(&str, &str)]) {
             "--want",
             "all",
         ];
-        let listen = format!("127.0.0.1:{}", free_port());
-        args[2] = &listen;
-        let mut all_env = env.clone();
-        all_env.extend_from_slice(&slow);
-        let mut p = spawn(d, &args, &all_env);
+        let mut p = spawn(d, &args, &env);
         wait_for_line(&mut p, "Node listening", 20);
         leechers.push(p);
     }
-    // Subscriptions settle, then the seeder comes up and announces what it holds.
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    let listen = format!("127.0.0.1:{}", free_port());
-    let mut all_env = env.clone();
-    all_env.extend_from_slice(&slow);
+    // The seeder announces what it holds once, when it comes up: both leechers must be
+    // subscribed by then (a node subscribes in the background after it listens).
+    eventually(20, "both leechers subscribed to the fragment topic", || {
+        (subscribers()? >= 2).then_some(())
+    });
     let mut s = spawn(
         d,
         &[
             "peer",
             "--listen",
-            &listen,
+            "127.0.0.1:0",
             "--data",
             "seeder",
             "--seed",
             "fragments",
             "--no-console",
         ],
-        &all_env,
+        &env,
     );
     wait_for_line(&mut s, "Node listening", 20);
     for name in ["leech-a", "leech-b"] {
@@ -262,60 +256,75 @@ fn converge_by_events(env: &[(&str, &str)]) {
 
 #[test]
 fn a_swarm_converges_by_broker_events_alone() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut b = spawn(
-        dir.path(),
-        &["broker", "--listen", &format!("127.0.0.1:{port}")],
-        &[],
-    );
-    wait_for_line(&mut b, "Listening", 20);
-    let addr = format!("127.0.0.1:{port}");
-    converge_by_events(&[("FRAGNET_BROKER__ADDR", &addr)]);
+    // The broker runs in this process so that the test can see its subscriptions; the
+    // `fragnet broker` command itself is run by the tests in discovery.rs and below.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let broker = rt
+        .block_on(fragnet_broker::spawn(
+            fragnet_broker::BrokerConfig {
+                listen: "127.0.0.1:0".into(),
+                ..Default::default()
+            },
+            tokio_util::sync::CancellationToken::new(),
+        ))
+        .expect("the broker starts");
+    let addr = broker.local_addr().to_string();
+    converge_by_events(&[("FRAGNET_BROKER__ADDR", &addr)], || {
+        Some(broker.stats().subscriptions)
+    });
+    rt.block_on(broker.shutdown());
 }
 
 #[test]
 fn a_swarm_converges_by_nats_events_alone() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let server = Command::new("nats-server")
-        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-        .current_dir(dir.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!("cannot start nats-server ({e}); install it: apt-get install nats-server")
-        });
-    let _server = Proc::new(server);
-    eventually(10, "nats-server accepting connections", || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
-    });
-    let url = format!("nats://127.0.0.1:{port}");
-    converge_by_events(&[("FRAGNET_PUBSUB", "nats"), ("FRAGNET_NATS__URL", &url)]);
+    let (_server, url, monitor) = nats_server(dir.path());
+    converge_by_events(
+        &[("FRAGNET_PUBSUB", "nats"), ("FRAGNET_NATS__URL", &url)],
+        || nats_subscribers(&monitor, "fragments"),
+    );
+}
+
+/// Connections subscribed to `subject`, from nats-server's monitoring endpoint.
+fn nats_subscribers(monitor: &str, subject: &str) -> Option<u64> {
+    let (status, body) = http_get(monitor, "/connz?subs=1")?;
+    if status != 200 {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+    let n = v["connections"]
+        .as_array()?
+        .iter()
+        .filter(|c| {
+            c["subscriptions_list"]
+                .as_array()
+                .is_some_and(|subs| subs.iter().any(|s| s == subject))
+        })
+        .count();
+    Some(n as u64)
 }
 
 #[test]
 fn the_original_three_terminal_pubsub_demo() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let mut b = spawn(d, &["broker", "--listen", &addr], &[]);
-    wait_for_line(&mut b, "Listening", 20);
+    let mut b = spawn(d, &["broker", "--listen", "127.0.0.1:0"], &[]);
+    let lines = wait_for_line(&mut b, "[BROKER] Listening on ", 20);
+    let addr = after(&lines, "[BROKER] Listening on ");
     let mut sub = spawn(d, &["subscribe", "fragments", "--broker", &addr], &[]);
     wait_for_line(&mut sub, "Subscribed to 'fragments'", 20);
     let o = fragnet(d, &["notify", "fragment_5.bin", "--broker", &addr]);
     assert!(o.status.success(), "{}", text(&o));
     wait_for_line(&mut sub, "[fragments] fragment_5.bin", 20);
-    // A broker that is not there: notify fails with a clear error.
+    // A broker that is not there (nothing listens on a dead port): notify fails with a
+    // clear error.
     let o = fragnet(
         d,
         &[
             "notify",
             "fragment_5.bin",
             "--broker",
-            &format!("127.0.0.1:{}", free_port()),
+            &format!("127.0.0.1:{}", dead_port()),
         ],
     );
     assert!(

@@ -860,6 +860,8 @@ async fn expired_nodes_vanish_from_every_answer() {
         m.get(&format!("/videos/{vid}/fragments/0/peers")).await.1["total"],
         1
     );
+    // The lease elapses (0.6 s TTL, no heartbeat): that is what is tested, so this
+    // waits it out rather than polling; expiry is exact, so no answer may lag.
     tokio::time::sleep(Duration::from_millis(900)).await;
     assert_eq!(
         m.get(&format!("/videos/{vid}/fragments/0/peers")).await.1["total"],

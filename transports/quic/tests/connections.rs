@@ -88,6 +88,7 @@ async fn idle_connections_close_and_the_next_stream_dials_again() {
     assert_eq!(within(10, "echo", echo_once(&*conn, b"a")).await, b"a");
     // A stream held open keeps the connection, idle or not.
     let held = within(10, "open", conn.open_stream()).await.unwrap();
+    // More than twice the idle timeout passes: that is what is tested.
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(
         client.open_connections(),
@@ -360,7 +361,8 @@ async fn dropping_the_transport_closes_its_connections() {
     let conn = within(10, "dial", client.dial(&server.addr)).await.unwrap();
     assert_eq!(within(10, "echo", echo_once(&*conn, b"x")).await, b"x");
     drop(conn);
-    // No handle left, but the transport keeps the connection for the next dial.
+    // No handle left, but the transport keeps the connection for the next dial. The
+    // pause is the test: something that does not happen has to be given time to.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(server.open.load(Ordering::SeqCst), 1);
     drop(client);

@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+use std::io::BufRead;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -81,8 +82,10 @@ impl PubSubFixture for BrokerFixture {
     }
 }
 
-/// A free loopback port (bound and released; nats-server takes it right after).
-pub fn free_port() -> u16 {
+/// A loopback port with nothing listening on it (bound, then released): for tests of
+/// what a client does when no server is there. Never start a server on it: start the
+/// server on port 0 and read back the port it bound.
+pub fn dead_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -96,15 +99,35 @@ pub struct NatsServer {
     child: Child,
 }
 
+/// What nats-server logs once its client listener is bound, followed by `HOST:PORT`.
+const NATS_LISTENING: &str = "Listening for client connections on ";
+/// What nats-server logs once it is up.
+const NATS_READY: &str = "Server is ready";
+
 impl NatsServer {
-    /// Starts `nats-server -a 127.0.0.1 -p PORT [extra args]` and waits until it accepts
-    /// connections. Fails (does not skip) when the binary is missing.
+    /// Starts `nats-server -a 127.0.0.1 -p -1` (a port of the server's choosing) and
+    /// returns once it has logged the port it listens on and that it is ready.
+    pub async fn start(extra: &[&str]) -> NatsServer {
+        Self::spawn("-1", extra).await
+    }
+
+    /// Starts it on `port`: only for a restart on the port an earlier server had, so
+    /// that clients find it at the address they already know. Fails (with the server's
+    /// log) if the port was taken in between.
     pub async fn start_on(port: u16, extra: &[&str]) -> NatsServer {
-        let child = Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        let server = Self::spawn(&port.to_string(), extra).await;
+        assert_eq!(server.port, port, "nats-server restarted on another port");
+        server
+    }
+
+    /// Fails (does not skip) when the binary is missing.
+    async fn spawn(port: &str, extra: &[&str]) -> NatsServer {
+        let mut child = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", port])
             .args(extra)
+            .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| {
                 panic!(
@@ -112,24 +135,47 @@ impl NatsServer {
                      (Debian: apt-get install nats-server) so that `nats-server` is on PATH"
                 )
             });
-        let server = NatsServer { port, child };
-        within(15, "nats-server accepting connections", async {
-            while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-                tokio::time::sleep(Duration::from_millis(20)).await;
+        // nats-server logs to stderr. A thread reads it to the end, so the server never
+        // blocks on a full pipe; the lines up to "ready" come here.
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        let mut server = NatsServer { port: 0, child };
+        let mut log = Vec::new();
+        within(15, "nats-server ready", async {
+            loop {
+                let Some(line) = rx.recv().await else {
+                    panic!(
+                        "nats-server exited before it was ready; its log:\n{}",
+                        log.join("\n")
+                    );
+                };
+                if let Some((_, addr)) = line.split_once(NATS_LISTENING) {
+                    let addr: SocketAddr = addr.trim().parse().expect("nats-server logs HOST:PORT");
+                    server.port = addr.port();
+                }
+                let ready = line.contains(NATS_READY);
+                log.push(line);
+                if ready {
+                    break;
+                }
             }
         })
         .await;
+        assert_ne!(server.port, 0, "nats-server did not log its port: {log:?}");
         server
-    }
-
-    pub async fn start(extra: &[&str]) -> NatsServer {
-        Self::start_on(free_port(), extra).await
     }
 
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// Kills the server and waits for it to exit (its port is free again).
     pub fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -168,6 +214,9 @@ impl Raw {
         let s = within(10, "connecting", TcpStream::connect(addr))
             .await
             .unwrap();
+        // Every write leaves at once (no Nagle delay), so a test that writes a line in
+        // pieces with pauses between them has them arrive in separate segments.
+        s.set_nodelay(true).unwrap();
         let (r, w) = s.into_split();
         Raw {
             reader: BufReader::new(r),

@@ -31,8 +31,10 @@ pub fn text(o: &Output) -> String {
     )
 }
 
-/// A free port on loopback (the binary takes a port number, like the original).
-pub fn free_port() -> u16 {
+/// A loopback port with nothing listening on it (bound, then released): for a "dead
+/// peer" address. Never start a server on it: start the server on port 0 and read back
+/// what it printed ([`after`]).
+pub fn dead_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -40,14 +42,52 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The part of the last line containing `prefix` after it, up to the next space: the
+/// address a server printed (`after(&lines, "Node listening on ")`).
+pub fn after(lines: &[String], prefix: &str) -> String {
+    let l = lines
+        .iter()
+        .rev()
+        .find(|l| l.contains(prefix))
+        .unwrap_or_else(|| panic!("no line containing {prefix:?} in {lines:?}"));
+    let rest = &l[l.find(prefix).unwrap() + prefix.len()..];
+    rest.split_whitespace().next().unwrap().to_string()
+}
+
+/// The port at the end of an address a server printed (`tcp://0.0.0.0:5001`).
+pub fn port_of(addr: &str) -> u16 {
+    let port = addr.trim_end_matches('/').rsplit(':').next().unwrap();
+    port.parse()
+        .unwrap_or_else(|e| panic!("no port at the end of {addr:?}: {e}"))
+}
+
 /// Kills the child on drop so a failing test leaves no process behind.
 pub struct Proc(pub Child, Option<std::sync::mpsc::Receiver<String>>);
 
 impl Proc {
-    /// Wraps a spawned child.
+    /// Wraps a spawned child; [`wait_for_line`] reads its stdout.
     pub fn new(child: Child) -> Self {
         Proc(child, None)
     }
+
+    /// Wraps a spawned child whose lines come from `out` (its stderr, say) instead.
+    pub fn reading(child: Child, out: impl Read + Send + 'static) -> Self {
+        Proc(child, Some(lines(out)))
+    }
+}
+
+/// Every line of `out`, read to the end by a thread (so the writer never blocks on a
+/// full pipe).
+fn lines(out: impl Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).split(b'\n') {
+            let Ok(line) = line else { break };
+            // Keep draining after the receiver is gone.
+            let _ = tx.send(String::from_utf8_lossy(&line).into_owned());
+        }
+    });
+    rx
 }
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -69,33 +109,29 @@ pub fn spawn_peer(dir: &Path, args: &[&str]) -> Proc {
     Proc::new(child)
 }
 
-/// Reads the child's stdout until a line contains `needle`, within `secs`.
+/// Reads the child's output (stdout, unless [`Proc::reading`] named another stream) until
+/// a line contains `needle`, within `secs`; returns the lines read on the way.
 pub fn wait_for_line(p: &mut Proc, needle: &str, secs: u64) -> Vec<String> {
     if p.1.is_none() {
-        let stdout = p.0.stdout.take().expect("stdout is piped");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).split(b'\n') {
-                let Ok(line) = line else { break };
-                if tx
-                    .send(String::from_utf8_lossy(&line).into_owned())
-                    .is_err()
-                {
-                    break;
-                }
-            }
-        });
-        p.1 = Some(rx);
+        p.1 = Some(lines(p.0.stdout.take().expect("stdout is piped")));
     }
     let rx = p.1.as_ref().unwrap();
     let deadline = Instant::now() + Duration::from_secs(secs);
     let mut seen = Vec::new();
-    while Instant::now() < deadline {
-        if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
-            let hit = l.contains(needle);
-            seen.push(l);
-            if hit {
-                return seen;
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(l) => {
+                let hit = l.contains(needle);
+                seen.push(l);
+                if hit {
+                    return seen;
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => break,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                panic!(
+                    "the process ended its output without a line containing {needle:?}; saw {seen:?}"
+                )
             }
         }
     }
@@ -128,6 +164,30 @@ pub fn spawn(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Proc {
         cmd.env(k, v);
     }
     Proc::new(cmd.spawn().unwrap())
+}
+
+/// A real `nats-server` on loopback ports of its own choosing (`-p -1`, and `-m -1` for
+/// its monitoring endpoint), killed when dropped. Returns it, its client URL
+/// (`nats://HOST:PORT`) and its monitoring address (`HOST:PORT`), both read from its log.
+/// Fails (does not skip) when the binary is missing.
+pub fn nats_server(dir: &Path) -> (Proc, String, String) {
+    let mut child = Command::new("nats-server")
+        .args(["-a", "127.0.0.1", "-p", "-1", "-m", "-1"])
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot start nats-server ({e}); install it: apt-get install nats-server")
+        });
+    // nats-server logs to stderr.
+    let log = child.stderr.take().expect("stderr is piped");
+    let mut server = Proc::reading(child, log);
+    let lines = wait_for_line(&mut server, "Server is ready", 20);
+    let client = after(&lines, "Listening for client connections on ");
+    let monitor = after(&lines, "Starting http monitor on ");
+    (server, format!("nats://{client}"), monitor)
 }
 
 /// GET `path` on `addr` over plain HTTP/1.1; returns (status, body).
