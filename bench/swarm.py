@@ -145,6 +145,7 @@ def main():
                     continue
                 print(f"| {tr} | {n} | {r['last']:.1f} s | {r['kr']:.1f} s | {r['ratio']:.2f}x | {r['cs']:.0f} s "
                       f"| {r['speedup']:.2f}x | {r['p2p'] * 100:.0f} % | {r['seed_up']:.2f}x |", flush=True)
+                print("  leechers done at " + ", ".join(f"{t:.1f}" for t in r["times"]), file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -66,6 +66,9 @@ pub enum Request {
         offset: u64,
         /// Number of bytes.
         length: u64,
+        /// A player waits for these bytes: never refused for super-seeding.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        urgent: bool,
     },
     /// Peers the server knows that may hold the video (peer exchange); answered by
     /// [`Response::Peers`].
@@ -114,6 +117,9 @@ pub enum ErrorCode {
     NotAvailable,
     /// The server is at its connection or stream limit.
     Busy,
+    /// Not now: every upload slot is taken, or (super-seeding) the chunk went out
+    /// already and another peer should be asked. The request may be tried again later.
+    Choked,
     /// Something failed on the server.
     Internal,
 }
@@ -467,6 +473,18 @@ impl PeerClient {
         offset: u64,
         length: u64,
     ) -> Result<Bytes, ProtocolError> {
+        self.get_with(video, index, offset, length, false).await
+    }
+
+    /// [`PeerClient::get`], saying whether a player waits for the bytes (`urgent`).
+    pub async fn get_with(
+        &mut self,
+        video: VideoId,
+        index: FragmentIndex,
+        offset: u64,
+        length: u64,
+        urgent: bool,
+    ) -> Result<Bytes, ProtocolError> {
         if length > MAX_GET_LENGTH {
             return Err(ProtocolError::Malformed(format!(
                 "a get of {length} bytes is larger than {MAX_GET_LENGTH}"
@@ -478,6 +496,7 @@ impl PeerClient {
                 index,
                 offset,
                 length,
+                urgent,
             })
             .await?
         {
@@ -683,9 +702,11 @@ mod tests {
             index: 3,
             offset: 10,
             length: 20,
+            urgent: false,
         };
         let s = serde_json::to_string(&req).unwrap();
         assert!(s.contains(r#""op":"get""#), "{s}");
+        assert!(!s.contains("urgent"), "left out unless set: {s}");
         assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), req);
         let e = Response::Error {
             code: ErrorCode::NotAvailable,

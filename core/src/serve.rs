@@ -52,8 +52,113 @@ pub struct ServeContext {
     /// Who this node tells peers about when they ask (peer exchange); `None` answers
     /// an empty list.
     pub exchange: Option<Arc<dyn PeerDirectory>>,
+    /// Chunk transfers served at once; more wait briefly, then are told to ask
+    /// elsewhere ([`ErrorCode::Choked`]). `None`: no bound.
+    pub upload_slots: Option<Arc<tokio::sync::Semaphore>>,
+    /// Super-seeding of videos held whole, when on.
+    pub super_seed: Option<Arc<SuperSeed>>,
     /// Counters.
     pub stats: ServeStats,
+}
+
+/// How long a request waits for an upload slot before it is told to try elsewhere.
+const SLOT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The chunk `offset..offset+length` of fragment `index` is exactly, if it is one.
+fn single_chunk(
+    m: &crate::manifest::Manifest,
+    index: FragmentIndex,
+    offset: u64,
+    length: u64,
+) -> Option<u32> {
+    let cs = m.chunk_size as u64;
+    let chunk = (offset / cs) as u32;
+    let (o, l) = m.chunk_range(index, chunk)?;
+    (o == offset && l == length).then_some(chunk)
+}
+
+/// Super-seeding (BitTorrent's): a node holding a whole video sends every chunk once
+/// before it sends any twice, so the leechers, not the seeder, spread the copies. Per
+/// video: how many copies of each chunk went out (`done`) or are going out.
+#[derive(Debug, Default)]
+pub struct SuperSeed {
+    videos: std::sync::Mutex<std::collections::HashMap<VideoId, SeedCounts>>,
+}
+
+#[derive(Debug)]
+struct SeedCounts {
+    /// Copies started (done + in flight), per chunk.
+    started: Vec<u32>,
+    /// Copies sent whole, per chunk.
+    done: Vec<u32>,
+    /// When the last copy of each chunk started.
+    last: Vec<Option<std::time::Instant>>,
+}
+
+/// A chunk refused for super-seeding may go out again after this long anyway: its
+/// earlier recipient may have left, or be the only one the asker cannot reach.
+const RESEND_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl SuperSeed {
+    /// A copy of chunk `g` (of `total`) may start: no chunk has fewer whole copies out
+    /// than this one has started, or its last copy started [`RESEND_AFTER`] ago. Counts
+    /// it as started.
+    fn start(&self, video: VideoId, g: u32, total: u32) -> bool {
+        let mut v = self.videos.lock().unwrap();
+        let c = v.entry(video).or_insert_with(|| SeedCounts {
+            started: vec![0; total as usize],
+            done: vec![0; total as usize],
+            last: vec![None; total as usize],
+        });
+        let i = g as usize;
+        let Some(&started) = c.started.get(i) else {
+            return true;
+        };
+        let floor = c.done.iter().copied().min().unwrap_or(0);
+        let stale = c.last[i].is_none_or(|t| t.elapsed() >= RESEND_AFTER);
+        if started > floor && !stale {
+            return false;
+        }
+        c.started[i] += 1;
+        c.last[i] = Some(std::time::Instant::now());
+        true
+    }
+
+    fn end(&self, video: VideoId, g: u32, whole: bool) {
+        let mut v = self.videos.lock().unwrap();
+        if let Some(c) = v.get_mut(&video)
+            && let Some(s) = c.started.get_mut(g as usize)
+        {
+            if whole {
+                c.done[g as usize] += 1;
+            } else {
+                *s = s.saturating_sub(1);
+            }
+        }
+    }
+}
+
+/// What one served request holds: an upload slot, and its super-seeding count (given
+/// back if the transfer does not complete).
+#[derive(Default)]
+struct UploadGrant {
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    seed: Option<(Arc<SuperSeed>, VideoId, u32)>,
+    whole: bool,
+}
+
+impl UploadGrant {
+    fn sent(&mut self) {
+        self.whole = true;
+    }
+}
+
+impl Drop for UploadGrant {
+    fn drop(&mut self) {
+        if let Some((seeds, video, g)) = self.seed.take() {
+            seeds.end(video, g, self.whole);
+        }
+    }
 }
 
 /// The holders of a video a node has heard of, for peer exchange.
@@ -397,20 +502,29 @@ impl ServeContext {
                     index,
                     offset,
                     length,
+                    urgent,
                 }) => {
                     // Check the whole range before promising a body.
                     let check = self.store.check_range(video, index, offset, length);
-                    match check {
+                    let grant = match check {
+                        Err(e) => Err(e),
+                        Ok(()) => Ok(self
+                            .upload_grant(video, index, offset, length, urgent)
+                            .await),
+                    };
+                    match grant {
                         Err(e) => {
                             self.stats.errors.fetch_add(1, Ordering::Relaxed);
                             s.send(&error_response(&e), &t).await
                         }
-                        Ok(()) => match s.send(&Response::Data { length }, &t).await {
+                        Ok(Err(why)) => self.refuse(&mut s, ErrorCode::Choked, why).await,
+                        Ok(Ok(mut grant)) => match s.send(&Response::Data { length }, &t).await {
                             Ok(()) => {
                                 let r = self
                                     .send_body(s.writer.get_mut(), video, index, offset, length)
                                     .await;
                                 if r.is_ok() {
+                                    grant.sent();
                                     // Log once a whole fragment's worth went to this peer.
                                     let total = sent.entry((video, index)).or_default();
                                     *total += length;
@@ -449,6 +563,48 @@ impl ServeContext {
             );
         }
         result
+    }
+
+    /// Whether this request may be served now: a free upload slot (waited for a short
+    /// while), and, when super-seeding a video held whole, a chunk that has gone out no
+    /// more often than every other chunk has arrived somewhere. `Err` says why not.
+    async fn upload_grant(
+        &self,
+        video: VideoId,
+        index: FragmentIndex,
+        offset: u64,
+        length: u64,
+        urgent: bool,
+    ) -> Result<UploadGrant, String> {
+        let mut grant = UploadGrant::default();
+        if !urgent
+            && let Some(seeds) = &self.super_seed
+            && let Some(m) = self.store.manifest(video)
+            && self.store.have(video).len() == m.fragment_count as usize
+            && let Some(chunk) = single_chunk(&m, index, offset, length)
+        {
+            let map = crate::avail::ChunkMap::of(&m);
+            if let Some(g) = map.global(index, chunk) {
+                if !seeds.start(video, g, map.total()) {
+                    return Err(
+                        "super-seeding: this chunk went out already; ask a peer that has it".into(),
+                    );
+                }
+                grant.seed = Some((seeds.clone(), video, g));
+            }
+        }
+        if let Some(slots) = &self.upload_slots {
+            let wait = if urgent {
+                self.timeouts.io / 2
+            } else {
+                SLOT_WAIT
+            };
+            match tokio::time::timeout(wait, slots.clone().acquire_owned()).await {
+                Ok(Ok(p)) => grant.slot = Some(p),
+                _ => return Err("every upload slot is taken; ask another peer or later".into()),
+            }
+        }
+        Ok(grant)
     }
 
     /// Tells a watching peer which verified chunks of `video` this node holds, then

@@ -291,6 +291,8 @@ pub async fn start_node(
         .pubsub(pubsub, cfg.topic.clone())
         .want(cfg.want.clone())
         .reconcile(Duration::from_secs(cfg.reconcile_secs))
+        .upload_slots((cfg.limits.upload_slots > 0).then_some(cfg.limits.upload_slots))
+        .super_seed(cfg.super_seed)
         .prefer(cfg.transport.to_string());
     let http = if start.serve { cfg.http()? } else { None };
     if let Some(h) = &http {

@@ -66,6 +66,10 @@ pub struct Config {
     pub topic: String,
     /// Seconds between reconciliations with the registry (catches up on lost events).
     pub reconcile_secs: u64,
+    /// Super-seed videos held whole: send every chunk once before any twice, so the
+    /// leechers spread the copies (BitTorrent super-seeding). A player's bytes are
+    /// never held back.
+    pub super_seed: bool,
     /// `manager.*`: the manager this node talks to, and the manager role's settings.
     pub manager: ManagerSection,
     /// `broker.*`: the broker this node talks to, and the broker role's settings.
@@ -288,6 +292,9 @@ pub struct Limits {
     pub concurrency: usize,
     /// Chunk requests in flight to one peer.
     pub per_peer: usize,
+    /// Chunk transfers served at once; more wait up to 2 s, then are told to ask
+    /// another peer. 0: no bound.
+    pub upload_slots: usize,
     /// Seconds a client may stay silent before the node closes its stream.
     pub idle_timeout_secs: u64,
     /// Seconds a read or write may make no progress.
@@ -303,6 +310,7 @@ impl Default for Limits {
             max_connections: 256,
             concurrency: 8,
             per_peer: 4,
+            upload_slots: fragnet_core::node::DEFAULT_UPLOAD_SLOTS,
             idle_timeout_secs: 60,
             io_timeout_secs: 20,
             shutdown_grace_secs: 5,
@@ -331,6 +339,7 @@ impl Default for Config {
             pubsub: PubSubKind::Broker,
             topic: "fragments".into(),
             reconcile_secs: 10,
+            super_seed: true,
             manager: ManagerSection::default(),
             broker: BrokerSection::default(),
             nats: NatsSection::default(),

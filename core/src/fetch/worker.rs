@@ -18,6 +18,9 @@ use crate::store::{ChunkOutcome, FragmentStore, StoreError};
 use super::sched::{Item, Job, Next, Sched};
 use super::{FetchError, FetchObserver, PeerPool};
 
+/// How long a peer that choked a request is not asked for that chunk again.
+const CHOKE_BACKOFF: Duration = Duration::from_secs(1);
+
 pub(super) struct WorkerCtx {
     pub(super) sched: Arc<Mutex<Sched>>,
     pub(super) wake: Arc<Notify>,
@@ -38,6 +41,9 @@ enum Failure {
     Lied(String),
     /// The peer does not have it after all, or the request failed.
     Failed(String, bool),
+    /// The peer said "not now" (its upload slots are taken, or it super-seeds and sent
+    /// this chunk to someone else): ask others, and it again a little later.
+    Choked(String),
     /// Our own store failed: stop.
     Local(StoreError),
 }
@@ -75,7 +81,7 @@ impl WorkerCtx {
                 Next::Refresh => self.refresh().await,
                 Next::Job(job) => {
                     let result = tokio::select! {
-                        r = self.fetch_chunk(job.item, &job.addr) => r,
+                        r = self.fetch_chunk(job.item, &job.addr, job.urgent) => r,
                         _ = self.cancel.cancelled() => return,
                     };
                     self.finish(&job, result);
@@ -89,6 +95,7 @@ impl WorkerCtx {
         &self,
         (index, chunk): Item,
         addr: &PeerAddr,
+        urgent: bool,
     ) -> Result<(u64, ChunkOutcome), Failure> {
         let (offset, len) = self
             .manifest
@@ -99,8 +106,15 @@ impl WorkerCtx {
             .session(addr)
             .await
             .map_err(|e| Failure::Failed(e.to_string(), true))?;
-        let data = match s.get(self.video, index, offset, len).await {
+        let data = match s.get_with(self.video, index, offset, len, urgent).await {
             Ok(d) => d,
+            Err(ProtocolError::Remote {
+                code: ErrorCode::Choked,
+                message,
+            }) => {
+                self.pool.put_back(addr, s);
+                return Err(Failure::Choked(message));
+            }
             Err(ProtocolError::Remote {
                 code: ErrorCode::NotAvailable | ErrorCode::UnknownVideo | ErrorCode::NoSuchFragment,
                 message,
@@ -180,6 +194,27 @@ impl WorkerCtx {
                 if connection {
                     self.obs.peer_failed(addr, &msg);
                 }
+            }
+            Err(Failure::Choked(msg)) => {
+                debug!(peer = %addr, fragment = item.0, chunk = item.1, "choked: {msg}");
+                s.excluded.entry(item).or_default().insert(p);
+                s.enqueue(item);
+                drop(s);
+                // The refusal is for now: the peer may serve this chunk in a moment.
+                let (sched, wake) = (self.sched.clone(), self.wake.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(CHOKE_BACKOFF).await;
+                    let mut s = sched.lock().unwrap();
+                    if let Some(x) = s.excluded.get_mut(&item) {
+                        x.remove(&p);
+                    }
+                    if let Some(i) = s.stalled.iter().position(|it| *it == item) {
+                        s.stalled.swap_remove(i);
+                        s.enqueue(item);
+                    }
+                    drop(s);
+                    wake.notify_waiters();
+                });
             }
             Err(Failure::Local(e)) => {
                 s.fatal = Some(FetchError::Store(e));

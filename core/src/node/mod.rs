@@ -157,6 +157,10 @@ pub enum NodeError {
     Service(ServiceError),
 }
 
+/// Chunk transfers a node serves at once by default: few enough that each chunk
+/// arrives quickly (and can be passed on), enough to keep an upload link busy.
+pub const DEFAULT_UPLOAD_SLOTS: usize = 4;
+
 /// Builds nodes. See the module docs for the order of assembly.
 pub struct Node;
 
@@ -189,6 +193,8 @@ impl Node {
             reconcile: Duration::from_secs(10),
             prefer: prefer.to_string(),
             peer_exchange: true,
+            upload_slots: Some(DEFAULT_UPLOAD_SLOTS),
+            super_seed: true,
             services: Vec::new(),
         }
     }
@@ -216,6 +222,8 @@ pub struct NodeBuilder {
     reconcile: Duration,
     prefer: String,
     peer_exchange: bool,
+    upload_slots: Option<usize>,
+    super_seed: bool,
     services: Vec<Box<dyn NodeService>>,
 }
 
@@ -296,6 +304,18 @@ impl NodeBuilder {
         self.peer_exchange = on;
         self
     }
+    /// Chunk transfers served at once (`None`: no bound); more wait briefly, then are
+    /// told to ask another peer.
+    pub fn upload_slots(mut self, n: Option<usize>) -> Self {
+        self.upload_slots = n;
+        self
+    }
+    /// Super-seed videos held whole: every chunk goes out once before any goes out
+    /// twice (on by default).
+    pub fn super_seed(mut self, on: bool) -> Self {
+        self.super_seed = on;
+        self
+    }
     /// A service to run with the node's engine (the player's HTTP side).
     pub fn service(mut self, s: impl NodeService) -> Self {
         self.services.push(Box::new(s));
@@ -349,6 +369,12 @@ impl NodeBuilder {
             upload: self.upload.map(|r| Arc::new(RateLimiter::new(r))),
             timeouts: self.timeouts,
             exchange: Some(discovery.clone()),
+            upload_slots: self
+                .upload_slots
+                .map(|n| Arc::new(tokio::sync::Semaphore::new(n.max(1)))),
+            super_seed: self
+                .super_seed
+                .then(|| Arc::new(crate::serve::SuperSeed::default())),
             stats: ServeStats::default(),
         });
         let serving = serve(

@@ -98,6 +98,8 @@ async fn serve_until_stdin_closes(scheme: &str, data: &Path, listen: &str) -> an
         upload: None,
         timeouts: Timeouts::default(),
         exchange: None,
+        upload_slots: None,
+        super_seed: None,
         stats: ServeStats::default(),
     });
     let t = transports(scheme, &identity)?;
