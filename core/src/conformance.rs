@@ -1093,7 +1093,8 @@ pub async fn connection_limit(make: MakeTransports, listen: &str) {
 /// timeout (which once made rate-limited swarms retry forever).
 pub async fn upload_limit_keeps_every_response_moving(make: MakeTransports, listen: &str) {
     let v = TestVideo::from_bytes("v.bin", &generated_bytes(200_000, 7), 12, 16384);
-    let server = TestNode::start(
+    // No upload slots here: every response is served at once and shares the limit.
+    let server = TestNode::start_with(
         make,
         listen,
         NodeOptions {
@@ -1101,6 +1102,7 @@ pub async fn upload_limit_keeps_every_response_moving(make: MakeTransports, list
             upload: Some(40_000),
             ..Default::default()
         },
+        |b| b.upload_slots(None),
     )
     .await;
     let client = TestNode::start(make, listen, NodeOptions::default()).await;
@@ -1128,6 +1130,58 @@ pub async fn upload_limit_keeps_every_response_moving(make: MakeTransports, list
             "fragment {i} differs"
         );
     }
+}
+
+/// With upload slots, requests beyond them are told to ask elsewhere (`choked`) well
+/// before a client's no-progress timeout, and those served arrive whole.
+pub async fn requests_beyond_the_upload_slots_are_choked_not_stalled(
+    make: MakeTransports,
+    listen: &str,
+) {
+    let v = TestVideo::from_bytes("v.bin", &generated_bytes(200_000, 8), 12, 16384);
+    let server = TestNode::start_with(
+        make,
+        listen,
+        NodeOptions {
+            seed: Some((v.split_dir.clone(), None)),
+            upload: Some(40_000),
+            ..Default::default()
+        },
+        |b| b.upload_slots(Some(2)).super_seed(false),
+    )
+    .await;
+    let client = TestNode::start(make, listen, NodeOptions::default()).await;
+    let t = Timeouts {
+        io: Duration::from_secs(3),
+        ..Timeouts::default()
+    };
+    let gets = (0..12u32).map(|i| {
+        let (transports, addr, video) = (client.transports.clone(), server.addr.clone(), v.id());
+        let size = v.manifest.fragments[i as usize].size;
+        async move {
+            let mut s = crate::protocol::connect(&transports, &addr, t).await?;
+            s.get(video, i, 0, size).await
+        }
+    });
+    let results = within(60, "12 gets, 2 slots", futures::future::join_all(gets)).await;
+    let original = std::fs::read(&v.input).unwrap();
+    let mut served = 0;
+    for (i, r) in results.into_iter().enumerate() {
+        let f = &v.manifest.fragments[i];
+        match r {
+            Ok(got) => {
+                served += 1;
+                assert!(got[..] == original[f.offset as usize..(f.offset + f.size) as usize]);
+            }
+            Err(ProtocolError::Remote {
+                code: ErrorCode::Choked,
+                ..
+            }) => {}
+            Err(e) => panic!("fragment {i}: neither served nor choked: {e}"),
+        }
+    }
+    assert!(served >= 2, "the slots' requests are served ({served})");
+    assert!(served < 12, "not all 12 at once with 2 slots");
 }
 
 /// A client that says hello and then nothing is disconnected after the idle timeout,
@@ -1281,6 +1335,7 @@ macro_rules! transport_conformance {
             case!(idle_client_times_out);
             case!(download_priorities);
             case!(upload_limit_keeps_every_response_moving);
+            case!(requests_beyond_the_upload_slots_are_choked_not_stalled);
             case!(watch_reports_chunks_and_part_files_serve_them);
             case!(a_leecher_relays_chunks_it_just_got);
         }

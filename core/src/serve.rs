@@ -62,7 +62,7 @@ pub struct ServeContext {
 }
 
 /// How long a request waits for an upload slot before it is told to try elsewhere.
-const SLOT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+const SLOT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The chunk `offset..offset+length` of fragment `index` is exactly, if it is one.
 fn single_chunk(

@@ -292,7 +292,7 @@ pub struct Limits {
     pub concurrency: usize,
     /// Chunk requests in flight to one peer.
     pub per_peer: usize,
-    /// Chunk transfers served at once; more wait up to 2 s, then are told to ask
+    /// Chunk transfers served at once; more wait up to 1 s, then are told to ask
     /// another peer. 0: no bound.
     pub upload_slots: usize,
     /// Seconds a client may stay silent before the node closes its stream.
