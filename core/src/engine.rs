@@ -104,6 +104,10 @@ pub struct DownloadStats {
     pub fragments: AtomicU64,
     /// Peer failures.
     pub peer_failures: AtomicU64,
+    /// Bytes fetched from seeders (peers holding the whole video).
+    pub bytes_from_seeders: AtomicU64,
+    /// Bytes fetched from other leechers.
+    pub bytes_from_peers: AtomicU64,
     /// The latest completed fragments and the peers their chunks came from (bounded).
     pub sources: Mutex<Vec<(FragmentIndex, Vec<PeerAddr>)>>,
 }
@@ -145,6 +149,14 @@ impl FetchObserver for LogObserver {
             from.join(", "),
             human_bytes(bytes)
         );
+    }
+    fn chunk_source(&self, bytes: u64, from_seeder: bool) {
+        let c = if from_seeder {
+            &self.stats.bytes_from_seeders
+        } else {
+            &self.stats.bytes_from_peers
+        };
+        c.fetch_add(bytes, Ordering::Relaxed);
     }
     fn peer_failed(&self, peer: &PeerAddr, error: &str) {
         self.stats.peer_failures.fetch_add(1, Ordering::Relaxed);

@@ -125,7 +125,25 @@ pub(crate) fn render(app: &App) -> String {
             "Peer failures seen by downloads.",
             get(&s.peer_failures),
         );
+        o.one(
+            "fragnet_download_bytes_from_seeders_total",
+            "counter",
+            "Bytes fetched from seeders (peers holding the whole video).",
+            get(&s.bytes_from_seeders),
+        );
+        o.one(
+            "fragnet_download_bytes_from_peers_total",
+            "counter",
+            "Bytes fetched from other leechers (the swarm's P2P share).",
+            get(&s.bytes_from_peers),
+        );
         let running = d.running();
+        o.one(
+            "fragnet_download_peers",
+            "gauge",
+            "Peers taking part in the running downloads.",
+            running.iter().map(|d| d.peers().len() as u64).sum(),
+        );
         o.one(
             "fragnet_downloads_running",
             "gauge",

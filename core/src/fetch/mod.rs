@@ -54,6 +54,9 @@ pub trait FetchObserver: Send + Sync {
     fn started(&self, _video: VideoId, _manifest: &Manifest, _wanted_bytes: u64, _already: u64) {}
     /// A chunk arrived and verified.
     fn chunk(&self, _index: FragmentIndex, _bytes: u64, _from: &PeerAddr) {}
+    /// Whether that chunk came from a seeder (a peer holding the whole video) or from
+    /// another leecher: the swarm's P2P share.
+    fn chunk_source(&self, _bytes: u64, _from_seeder: bool) {}
     /// A fragment completed and verified.
     fn fragment(&self, _index: FragmentIndex, _bytes: u64, _from: &[PeerAddr]) {}
     /// A peer failed (a chunk, a probe); the fetch goes on without it for that work.
@@ -207,6 +210,11 @@ impl FetchObserver for Observers {
     fn fragment(&self, index: FragmentIndex, bytes: u64, from: &[PeerAddr]) {
         for o in self.snapshot() {
             o.fragment(index, bytes, from);
+        }
+    }
+    fn chunk_source(&self, bytes: u64, from_seeder: bool) {
+        for o in self.snapshot() {
+            o.chunk_source(bytes, from_seeder);
         }
     }
     fn peer_failed(&self, peer: &PeerAddr, error: &str) {

@@ -199,7 +199,7 @@ impl Sched {
     }
 
     /// Whether peer `p` holds the whole video.
-    fn is_seeder(&self, p: usize) -> bool {
+    pub(super) fn is_seeder(&self, p: usize) -> bool {
         self.fragment_count > 0 && self.peers[p].holds.len() as u32 >= self.fragment_count
     }
 
@@ -663,5 +663,66 @@ mod tests {
         );
         s.finished = true;
         assert_eq!(s.prioritize(&[(1, 0)], |_| false), 0, "ended");
+    }
+
+    #[test]
+    fn a_chunk_a_peer_verified_becomes_eligible_there_and_leaves_the_stalled_list() {
+        // Peer 1 holds nothing whole; peer 2 holds fragment 3.
+        let mut s = Sched::new(vec![peer(1, &[]), peer(2, &[3])], HashSet::new());
+        s.want((1, 0));
+        s.want((1, 1));
+        assert!(
+            matches!(s.next(4), Next::Refresh | Next::Wait),
+            "nobody holds fragment 1"
+        );
+        assert_eq!(s.stalled.len(), 2);
+        assert_eq!(s.peer_has(0, &[(1, 1)]), 1, "one stalled chunk re-queued");
+        let j = job(&mut s, 4);
+        assert_eq!((j.item, j.peer), ((1, 1), 0));
+        assert_eq!(
+            s.stalled,
+            vec![(1, 0)],
+            "the other still waits for a holder"
+        );
+        s.peers[0].banned = true;
+        assert_eq!(
+            s.peer_has(0, &[(1, 0)]),
+            0,
+            "a banned peer's news is ignored"
+        );
+    }
+
+    #[test]
+    fn rarest_chunk_first_and_seeders_only_for_what_no_one_else_has() {
+        // Peer 0 is a seeder of a 2-fragment video; peer 1 holds chunk (0, 1) alone.
+        let mut s = Sched::new(vec![peer(1, &[0, 1]), peer(2, &[])], HashSet::new());
+        s.fragment_count = 2;
+        s.peer_has(1, &[(0, 1)]);
+        for item in [(0, 0), (0, 1), (1, 0)] {
+            s.want(item);
+        }
+        // (0, 0) and (1, 0) have one holder (the seeder), (0, 1) two: rarest first.
+        let a = job(&mut s, 4);
+        let b = job(&mut s, 4);
+        assert_eq!([a.item, b.item].iter().filter(|i| i.1 == 0).count(), 2);
+        assert!(a.peer == 0 && b.peer == 0);
+        let c = job(&mut s, 4);
+        assert_eq!(
+            (c.item, c.peer),
+            ((0, 1), 1),
+            "the leecher's chunk comes from the leecher, not the seeder"
+        );
+    }
+
+    #[test]
+    fn random_first_ends_after_a_few_chunks() {
+        let mut s = sched(vec![peer(1, &[0, 1, 2, 3])]);
+        s.random_first = true;
+        for _ in 0..RANDOM_FIRST_CHUNKS - 1 {
+            s.chunk_verified();
+            assert!(s.random_first);
+        }
+        s.chunk_verified();
+        assert!(!s.random_first, "rarest first from here on");
     }
 }

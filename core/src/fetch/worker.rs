@@ -147,6 +147,7 @@ impl WorkerCtx {
                 s.rounds = 0; // progress: refresh rounds count from here
                 s.bytes += len;
                 s.chunk_verified();
+                let from_seeder = s.is_seeder(p);
                 s.pending.remove(&item);
                 s.boost.remove(&item);
                 s.sources.entry(item.0).or_default().insert(p);
@@ -155,6 +156,7 @@ impl WorkerCtx {
                 }
                 drop(s);
                 self.obs.chunk(item.0, len, addr);
+                self.obs.chunk_source(len, from_seeder);
                 if outcome == ChunkOutcome::FragmentComplete {
                     let mut s = self.sched.lock().unwrap();
                     let from: Vec<PeerAddr> = s

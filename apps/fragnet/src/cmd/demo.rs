@@ -246,7 +246,36 @@ pub async fn run(a: DemoArgs) -> Result<()> {
             })
             .collect();
         println!("          fragments from: {}", line.join("  "));
+        let st = p.engine().stats();
+        let (from_peers, from_seed) = (
+            st.bytes_from_peers
+                .load(std::sync::atomic::Ordering::Relaxed),
+            st.bytes_from_seeders
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
+        println!(
+            "          bytes from peers {}, from the seeder {} ({:.0} % peer to peer); uploaded {}",
+            human_bytes(from_peers),
+            human_bytes(from_seed),
+            100.0 * from_peers as f64 / (from_peers + from_seed).max(1) as f64,
+            human_bytes(
+                p.serve_context()
+                    .stats
+                    .bytes_sent
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            )
+        );
     }
+    let seeder_up = seeder
+        .serve_context()
+        .stats
+        .bytes_sent
+        .load(std::sync::atomic::Ordering::Relaxed);
+    println!(
+        "  the seeder uploaded {} ({:.2}x the video)",
+        human_bytes(seeder_up),
+        seeder_up as f64 / manifest.size.max(1) as f64
+    );
     let sum = |f: &dyn Fn(&fragnet_core::NodeHandle) -> u64| -> u64 {
         peers.iter().map(|(_, p, _, _)| f(p)).sum()
     };
