@@ -333,3 +333,71 @@ fn the_original_three_terminal_pubsub_demo() {
         text(&o)
     );
 }
+
+/// A Prometheus counter's value on a peer's /metrics.
+fn counter(http: &str, name: &str) -> Option<f64> {
+    let (status, body) = http_get(http, "/metrics")?;
+    if status != 200 {
+        return None;
+    }
+    body.lines()
+        .find(|l| l.starts_with(name) && !l.starts_with('#'))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn a_rate_limited_swarm_spreads_the_video_peer_to_peer() {
+    // 1 seeder + 6 leechers on loopback, every node's upload limited: every leecher
+    // passes chunks on, and the seeder uploads less than twice the video (it
+    // super-seeds: every chunk once before any twice). Without super-seeding and
+    // upload slots the seeder's share fails this (seen: 13 s runs, over 2x).
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let video = split_sample(d);
+    let size = std::fs::metadata(sample()).unwrap().len() as f64;
+    let (_m, maddr) = start_manager(d, "127.0.0.1:0");
+    let murl = format!("http://{maddr}");
+    let rate = ["--max-upload-rate", "1MB", "--http", "127.0.0.1:0"];
+    let env = [("FRAGNET_PUBSUB", "none")];
+    let http_of = |p: &mut Proc| {
+        let lines = wait_for_line(p, "[HTTP] Player on http://", 20);
+        after(&lines, "[HTTP] Player on http://")
+            .split('/')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let mut seeder_args = vec!["--seed", "fragments", "--manager", &murl];
+    seeder_args.extend_from_slice(&rate);
+    let mut seeder = peer(d, "seeder", "tcp://127.0.0.1:0", &seeder_args, &env);
+    let seeder_http = http_of(&mut seeder);
+    let mut leechers = Vec::new();
+    for i in 0..6 {
+        let mut args = vec!["--manager", &murl, "--want", "all"];
+        args.extend_from_slice(&rate);
+        let name = format!("leech-{i}");
+        let mut p = peer(d, &name, "tcp://127.0.0.1:0", &args, &env);
+        let http = http_of(&mut p);
+        leechers.push((name, p, http));
+    }
+    eventually(120, "every leecher holds the whole video", || {
+        let all = nodes(&maddr)?;
+        let done = all
+            .iter()
+            .filter(|(n, f)| n.starts_with("leech-") && *f == 10)
+            .count();
+        (done == 6).then_some(())
+    });
+    for (name, _, http) in &leechers {
+        let up = counter(http, "fragnet_serve_bytes_sent_total").unwrap();
+        assert!(up > 0.0, "{name} uploaded nothing");
+        assert_copy(d, name, &video);
+    }
+    let seeder_up = counter(&seeder_http, "fragnet_serve_bytes_sent_total").unwrap();
+    assert!(
+        seeder_up < 2.0 * size,
+        "the seeder uploaded {seeder_up} bytes, {:.2}x the video",
+        seeder_up / size
+    );
+}
