@@ -114,7 +114,9 @@ impl SuperSeed {
         let Some(&started) = c.started.get(i) else {
             return true;
         };
-        let floor = c.done.iter().copied().min().unwrap_or(0);
+        // Once every chunk went out whole, the leechers hold the video between them:
+        // a second copy goes out only when the first is old (its holder may be gone).
+        let floor = c.done.iter().copied().min().unwrap_or(0).min(1);
         let stale = c.last[i].is_none_or(|t| t.elapsed() >= RESEND_AFTER);
         if started > floor && !stale {
             return false;
