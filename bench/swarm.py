@@ -12,6 +12,7 @@ fragnet_download_bytes_total), read once every leecher is complete.
 
 Usage: sudo bench/swarm.py [--bin target/release/fragnet] [--n 2,4,8,16] [--size-mb 24]
                            [--rate-mbit 16] [--transport tcp,quic] [--runs 1] [--keep]
+                           [--chunk-size 1MiB]
 Needs root and iproute2 (network namespaces). Not a test: never run in CI. Results go to
 BENCHMARKS.md by hand, with this command.
 """
@@ -44,7 +45,7 @@ def scrape(host, port):
         return r.read().decode()
 
 
-def run_once(bin_, n, size_mb, rate, transport, keep):
+def run_once(bin_, n, size_mb, rate, transport, keep, chunk="1MiB"):
     work = tempfile.mkdtemp(prefix="fragnet-swarm-")
     procs = []
     nh("down", check=False)
@@ -55,7 +56,7 @@ def run_once(bin_, n, size_mb, rate, transport, keep):
         video = os.path.join(work, "video.bin")
         with open(video, "wb") as f:
             f.write(os.urandom(size_mb * 1_000_000))
-        subprocess.run([bin_, "split", video, "--out", os.path.join(work, "frags")],
+        subprocess.run([bin_, "split", video, "--out", os.path.join(work, "frags"), "--chunk-size", chunk],
                        check=True, stdout=subprocess.DEVNULL)
         m, b = f"http://{addr(1)}:5001", f"{addr(1)}:5555"
 
@@ -128,18 +129,19 @@ def main():
     ap.add_argument("--transport", default="tcp,quic")
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--chunk-size", default="1MiB", help="fragnet split --chunk-size")
     a = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("needs root (network namespaces)")
     if not os.path.exists(a.bin):
         sys.exit(f"{a.bin} not found: cargo build --release -p fragnet")
-    print(f"{a.size_mb} MB video, every host's upload {a.rate_mbit} mbit/s; bin {a.bin}")
+    print(f"{a.size_mb} MB video in {a.chunk_size} chunks, every host's upload {a.rate_mbit} mbit/s; bin {a.bin}")
     print("| transport | N | last leecher | Kumar-Ross bound | ratio to bound | client-server | speed-up vs client-server | P2P share | seeder upload / video |")
     print("|---|---|---|---|---|---|---|---|---|")
     for tr in a.transport.split(","):
         for n in [int(x) for x in a.n.split(",")]:
             for _ in range(a.runs):
-                r = run_once(a.bin, n, a.size_mb, a.rate_mbit, tr, a.keep)
+                r = run_once(a.bin, n, a.size_mb, a.rate_mbit, tr, a.keep, a.chunk_size)
                 if r is None:
                     print(f"| {tr} | {n} | did not finish in 600 s | | | | | | |")
                     continue

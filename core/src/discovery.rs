@@ -535,9 +535,13 @@ impl Discovery for RegistryDiscovery {
 
 /// A question on the fragment topic: who holds fragments of this video? Nodes holding
 /// any answer with their fragment events (at most once per video every few seconds).
+/// It also says where the asker is: a node downloading the same video adds the asker
+/// to its download (their watches then trade chunks long before either completes a
+/// fragment) and, unless this is itself a reply, says where it is too.
 ///
-/// Wire form: `{"who_has":"<video id>","node":"<node id>"}`. Nodes that don't know it
-/// ignore it like any message that is not a fragment event.
+/// Wire form: `{"who_has":"<video id>","node":"<node id>","addrs":["tcp://…"],"reply":false}`
+/// (`addrs` and `reply` may be left out). Nodes that don't know it ignore it like any
+/// message that is not a fragment event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WhoHas {
@@ -545,6 +549,12 @@ pub struct WhoHas {
     pub who_has: VideoId,
     /// The asking node.
     pub node: NodeId,
+    /// Where the asker serves (it is downloading the video), if it does.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addrs: Vec<String>,
+    /// An answer to another node's question: not answered again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reply: bool,
 }
 
 /// A message on the fragment topic.
@@ -558,8 +568,9 @@ fn parse_topic_message(payload: &[u8]) -> Option<TopicMessage> {
     if let Ok(ev) = FragmentEvent::parse(payload) {
         return Some(TopicMessage::Event(ev));
     }
-    if payload.len() <= 256
+    if payload.len() <= 2048
         && let Ok(q) = serde_json::from_slice::<WhoHas>(payload)
+        && q.addrs.len() <= crate::pubsub::MAX_EVENT_ADDRS
     {
         return Some(TopicMessage::Query(q));
     }
@@ -598,6 +609,7 @@ pub struct EventDiscovery {
     /// Set once this node serves: then it answers `who_has`.
     answer_as: OnceLock<EventIdentity>,
     answered: Mutex<HashMap<VideoId, Instant>>,
+    asked: Mutex<HashMap<VideoId, Instant>>,
     /// How long `locate` waits for answers to a `who_has` when it heard of nobody.
     query_wait: Duration,
     /// Counters.
@@ -618,6 +630,7 @@ impl EventDiscovery {
             heard: Mutex::new(IndexMap::new()),
             answer_as: OnceLock::new(),
             answered: Mutex::new(HashMap::new()),
+            asked: Mutex::new(HashMap::new()),
             query_wait: Duration::from_millis(1500),
             stats: Arc::default(),
         }
@@ -657,6 +670,20 @@ impl EventDiscovery {
         }
     }
 
+    /// A node downloading `video` is at `addr` (it may hold chunks, not fragments).
+    fn record_downloader(&self, video: VideoId, addr: &PeerAddr) {
+        let mut heard = self.heard.lock().unwrap();
+        let (i, _) = heard.insert_full(video, IndexMap::new());
+        let holders = &mut heard[i];
+        holders.entry(addr.clone()).or_default();
+        while holders.len() > DIRECTORY_HOLDERS {
+            holders.shift_remove_index(0);
+        }
+        while heard.len() > DIRECTORY_VIDEOS {
+            heard.shift_remove_index(0);
+        }
+    }
+
     /// Another node asked who holds `video`: say what this node holds, if anything,
     /// at most once per [`ANSWER_EVERY`].
     async fn answer(&self, q: &WhoHas) {
@@ -664,7 +691,11 @@ impl EventDiscovery {
             return;
         };
         let have = me.store.have(q.who_has);
-        if have.is_empty() || me.addrs.is_empty() {
+        let downloading = me
+            .store
+            .manifest(q.who_has)
+            .is_some_and(|m| have.len() < m.fragment_count as usize);
+        if (have.is_empty() && !downloading) || me.addrs.is_empty() {
             return;
         }
         {
@@ -678,6 +709,21 @@ impl EventDiscovery {
             }
             answered.retain(|_, t| now.duration_since(*t) < ANSWER_EVERY);
             answered.insert(q.who_has, now);
+        }
+        if downloading && !q.reply {
+            // Tell the asker (and every other downloader) where this downloader is.
+            let here = WhoHas {
+                who_has: q.who_has,
+                node: self.me,
+                addrs: me.addrs.iter().map(|a| a.to_string()).collect(),
+                reply: true,
+            };
+            let payload = Bytes::from(serde_json::to_vec(&here).expect("a query serializes"));
+            let _ = tokio::time::timeout(
+                Duration::from_secs(5),
+                self.pubsub.publish(&self.topic, payload),
+            )
+            .await;
         }
         self.stats
             .queries_answered
@@ -705,20 +751,36 @@ impl Discovery for EventDiscovery {
     }
 
     async fn locate(&self, video: VideoId, _: &[PeerAddr]) -> Result<Vec<Hint>, DiscoveryError> {
+        // Ask the topic (which also tells other downloaders where this node is), at
+        // most once per ANSWER_EVERY per video.
+        let ask = {
+            let mut asked = self.asked.lock().unwrap();
+            let now = Instant::now();
+            asked.retain(|_, t| now.duration_since(*t) < ANSWER_EVERY);
+            asked.insert(video, now).is_none()
+        };
+        if ask {
+            let q = WhoHas {
+                who_has: video,
+                node: self.me,
+                addrs: self
+                    .answer_as
+                    .get()
+                    .map(|me| me.addrs.iter().map(|a| a.to_string()).collect())
+                    .unwrap_or_default(),
+                reply: false,
+            };
+            let payload = Bytes::from(serde_json::to_vec(&q).expect("a query serializes"));
+            self.pubsub
+                .publish(&self.topic, payload)
+                .await
+                .map_err(|e| DiscoveryError::new("events", e))?;
+        }
         let heard = self.heard_of(video);
-        if !heard.is_empty() {
+        if !heard.is_empty() || !ask {
             return Ok(heard);
         }
-        // Nobody heard of yet: ask the topic, and give holders a moment to answer.
-        let q = WhoHas {
-            who_has: video,
-            node: self.me,
-        };
-        let payload = Bytes::from(serde_json::to_vec(&q).expect("a query serializes"));
-        self.pubsub
-            .publish(&self.topic, payload)
-            .await
-            .map_err(|e| DiscoveryError::new("events", e))?;
+        // Nobody heard of yet: give holders a moment to answer.
         let deadline = Instant::now() + self.query_wait;
         while Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -792,7 +854,25 @@ impl Discovery for EventDiscovery {
                             });
                         }
                         Some(TopicMessage::Query(q)) if q.node == self.me => {}
-                        Some(TopicMessage::Query(q)) => self.answer(&q).await,
+                        Some(TopicMessage::Query(q)) => {
+                            // A downloader of the video: worth watching.
+                            let addrs: Vec<PeerAddr> = q
+                                .addrs
+                                .iter()
+                                .filter(|a| a.contains("://"))
+                                .filter_map(|a| a.parse().ok())
+                                .filter(dialable)
+                                .collect();
+                            if let Some(addr) = self.picker.pick(&addrs) {
+                                self.record_downloader(q.who_has, &addr);
+                                let _ = sink.send(Hint {
+                                    video: q.who_has,
+                                    addr,
+                                    fragments: Some(Vec::new()),
+                                });
+                            }
+                            self.answer(&q).await
+                        }
                     }
                 }
             }
@@ -972,6 +1052,8 @@ mod tests {
         let q = serde_json::to_vec(&WhoHas {
             who_has: v,
             node: n,
+            addrs: vec!["tcp://10.0.0.1:6001".into()],
+            reply: false,
         })
         .unwrap();
         assert!(matches!(

@@ -97,7 +97,7 @@ struct SeedCounts {
 
 /// A chunk refused for super-seeding may go out again after this long anyway: its
 /// earlier recipient may have left, or be the only one the asker cannot reach.
-const RESEND_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+const RESEND_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl SuperSeed {
     /// A copy of chunk `g` (of `total`) may start: no chunk has fewer whole copies out
