@@ -66,7 +66,8 @@ pub enum Request {
         offset: u64,
         /// Number of bytes.
         length: u64,
-        /// A player waits for these bytes: never refused for super-seeding.
+        /// Hold nothing back: a player waits for these bytes, or the asker has no other
+        /// peer to get them from. Never refused for super-seeding.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         urgent: bool,
     },

@@ -348,18 +348,39 @@ fn counter(http: &str, name: &str) -> Option<f64> {
 
 #[test]
 fn a_rate_limited_swarm_spreads_the_video_peer_to_peer() {
-    // 1 seeder + 6 leechers on loopback, every node's upload limited: every leecher
-    // passes chunks on, and the seeder uploads less than twice the video (it
-    // super-seeds: every chunk once before any twice). Without super-seeding and
-    // upload slots the seeder's share fails this (seen: 13 s runs, over 2x).
+    // 1 seeder + 6 leechers on loopback with a manager and a broker, every node's
+    // upload limited: every leecher passes chunks on, and the seeder uploads less than
+    // twice the video (it super-seeds: every chunk once before any twice). Without
+    // super-seeding and upload slots the seeder's share fails this (seen: over 2x).
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let video = split_sample(d);
+    // Chunks of 64 KiB: enough pieces (about 42) for seven nodes to trade.
+    let o = fragnet(
+        d,
+        &["split", sample().to_str().unwrap(), "--chunk-size", "64KiB"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let video = text(&o)
+        .lines()
+        .find(|l| l.contains("video id"))
+        .and_then(|l| l.split_whitespace().last())
+        .unwrap()
+        .to_string();
     let size = std::fs::metadata(sample()).unwrap().len() as f64;
     let (_m, maddr) = start_manager(d, "127.0.0.1:0");
     let murl = format!("http://{maddr}");
-    let rate = ["--max-upload-rate", "1MB", "--http", "127.0.0.1:0"];
-    let env = [("FRAGNET_PUBSUB", "none")];
+    let mut b = spawn(d, &["broker", "--listen", "127.0.0.1:0"], &[]);
+    let lines = wait_for_line(&mut b, "[BROKER] Listening on ", 20);
+    let baddr = after(&lines, "[BROKER] Listening on ");
+    let rate = [
+        "--max-upload-rate",
+        "1MB",
+        "--http",
+        "127.0.0.1:0",
+        "--broker",
+        baddr.as_str(),
+    ];
+    let env = [];
     let http_of = |p: &mut Proc| {
         let lines = wait_for_line(p, "[HTTP] Player on http://", 20);
         after(&lines, "[HTTP] Player on http://")

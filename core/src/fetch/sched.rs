@@ -144,6 +144,10 @@ impl PeerState {
 
 /// One chunk request handed to a worker.
 pub(super) struct Job {
+    /// The only live peer of the download serves it, and a refresh found no other: a
+    /// seeder must not hold it back (super-seeding assumes the asker can get chunks
+    /// from others).
+    pub(super) sole: bool,
     pub(super) item: Item,
     pub(super) peer: usize,
     pub(super) addr: PeerAddr,
@@ -380,11 +384,16 @@ impl Sched {
                 self.urgent_in_flight += 1;
                 self.peers[p].urgent_in_flight += 1;
             }
+            // Only after a round with nothing else to do: at first a leecher knows only
+            // the seeder, and should find other leechers before asking it for more.
+            let sole =
+                self.rounds > 0 && self.peers.iter().filter(|q| !q.banned && !q.dead).count() <= 1;
             return Next::Job(Job {
                 item,
                 peer: p,
                 addr: self.peers[p].addr.clone(),
                 urgent,
+                sole,
             });
         }
         if self.queued.is_empty() && self.in_flight == 0 {

@@ -81,7 +81,7 @@ impl WorkerCtx {
                 Next::Refresh => self.refresh().await,
                 Next::Job(job) => {
                     let result = tokio::select! {
-                        r = self.fetch_chunk(job.item, &job.addr, job.urgent) => r,
+                        r = self.fetch_chunk(job.item, &job.addr, job.urgent || job.sole) => r,
                         _ = self.cancel.cancelled() => return,
                     };
                     self.finish(&job, result);
