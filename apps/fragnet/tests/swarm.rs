@@ -348,6 +348,18 @@ fn counter(http: &str, name: &str) -> Option<f64> {
 
 #[test]
 fn a_rate_limited_swarm_spreads_the_video_peer_to_peer() {
+    rate_limited_swarm("tcp");
+}
+
+/// The same over QUIC (a QUIC swarm once gained nothing over client-server: leechers
+/// logged `sending stopped by peer` and the seeder served every byte).
+#[test]
+fn a_rate_limited_quic_swarm_spreads_the_video_peer_to_peer() {
+    rate_limited_swarm("quic");
+}
+
+fn rate_limited_swarm(scheme: &str) {
+    let listen = format!("{scheme}://127.0.0.1:0");
     // 1 seeder + 6 leechers on loopback with a manager and a broker, every node's
     // upload limited: every leecher passes chunks on, and the seeder uploads less than
     // twice the video (it super-seeds: every chunk once before any twice). Without
@@ -391,14 +403,14 @@ fn a_rate_limited_swarm_spreads_the_video_peer_to_peer() {
     };
     let mut seeder_args = vec!["--seed", "fragments", "--manager", &murl];
     seeder_args.extend_from_slice(&rate);
-    let mut seeder = peer(d, "seeder", "tcp://127.0.0.1:0", &seeder_args, &env);
+    let mut seeder = peer(d, "seeder", &listen, &seeder_args, &env);
     let seeder_http = http_of(&mut seeder);
     let mut leechers = Vec::new();
     for i in 0..6 {
         let mut args = vec!["--manager", &murl, "--want", "all"];
         args.extend_from_slice(&rate);
         let name = format!("leech-{i}");
-        let mut p = peer(d, &name, "tcp://127.0.0.1:0", &args, &env);
+        let mut p = peer(d, &name, &listen, &args, &env);
         let http = http_of(&mut p);
         leechers.push((name, p, http));
     }
