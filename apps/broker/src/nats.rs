@@ -102,10 +102,7 @@ impl NatsPubSub {
                 let counters = counters.clone();
                 async move {
                     match event {
-                        Event::Connected => {
-                            counters.reconnects.fetch_add(1, Ordering::Relaxed);
-                            info!("NATS connected");
-                        }
+                        Event::Connected => info!("NATS connected"),
                         Event::SlowConsumer(sid) => {
                             counters.lost.fetch_add(1, Ordering::Relaxed);
                             warn!(sid, "NATS subscription fell behind; messages dropped");
@@ -143,8 +140,6 @@ impl NatsPubSub {
                 }
                 .into()
             })?;
-        // The first connection is not a reconnection.
-        stats.reconnects.store(0, Ordering::Relaxed);
         let inbox = client.new_inbox();
         let echo_sub =
             client
@@ -228,9 +223,18 @@ impl PubSub for NatsPubSub {
             .await
             .map_err(|e| self.lost(e))?;
         self.round_trip().await?;
-        let stream = sub.map(|m| Message {
-            topic: m.subject.to_string(),
-            payload: m.payload,
+        // Reconnections come from the client's own count of connections, which it
+        // bumps before it re-subscribes: current before the first message a new
+        // connection delivers (its event callback runs on a task of its own, ordered
+        // with nothing).
+        let (connects, counters) = (self.client.statistics(), self.stats.clone());
+        let stream = sub.map(move |m| {
+            let reconnects = connects.connects.load(Ordering::Relaxed).saturating_sub(1);
+            counters.reconnects.store(reconnects, Ordering::Relaxed);
+            Message {
+                topic: m.subject.to_string(),
+                payload: m.payload,
+            }
         });
         Ok(Subscription::new(topic, stream, self.stats.clone()))
     }

@@ -517,20 +517,13 @@ async fn nats_connect_errors_tokens_and_restart() {
     let _server = NatsServer::start_on(port, &[]).await;
     let got = publish_until_received(&nats, "fragments", "after", &mut sub).await;
     assert!(got.starts_with("after-"));
-    // Known product bug (apps/broker/src/nats.rs): the NATS plugin counts reconnects in
-    // async-nats's event callback, a task of its own that is ordered neither with the
-    // messages nor with the reset to 0 in `connect`. So this can still read 0 when the
-    // first message after the restart has arrived (rare, under load), and it often reads
-    // 1 before any restart (`nats_reconnects_start_at_zero`, ignored until fixed). Left
-    // as is: waiting here for the counter would hide the bug.
-    assert!(sub.reconnects() >= 1);
+    // The count is current when the first message of the new connection arrives.
+    assert_eq!(sub.reconnects(), 1);
 }
 
-/// A fresh NATS client has not reconnected. Fails today: the first connection's
-/// `Connected` event reaches the counter after `NatsPubSub::connect` has reset it, in
-/// about half of the connections.
+/// A fresh NATS client has not reconnected (the first connection's `Connected` event
+/// once landed after a reset and counted as a reconnect, in about half of the runs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "product bug: NatsPubSub counts its first connection as a reconnect (apps/broker/src/nats.rs)"]
 async fn nats_reconnects_start_at_zero() {
     let server = NatsServer::start(&[]).await;
     for _ in 0..10 {
