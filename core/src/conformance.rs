@@ -1088,6 +1088,25 @@ pub async fn connection_limit(make: MakeTransports, listen: &str) {
     assert!(ok.is_some(), "served again once the first client left");
 }
 
+/// `client` asks `server` for every fragment of `v` at once, each on a connection of
+/// its own.
+async fn whole_fragments_at_once(
+    client: &TestNode,
+    server: &TestNode,
+    v: &TestVideo,
+    t: Timeouts,
+) -> Vec<Result<Bytes, ProtocolError>> {
+    let gets = (0..v.manifest.fragment_count).map(|i| {
+        let (transports, addr, video) = (client.transports.clone(), server.addr.clone(), v.id());
+        let size = v.manifest.fragments[i as usize].size;
+        async move {
+            let mut s = crate::protocol::connect(&transports, &addr, t).await?;
+            s.get(video, i, 0, size).await
+        }
+    });
+    futures::future::join_all(gets).await
+}
+
 /// Under a low upload limit shared by many responses, every response keeps making
 /// progress: none waits out the others' bodies and hits the client's no-progress
 /// timeout (which once made rate-limited swarms retry forever).
@@ -1112,15 +1131,12 @@ pub async fn upload_limit_keeps_every_response_moving(make: MakeTransports, list
         io: Duration::from_secs(2),
         ..Timeouts::default()
     };
-    let gets = (0..12u32).map(|i| {
-        let (transports, addr, video) = (client.transports.clone(), server.addr.clone(), v.id());
-        let size = v.manifest.fragments[i as usize].size;
-        async move {
-            let mut s = crate::protocol::connect(&transports, &addr, t).await?;
-            s.get(video, i, 0, size).await
-        }
-    });
-    let results = within(60, "12 rate-limited gets", futures::future::join_all(gets)).await;
+    let results = within(
+        60,
+        "12 rate-limited gets",
+        whole_fragments_at_once(&client, &server, &v, t),
+    )
+    .await;
     let original = std::fs::read(&v.input).unwrap();
     for (i, r) in results.into_iter().enumerate() {
         let f = &v.manifest.fragments[i];
@@ -1155,15 +1171,12 @@ pub async fn requests_beyond_the_upload_slots_are_choked_not_stalled(
         io: Duration::from_secs(3),
         ..Timeouts::default()
     };
-    let gets = (0..12u32).map(|i| {
-        let (transports, addr, video) = (client.transports.clone(), server.addr.clone(), v.id());
-        let size = v.manifest.fragments[i as usize].size;
-        async move {
-            let mut s = crate::protocol::connect(&transports, &addr, t).await?;
-            s.get(video, i, 0, size).await
-        }
-    });
-    let results = within(60, "12 gets, 2 slots", futures::future::join_all(gets)).await;
+    let results = within(
+        60,
+        "12 gets, 2 slots",
+        whole_fragments_at_once(&client, &server, &v, t),
+    )
+    .await;
     let original = std::fs::read(&v.input).unwrap();
     let mut served = 0;
     for (i, r) in results.into_iter().enumerate() {

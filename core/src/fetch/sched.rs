@@ -439,18 +439,7 @@ impl Sched {
         };
         self.peers[p].holds.extend(fragments.iter().copied());
         self.peers[p].dead = false;
-        let stalled = std::mem::take(&mut self.stalled);
-        let (now, still): (Vec<Item>, Vec<Item>) = stalled
-            .into_iter()
-            .partition(|it| fragments.contains(&it.0));
-        self.stalled = still;
-        for item in &now {
-            if let Some(x) = self.excluded.get_mut(item) {
-                x.remove(&p);
-            }
-            self.enqueue(*item);
-        }
-        now.len()
+        self.requeue_stalled_held_by(p)
     }
 
     /// Peer `p` verified `items` (its watch said so): they become eligible there, the
@@ -472,6 +461,12 @@ impl Sched {
                 self.enqueue(item);
             }
         }
+        self.requeue_stalled_held_by(p)
+    }
+
+    /// Stalled items peer `p` holds go back to the queue (and `p` may be asked for them
+    /// again). Returns how many.
+    fn requeue_stalled_held_by(&mut self, p: usize) -> usize {
         let stalled = std::mem::take(&mut self.stalled);
         let (now, still): (Vec<Item>, Vec<Item>) =
             stalled.into_iter().partition(|it| self.peers[p].has(*it));
