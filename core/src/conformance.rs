@@ -899,6 +899,83 @@ pub async fn lying_peer_is_caught(make: MakeTransports, listen: &str) {
     stop.cancel();
 }
 
+/// A peer caught sending bad data stays banned for the node's later downloads: they
+/// never ask it again.
+pub async fn a_ban_lasts_across_downloads(make: MakeTransports, listen: &str) {
+    let v = TestVideo::from_bytes("v.bin", &generated_bytes(600_000, 4), 10, 16384);
+    let (liar, stop) = spawn_liar(make, listen, v.manifest.clone()).await;
+    let honest = TestNode::start(
+        make,
+        listen,
+        NodeOptions {
+            seed: Some((v.split_dir.clone(), None)),
+            ..Default::default()
+        },
+    )
+    .await;
+    let peers = vec![liar.clone(), honest.addr.clone()];
+    let me = TestNode::start_with(make, listen, NodeOptions::default(), move |b| {
+        b.peers(peers)
+    })
+    .await;
+    let engine = me.node.as_ref().unwrap().engine().clone();
+    let first = Arc::new(Counter::default());
+    within(
+        60,
+        "first download",
+        engine.fetch(
+            Some(v.id()),
+            Some((0..5).collect()),
+            first.clone(),
+            &CancellationToken::new(),
+        ),
+    )
+    .await
+    .unwrap();
+    assert!(
+        first
+            .failures
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(p, e)| *p == liar && e.contains("failed verification")),
+        "the liar is caught in the first download"
+    );
+    let second = Arc::new(Counter::default());
+    let report = within(
+        60,
+        "second download",
+        engine.fetch(
+            Some(v.id()),
+            Some((5..10).collect()),
+            second.clone(),
+            &CancellationToken::new(),
+        ),
+    )
+    .await
+    .unwrap();
+    assert!(
+        second
+            .failures
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|(p, _)| *p != liar),
+        "the liar was asked again: {:?}",
+        second.failures.lock().unwrap()
+    );
+    assert!(
+        report
+            .fetched
+            .iter()
+            .all(|(_, from)| from == std::slice::from_ref(&honest.addr)),
+        "{:?}",
+        report.fetched
+    );
+    assert!(joined_bytes(&me, v.id()) == std::fs::read(&v.input).unwrap());
+    stop.cancel();
+}
+
 /// A peer that dies mid-transfer: the fetch fails with what is missing, keeps the
 /// verified chunks, and a restarted fetch from another peer resumes from them.
 pub async fn dying_peer_then_resume(make: MakeTransports, listen: &str) {
@@ -1342,6 +1419,7 @@ macro_rules! transport_conformance {
             case!(malformed_and_oversized_frames);
             case!(original_scenario);
             case!(lying_peer_is_caught);
+            case!(a_ban_lasts_across_downloads);
             case!(dying_peer_then_resume);
             case!(many_concurrent_fetches);
             case!(connection_limit);

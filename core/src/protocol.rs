@@ -297,6 +297,15 @@ impl PeerClient {
         Ok(client)
     }
 
+    /// The server's node id when the transport proved it (QUIC), not only the hello
+    /// said it (TCP).
+    pub fn authenticated_node_id(&self) -> Option<NodeId> {
+        self._conn
+            .as_ref()
+            .and_then(|c| c.remote_node_id())
+            .filter(|id| *id == self.remote_node_id)
+    }
+
     /// Says hello on an open stream.
     pub async fn handshake(stream: BiStream, timeouts: Timeouts) -> Result<Self, ProtocolError> {
         Self::handshake_with_version(stream, timeouts, PROTOCOL_VERSION).await

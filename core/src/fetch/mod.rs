@@ -23,6 +23,7 @@
 //! can serve what is left, the download asks discovery again and every peer for its
 //! have-set, a bounded number of times with backoff.
 
+pub mod bans;
 pub mod pool;
 mod sched;
 mod watches;
@@ -44,6 +45,7 @@ use crate::manifest::Manifest;
 use crate::protocol::{ErrorCode, ProtocolError};
 use crate::store::{FragmentStatus, FragmentStore, StoreError};
 
+pub use bans::Bans;
 pub use pool::PeerPool;
 pub use sched::priority;
 use sched::{Item, PeerState, Sched, covering};
@@ -445,6 +447,7 @@ pub struct Fetcher {
     store: Arc<FragmentStore>,
     pool: Arc<PeerPool>,
     opts: FetchOptions,
+    bans: Arc<Bans>,
 }
 
 impl std::fmt::Debug for Fetcher {
@@ -475,7 +478,17 @@ fn no_default_video(e: crate::serve::DefaultVideoError, sources: &str) -> FetchE
 impl Fetcher {
     /// A fetcher storing into `store`, dialing through `pool`.
     pub fn new(store: Arc<FragmentStore>, pool: Arc<PeerPool>, opts: FetchOptions) -> Self {
-        Fetcher { store, pool, opts }
+        Fetcher {
+            store,
+            pool,
+            opts,
+            bans: Arc::default(),
+        }
+    }
+
+    /// Peers banned for sending bad data: skipped by every download of this fetcher.
+    pub fn bans(&self) -> &Arc<Bans> {
+        &self.bans
     }
 
     /// The store this fetcher writes to.
@@ -678,11 +691,13 @@ impl Fetcher {
             .map(|(addr, have)| {
                 let mut p = PeerState::new(addr);
                 p.holds = have.into_iter().collect();
+                p.banned = self.bans.is_banned(&p.addr);
                 p
             })
             .collect();
         let early: HashSet<FragmentIndex> = [0, manifest.fragment_count - 1].into();
         let mut sched = Sched::new(peers, early);
+        sched.bans = Some(self.bans.clone());
         sched.urgent_per_peer = self.opts.urgent_per_peer.max(1);
         sched.wanted.extend(wanted.iter().copied());
         sched.fragment_count = manifest.fragment_count;
@@ -764,6 +779,7 @@ impl Fetcher {
                 obs: observers.clone(),
                 discovery: discovery.clone(),
                 watches: watches.clone(),
+                bans: self.bans.clone(),
                 manifest: manifest.clone(),
                 video,
                 per_peer: self.opts.per_peer.max(1),

@@ -114,6 +114,8 @@ pub(super) struct Sched {
     pub(super) random_first: bool,
     /// Chunks verified by this download.
     pub(super) verified: u64,
+    /// The node's bans: a peer banned by any download joins this one banned.
+    pub(super) bans: Option<std::sync::Arc<super::Bans>>,
 }
 
 /// Chunks a node fetches at random before it switches to rarest first.
@@ -192,6 +194,7 @@ impl Sched {
             shuffle: false,
             random_first: false,
             verified: 0,
+            bans: None,
         }
     }
 
@@ -427,7 +430,9 @@ impl Sched {
         let p = match self.peers.iter().position(|p| p.addr == addr) {
             Some(p) => p,
             None => {
-                self.peers.push(PeerState::new(addr));
+                let mut peer = PeerState::new(addr);
+                peer.banned = self.bans.as_ref().is_some_and(|b| b.is_banned(&peer.addr));
+                self.peers.push(peer);
                 self.peers.len() - 1
             }
         };

@@ -29,6 +29,7 @@ pub(super) struct WorkerCtx {
     pub(super) obs: Arc<dyn FetchObserver>,
     pub(super) discovery: Arc<CombinedDiscovery>,
     pub(super) watches: Arc<super::watches::Watches>,
+    pub(super) bans: Arc<super::Bans>,
     pub(super) manifest: Arc<Manifest>,
     pub(super) video: VideoId,
     pub(super) per_peer: usize,
@@ -37,8 +38,8 @@ pub(super) struct WorkerCtx {
 }
 
 enum Failure {
-    /// The peer's bytes failed verification: ban it.
-    Lied(String),
+    /// The peer's bytes failed verification: ban it (and its node id, if known).
+    Lied(String, Option<crate::ids::NodeId>),
     /// The peer does not have it after all, or the request failed.
     Failed(String, bool),
     /// The peer said "not now" (its upload slots are taken, or it super-seeds and sent
@@ -106,6 +107,17 @@ impl WorkerCtx {
             .session(addr)
             .await
             .map_err(|e| Failure::Failed(e.to_string(), true))?;
+        let node = s.authenticated_node_id();
+        if let Some(n) = node
+            && self.bans.is_banned_node(n)
+        {
+            // A banned node on an address not seen before (the transport proved who it is).
+            self.pool.put_back(addr, s);
+            return Err(Failure::Lied(
+                format!("node {} is banned for sending bad data", n.short()),
+                node,
+            ));
+        }
         let data = match s.get_with(self.video, index, offset, len, urgent).await {
             Ok(d) => d,
             Err(ProtocolError::Remote {
@@ -130,9 +142,10 @@ impl WorkerCtx {
         self.pool.put_back(addr, s);
         match self.store.write_chunk(self.video, index, chunk, data).await {
             Ok(outcome) => Ok((len, outcome)),
-            Err(StoreError::HashMismatch { what, .. }) => Err(Failure::Lied(format!(
-                "{what} of fragment {index} failed verification"
-            ))),
+            Err(StoreError::HashMismatch { what, .. }) => Err(Failure::Lied(
+                format!("{what} of fragment {index} failed verification"),
+                node,
+            )),
             Err(e) => Err(Failure::Local(e)),
         }
     }
@@ -170,9 +183,10 @@ impl WorkerCtx {
                     self.obs.fragment(item.0, size, &from);
                 }
             }
-            Err(Failure::Lied(msg)) => {
+            Err(Failure::Lied(msg, node)) => {
                 warn!(peer = %addr, "{msg}; not using this peer again");
                 s.peers[p].banned = true;
+                self.bans.ban(addr, node);
                 s.last_error = Some(format!("{addr}: {msg}"));
                 s.enqueue(item);
                 drop(s);
