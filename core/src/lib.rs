@@ -30,6 +30,7 @@ pub mod protocol;
 pub mod pubsub;
 pub mod ratelimit;
 pub mod registry;
+pub mod secret;
 pub mod serve;
 pub mod split;
 pub mod store;

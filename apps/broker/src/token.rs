@@ -31,14 +31,10 @@ impl AuthToken {
 
     /// Reads a token from a file (the first line; surrounding whitespace is ignored).
     pub fn from_file(path: &Path) -> Result<Self, BrokerError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            BrokerError::Token(format!(
-                "cannot read the token file {}: {e}",
-                path.display()
-            ))
-        })?;
-        Self::new(text.lines().next().unwrap_or("").trim())
-            .map_err(|e| BrokerError::Token(format!("{} (in {})", e, path.display())))
+        let text = fragnet_core::secret::resolve("token", None, Some(path))
+            .map_err(|e| BrokerError::Token(e.to_string()))?
+            .unwrap_or_default();
+        Self::new(&text).map_err(|e| BrokerError::Token(format!("{} (in {})", e, path.display())))
     }
 
     /// The token from `token`, else from `token_file`, else from the environment

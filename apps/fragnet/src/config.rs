@@ -832,30 +832,8 @@ fn resolve_secret(
     inline: Option<&str>,
     file: Option<&Path>,
 ) -> Result<Option<String>> {
-    let token = match (inline, file) {
-        (Some(_), Some(f)) => bail!(
-            "{section}.token and {section}.token_file ({}) are both set; set one",
-            f.display()
-        ),
-        (Some(t), None) => t.trim().to_string(),
-        (None, Some(f)) => {
-            let text = std::fs::read_to_string(f)
-                .with_context(|| format!("{section}.token_file: reading {}", f.display()))?;
-            let first = text.lines().next().unwrap_or("").trim().to_string();
-            if first.is_empty() {
-                bail!(
-                    "{section}.token_file: the first line of {} is empty",
-                    f.display()
-                );
-            }
-            first
-        }
-        (None, None) => return Ok(None),
-    };
-    if token.is_empty() {
-        bail!("{section}.token is empty");
-    }
-    Ok(Some(token))
+    fragnet_core::secret::resolve(&format!("{section}.token"), inline, file)
+        .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// `PORT` (all interfaces), `HOST:PORT` or `[V6]:PORT`, resolved (`localhost` works).

@@ -1,7 +1,7 @@
 //! The manager's configuration: serde, every key defaulted, unknown keys refused.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -125,18 +125,13 @@ impl ManagerConfig {
     /// configuration path). Setting both `token` and `token_file`, or an
     /// empty token, is an error.
     pub fn resolve_token(&self) -> Result<Option<String>, ManagerError> {
-        let token = match (&self.token, &self.token_file) {
-            (Some(_), Some(_)) => {
-                return Err(ManagerError::Config(
-                    "set token or token_file, not both".into(),
-                ));
-            }
-            (Some(t), None) => Some(t.clone()),
-            (None, Some(path)) => Some(read_token_file(path)?),
-            (None, None) => None,
-        };
-        match token.map(|t| t.trim().to_string()) {
-            Some(t) if t.is_empty() => Err(ManagerError::Config("the manager token is empty".into())),
+        let token = fragnet_core::secret::resolve(
+            "manager.token",
+            self.token.as_deref(),
+            self.token_file.as_deref(),
+        )
+        .map_err(|e| ManagerError::Config(e.to_string()))?;
+        match token {
             Some(t) if t.len() > 4096 || !t.bytes().all(|b| b.is_ascii_graphic()) => {
                 Err(ManagerError::Config("the manager token must be at most 4096 printable ASCII characters without spaces".into()))
             }
@@ -170,19 +165,6 @@ impl ManagerConfig {
         }
         Ok(())
     }
-}
-
-fn read_token_file(path: &Path) -> Result<String, ManagerError> {
-    let meta = std::fs::metadata(path)
-        .map_err(|e| ManagerError::Config(format!("reading token file {}: {e}", path.display())))?;
-    if meta.len() > 8192 {
-        return Err(ManagerError::Config(format!(
-            "token file {} is larger than 8 KiB",
-            path.display()
-        )));
-    }
-    std::fs::read_to_string(path)
-        .map_err(|e| ManagerError::Config(format!("reading token file {}: {e}", path.display())))
 }
 
 #[cfg(test)]
