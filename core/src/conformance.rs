@@ -853,16 +853,7 @@ async fn lie(
 /// fragment comes from the honest peer.
 pub async fn lying_peer_is_caught(make: MakeTransports, listen: &str) {
     let v = TestVideo::from_bytes("v.bin", &generated_bytes(600_000, 3), 10, 16384);
-    let (liar, stop) = spawn_liar(make, listen, v.manifest.clone()).await;
-    let honest = TestNode::start(
-        make,
-        listen,
-        NodeOptions {
-            seed: Some((v.split_dir.clone(), None)),
-            ..Default::default()
-        },
-    )
-    .await;
+    let (liar, stop, honest) = liar_and_honest(make, listen, &v).await;
     let me = TestNode::start(make, listen, NodeOptions::default()).await;
     let obs = Arc::new(Counter::default());
     // The liar first in the list: it is asked early and must be caught.
@@ -899,10 +890,12 @@ pub async fn lying_peer_is_caught(make: MakeTransports, listen: &str) {
     stop.cancel();
 }
 
-/// A peer caught sending bad data stays banned for the node's later downloads: they
-/// never ask it again.
-pub async fn a_ban_lasts_across_downloads(make: MakeTransports, listen: &str) {
-    let v = TestVideo::from_bytes("v.bin", &generated_bytes(600_000, 4), 10, 16384);
+/// A peer that lies about `v` and one that serves it honestly.
+async fn liar_and_honest(
+    make: MakeTransports,
+    listen: &str,
+    v: &TestVideo,
+) -> (PeerAddr, CancellationToken, TestNode) {
     let (liar, stop) = spawn_liar(make, listen, v.manifest.clone()).await;
     let honest = TestNode::start(
         make,
@@ -913,25 +906,40 @@ pub async fn a_ban_lasts_across_downloads(make: MakeTransports, listen: &str) {
         },
     )
     .await;
+    (liar, stop, honest)
+}
+
+/// A peer caught sending bad data stays banned for the node's later downloads: they
+/// never ask it again.
+pub async fn a_ban_lasts_across_downloads(make: MakeTransports, listen: &str) {
+    let v = TestVideo::from_bytes("v.bin", &generated_bytes(600_000, 4), 10, 16384);
+    let (liar, stop, honest) = liar_and_honest(make, listen, &v).await;
     let peers = vec![liar.clone(), honest.addr.clone()];
     let me = TestNode::start_with(make, listen, NodeOptions::default(), move |b| {
         b.peers(peers)
     })
     .await;
     let engine = me.node.as_ref().unwrap().engine().clone();
+    let video = v.id();
+    let download = |fragments: std::ops::Range<u32>, obs: Arc<Counter>| {
+        let engine = engine.clone();
+        async move {
+            within(
+                60,
+                "a download",
+                engine.fetch(
+                    Some(video),
+                    Some(fragments.collect()),
+                    obs,
+                    &CancellationToken::new(),
+                ),
+            )
+            .await
+            .unwrap()
+        }
+    };
     let first = Arc::new(Counter::default());
-    within(
-        60,
-        "first download",
-        engine.fetch(
-            Some(v.id()),
-            Some((0..5).collect()),
-            first.clone(),
-            &CancellationToken::new(),
-        ),
-    )
-    .await
-    .unwrap();
+    download(0..5, first.clone()).await;
     assert!(
         first
             .failures
@@ -942,18 +950,7 @@ pub async fn a_ban_lasts_across_downloads(make: MakeTransports, listen: &str) {
         "the liar is caught in the first download"
     );
     let second = Arc::new(Counter::default());
-    let report = within(
-        60,
-        "second download",
-        engine.fetch(
-            Some(v.id()),
-            Some((5..10).collect()),
-            second.clone(),
-            &CancellationToken::new(),
-        ),
-    )
-    .await
-    .unwrap();
+    let report = download(5..10, second.clone()).await;
     assert!(
         second
             .failures
