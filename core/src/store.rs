@@ -342,14 +342,14 @@ impl FragmentStore {
                 let len = file.metadata().map(|m| m.len()).unwrap_or(0);
                 let mut verified = vec![false; f.chunks.len()];
                 let mut count = 0;
-                for c in 0..f.chunks.len() {
+                for (c, ok) in verified.iter_mut().enumerate() {
                     let (off, clen) = manifest
                         .chunk_range(f.index, c as u32)
                         .expect("chunk in range");
                     if off + clen <= len
                         && chunk_on_disk_verifies(&file, &manifest, f.index, c as u32, &mut buf)
                     {
-                        verified[c] = true;
+                        *ok = true;
                         count += 1;
                     }
                 }
