@@ -49,7 +49,7 @@ def main():
         if not shutil.which(tool):
             sys.exit(f"missing {tool}: apt-get install iperf3 time coreutils")
     subprocess.run(["cargo", "build", "--release", "--locked", "-p", "fragnet"], cwd=ROOT, check=True)
-    fragnet = os.path.join(ROOT, "target", "release", "fragnet")
+    fragnet = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release", "fragnet")
     shutil.rmtree(a.workdir, ignore_errors=True)
     os.makedirs(a.workdir)
     w = a.workdir
