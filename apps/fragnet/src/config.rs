@@ -725,7 +725,7 @@ impl Config {
                 "stream.chunk_wait_secs, stream.max_responses and stream.idle_timeout_secs must be at least 1"
             );
         }
-        fragnet_core::pubsub::check_topic(&self.topic)
+        fragnet_core::pubsub::check_event_topic(&self.topic)
             .map_err(|e| anyhow::anyhow!("topic: {e}"))?;
         if self.reconcile_secs == 0 {
             bail!("reconcile_secs must be at least 1");

@@ -344,12 +344,11 @@ impl NodeBuilder {
             )));
         }
         let events = self.pubsub.as_ref().map(|p| {
-            Arc::new(EventDiscovery::new(
-                p.clone(),
-                self.topic.clone(),
-                node_id,
-                picker.clone(),
-            ))
+            Arc::new(
+                EventDiscovery::new(p.clone(), self.topic.clone(), node_id, picker.clone())
+                    .with_store(self.store.clone())
+                    .with_want(&self.want),
+            )
         });
         if let Some(e) = &events {
             sources.push(e.clone());
