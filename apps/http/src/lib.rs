@@ -8,7 +8,10 @@
 //! - `GET /watch/{id}`: a player page with a fragment bar that fills live from
 //!   `GET /videos/{id}/events` (server-sent events, [`events`]).
 //! - `GET /videos`, `GET /videos/{id}`: what the node holds, as JSON.
-//! - `GET /health`, `GET /metrics` (Prometheus text).
+//! - `GET /health`, `GET /metrics` (Prometheus text, [`metrics`]).
+//!
+//! The same server runs as a peer's small admin listener (`admin_listen`,
+//! [`HttpConfig::admin`]): only `/health` and `/metrics`, no player, a few connections.
 //!
 //! Plain HTML, CSS and JS are compiled into the binary: no CDN, no build step.
 //! [`spawn`] binds (port 0 picks one) and serves until cancelled; connections that make
@@ -26,6 +29,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use fragnet_core::fetch::FetchError;
+use fragnet_core::discovery::EventStats;
 use fragnet_core::serve::ServeContext;
 use fragnet_core::{FragmentStore, Manifest, NodeId, VideoId};
 use serde_json::json;
@@ -36,7 +40,7 @@ use tracing::{debug, info, warn};
 
 pub mod events;
 mod io;
-mod metrics;
+pub mod metrics;
 pub mod range;
 mod service;
 mod stream;
@@ -61,6 +65,24 @@ pub struct HttpConfig {
     pub idle_timeout: Duration,
     /// Time in-flight responses get to finish on shutdown.
     pub shutdown_grace: Duration,
+    /// Connections open at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// Serve only `/health` and `/metrics` (the admin listener).
+    pub admin_only: bool,
+}
+
+impl HttpConfig {
+    /// The admin listener on `listen`: `/health` and `/metrics` only, at most 16
+    /// connections (scrapers and health checks, not players), 10 s idle timeout.
+    pub fn admin(listen: SocketAddr) -> Self {
+        HttpConfig {
+            listen,
+            max_connections: 16,
+            idle_timeout: Duration::from_secs(10),
+            admin_only: true,
+            ..HttpConfig::default()
+        }
+    }
 }
 
 impl Default for HttpConfig {
@@ -72,6 +94,8 @@ impl Default for HttpConfig {
             max_responses: 64,
             idle_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(2),
+            max_connections: 1024,
+            admin_only: false,
         }
     }
 }
@@ -90,6 +114,8 @@ pub struct HttpState {
     /// Starts downloads when a player asks for bytes not held here; `None` serves only
     /// what the store holds.
     pub downloads: Option<Arc<Downloads>>,
+    /// What the node heard on the fragment topic, for `/metrics`.
+    pub events: Option<Arc<EventStats>>,
 }
 
 /// Why the HTTP side could not start.
@@ -110,7 +136,9 @@ pub(crate) struct App {
     pub(crate) config: HttpConfig,
     pub(crate) state: HttpState,
     pub(crate) permits: Arc<Semaphore>,
-    pub(crate) metrics: metrics::HttpMetrics,
+    pub(crate) metrics: Arc<metrics::HttpMetrics>,
+    /// What `/metrics` renders.
+    pub(crate) registry: fragnet_core::metrics::Registry,
     pub(crate) cancel: CancellationToken,
 }
 
@@ -158,33 +186,58 @@ pub async fn spawn(
         .map_err(bind_err)?;
     let addr = listener.local_addr().map_err(bind_err)?;
     let cancel = cancel.child_token();
+    let http_metrics: Arc<metrics::HttpMetrics> = Arc::default();
+    let registry = fragnet_core::metrics::registry(vec![Box::new(metrics::NodeCollector {
+        state: state.clone(),
+        http: (!config.admin_only).then(|| http_metrics.clone()),
+    })]);
     let app = Arc::new(App {
         permits: Arc::new(Semaphore::new(config.max_responses.max(1))),
         config: config.clone(),
         state,
-        metrics: Default::default(),
+        metrics: http_metrics,
+        registry,
         cancel: cancel.clone(),
     });
     let listener = io::TimedListener {
         inner: listener,
         idle: config.idle_timeout,
+        connections: Arc::new(Semaphore::new(config.max_connections.max(1))),
     };
+    let admin_only = config.admin_only;
     let stop = cancel.clone();
     let task = tokio::spawn(async move {
-        let served = axum::serve(listener, router(app))
+        let routes = if admin_only {
+            admin_router(app)
+        } else {
+            router(app)
+        };
+        let served = axum::serve(listener, routes)
             .with_graceful_shutdown(stop.cancelled_owned())
             .await;
         if let Err(e) = served {
             warn!(error = %e, "HTTP server stopped");
         }
     });
-    info!(%addr, "HTTP listening");
+    if admin_only {
+        info!(%addr, "admin listening (/health, /metrics)");
+    } else {
+        info!(%addr, "HTTP listening");
+    }
     Ok(Handle {
         addr,
         cancel,
         grace: config.shutdown_grace,
         task,
     })
+}
+
+/// The admin listener's routes: health and metrics only.
+fn admin_router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics_text))
+        .with_state(app)
 }
 
 fn router(app: Arc<App>) -> Router {
@@ -266,11 +319,8 @@ async fn health(State(app): State<Arc<App>>) -> Response {
 
 async fn metrics_text(State(app): State<Arc<App>>) -> Response {
     (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        metrics::render(&app),
+        [(header::CONTENT_TYPE, fragnet_core::metrics::CONTENT_TYPE)],
+        fragnet_core::metrics::render(&app.registry),
     )
         .into_response()
 }

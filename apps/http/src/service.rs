@@ -1,6 +1,7 @@
 //! The HTTP side as a node service: a node built with
 //! `Node::builder(..).service(HttpService::new(config))` serves the player and the
-//! stream from its own engine, and registers the URL.
+//! stream from its own engine, and registers the URL. With [`HttpConfig::admin`] it is
+//! the admin listener instead (health and metrics; its address is not registered).
 
 use async_trait::async_trait;
 use fragnet_core::node::{NodeParts, NodeService, RunningService, ServiceError};
@@ -23,7 +24,7 @@ impl HttpService {
 
 struct Running {
     handle: Handle,
-    url: String,
+    url: Option<String>,
 }
 
 #[async_trait]
@@ -39,7 +40,9 @@ impl NodeService for HttpService {
             name: node.name.clone(),
             serve: Some(node.serve.clone()),
             downloads: Some(node.engine.clone()),
+            events: node.events.clone(),
         };
+        let admin_only = self.config.admin_only;
         let handle = crate::spawn(self.config, state, cancel).await?;
         let port = handle.local_addr().port();
         let host = if node.host.contains(':') {
@@ -49,7 +52,7 @@ impl NodeService for HttpService {
         };
         Ok(Box::new(Running {
             handle,
-            url: format!("http://{host}:{port}"),
+            url: (!admin_only).then(|| format!("http://{host}:{port}")),
         }))
     }
 }
@@ -57,7 +60,7 @@ impl NodeService for HttpService {
 #[async_trait]
 impl RunningService for Running {
     fn url(&self) -> Option<String> {
-        Some(self.url.clone())
+        self.url.clone()
     }
 
     async fn shutdown(self: Box<Self>) {

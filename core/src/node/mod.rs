@@ -119,6 +119,8 @@ pub struct NodeParts {
     pub serve: Arc<ServeContext>,
     /// The host others reach it at (for URLs).
     pub host: String,
+    /// What it heard on the fragment topic, when it has pub/sub.
+    pub events: Option<Arc<EventStats>>,
 }
 
 /// Why a service could not start.
@@ -421,6 +423,7 @@ impl NodeBuilder {
             engine: engine.clone(),
             serve: ctx.clone(),
             host,
+            events: events.as_ref().map(|e| e.stats.clone()),
         };
         let mut services = Vec::new();
         for s in self.services {
