@@ -42,6 +42,9 @@ pub struct Config {
     /// The peer's HTTP address (stream, player, health, metrics): `PORT` (all
     /// interfaces) or `HOST:PORT`; port 0 picks one. Unset: no HTTP.
     pub http_listen: Option<String>,
+    /// The peer's admin address (`/health` and `/metrics` only, with or without the
+    /// player): `PORT` or `HOST:PORT`. Unset: none.
+    pub admin_listen: Option<String>,
     /// `stream.*`: how the HTTP side streams to players.
     pub stream: Stream,
     /// Roles `fragnet run` starts in this process: any of `peer`, `manager`, `broker`,
@@ -228,6 +231,9 @@ pub struct BrokerSection {
     pub listen: String,
     /// Broker role: per-client limits.
     pub limits: fragnet_broker::BrokerLimits,
+    /// Broker role: `/metrics` and `/health` over HTTP on `PORT` or `HOST:PORT`; unset
+    /// (the default): no HTTP listener.
+    pub metrics_listen: Option<String>,
 }
 
 impl Default for BrokerSection {
@@ -238,6 +244,7 @@ impl Default for BrokerSection {
             token_file: None,
             listen: "0.0.0.0:5555".into(),
             limits: fragnet_broker::BrokerLimits::default(),
+            metrics_listen: None,
         }
     }
 }
@@ -331,6 +338,7 @@ impl Default for Config {
             console: true,
             limits: Limits::default(),
             http_listen: None,
+            admin_listen: None,
             stream: Stream::default(),
             roles: vec![Role::Peer],
             want: Want::None,
@@ -437,6 +445,9 @@ pub struct Overrides {
     /// `http_listen`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http_listen: Option<String>,
+    /// `admin_listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_listen: Option<String>,
     /// `roles`; empty: not set.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub roles: Vec<Role>,
@@ -506,6 +517,9 @@ pub struct BrokerOverrides {
     /// `broker.listen`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,
+    /// `broker.metrics_listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<String>,
 }
 
 /// `nats.*` keys the command line set.
@@ -715,6 +729,12 @@ impl Config {
         if let Some(h) = &self.http_listen {
             http_addr(h).with_context(|| format!("in http_listen = {h:?}"))?;
         }
+        if let Some(h) = &self.admin_listen {
+            http_addr(h).with_context(|| format!("in admin_listen = {h:?}"))?;
+        }
+        if let Some(h) = &self.broker.metrics_listen {
+            http_addr(h).with_context(|| format!("in broker.metrics_listen = {h:?}"))?;
+        }
         fragnet_core::ratelimit::parse_bytes(&self.stream.lookahead)
             .map_err(|e| anyhow::anyhow!("stream.lookahead: {e}"))?;
         if self.stream.chunk_wait_secs == 0
@@ -794,6 +814,16 @@ impl Config {
             idle_timeout: std::time::Duration::from_secs(s.idle_timeout_secs),
             ..fragnet_http::HttpConfig::default()
         }))
+    }
+
+    /// The admin listener's address, when `admin_listen` is set.
+    pub fn admin_addr(&self) -> Result<Option<std::net::SocketAddr>> {
+        let Some(h) = &self.admin_listen else {
+            return Ok(None);
+        };
+        Ok(Some(
+            http_addr(h).with_context(|| format!("in admin_listen = {h:?}"))?,
+        ))
     }
 
     /// Upload limit in bytes per second, if set.

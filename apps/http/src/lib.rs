@@ -10,8 +10,9 @@
 //! - `GET /videos`, `GET /videos/{id}`: what the node holds, as JSON.
 //! - `GET /health`, `GET /metrics` (Prometheus text, [`metrics`]).
 //!
-//! The same server runs as a peer's small admin listener (`admin_listen`,
-//! [`HttpConfig::admin`]): only `/health` and `/metrics`, no player, a few connections.
+//! [`admin`] is a smaller server with only `/health` and `/metrics` over any metrics
+//! registry: a peer's admin listener (`admin_listen`, without the player) and the
+//! broker's (`broker.metrics_listen`).
 //!
 //! Plain HTML, CSS and JS are compiled into the binary: no CDN, no build step.
 //! [`spawn`] binds (port 0 picks one) and serves until cancelled; connections that make
@@ -38,6 +39,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+pub mod admin;
 pub mod events;
 mod io;
 pub mod metrics;
@@ -46,7 +48,7 @@ mod service;
 mod stream;
 
 pub use fragnet_core::engine::{DownloadStats, Downloads};
-pub use service::HttpService;
+pub use service::{AdminService, HttpService};
 
 use range::RangeRequest;
 
@@ -67,22 +69,6 @@ pub struct HttpConfig {
     pub shutdown_grace: Duration,
     /// Connections open at once; more wait in the listen backlog.
     pub max_connections: usize,
-    /// Serve only `/health` and `/metrics` (the admin listener).
-    pub admin_only: bool,
-}
-
-impl HttpConfig {
-    /// The admin listener on `listen`: `/health` and `/metrics` only, at most 16
-    /// connections (scrapers and health checks, not players), 10 s idle timeout.
-    pub fn admin(listen: SocketAddr) -> Self {
-        HttpConfig {
-            listen,
-            max_connections: 16,
-            idle_timeout: Duration::from_secs(10),
-            admin_only: true,
-            ..HttpConfig::default()
-        }
-    }
 }
 
 impl Default for HttpConfig {
@@ -95,7 +81,6 @@ impl Default for HttpConfig {
             idle_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(2),
             max_connections: 1024,
-            admin_only: false,
         }
     }
 }
@@ -189,7 +174,7 @@ pub async fn spawn(
     let http_metrics: Arc<metrics::HttpMetrics> = Arc::default();
     let registry = fragnet_core::metrics::registry(vec![Box::new(metrics::NodeCollector {
         state: state.clone(),
-        http: (!config.admin_only).then(|| http_metrics.clone()),
+        http: Some(http_metrics.clone()),
     })]);
     let app = Arc::new(App {
         permits: Arc::new(Semaphore::new(config.max_responses.max(1))),
@@ -204,40 +189,23 @@ pub async fn spawn(
         idle: config.idle_timeout,
         connections: Arc::new(Semaphore::new(config.max_connections.max(1))),
     };
-    let admin_only = config.admin_only;
+
     let stop = cancel.clone();
     let task = tokio::spawn(async move {
-        let routes = if admin_only {
-            admin_router(app)
-        } else {
-            router(app)
-        };
-        let served = axum::serve(listener, routes)
+        let served = axum::serve(listener, router(app))
             .with_graceful_shutdown(stop.cancelled_owned())
             .await;
         if let Err(e) = served {
             warn!(error = %e, "HTTP server stopped");
         }
     });
-    if admin_only {
-        info!(%addr, "admin listening (/health, /metrics)");
-    } else {
-        info!(%addr, "HTTP listening");
-    }
+    info!(%addr, "HTTP listening");
     Ok(Handle {
         addr,
         cancel,
         grace: config.shutdown_grace,
         task,
     })
-}
-
-/// The admin listener's routes: health and metrics only.
-fn admin_router(app: Arc<App>) -> Router {
-    Router::new()
-        .route("/health", get(health))
-        .route("/metrics", get(metrics_text))
-        .with_state(app)
 }
 
 fn router(app: Arc<App>) -> Router {

@@ -1,12 +1,13 @@
 //! The HTTP side as a node service: a node built with
 //! `Node::builder(..).service(HttpService::new(config))` serves the player and the
-//! stream from its own engine, and registers the URL. With [`HttpConfig::admin`] it is
-//! the admin listener instead (health and metrics; its address is not registered).
+//! stream from its own engine, and registers the URL. [`AdminService`] is the admin
+//! listener (health and metrics only; its address is not registered).
 
 use async_trait::async_trait;
 use fragnet_core::node::{NodeParts, NodeService, RunningService, ServiceError};
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::AdminConfig;
 use crate::{Handle, HttpConfig, HttpState};
 
 /// The player, stream, health and metrics of a node.
@@ -27,6 +28,49 @@ struct Running {
     url: Option<String>,
 }
 
+/// A node's admin listener: `/health` and `/metrics` (the node's own metrics, without
+/// the player's) on an address of its own, whether or not the player runs.
+#[derive(Debug)]
+pub struct AdminService {
+    listener: tokio::net::TcpListener,
+    config: AdminConfig,
+}
+
+impl AdminService {
+    /// Serves on `listener` (see [`crate::admin::bind`]) with `config`.
+    pub fn new(listener: tokio::net::TcpListener, config: AdminConfig) -> Self {
+        AdminService { listener, config }
+    }
+}
+
+#[async_trait]
+impl NodeService for AdminService {
+    async fn start(
+        self: Box<Self>,
+        node: NodeParts,
+        cancel: CancellationToken,
+    ) -> Result<Box<dyn RunningService>, ServiceError> {
+        let state = HttpState {
+            store: node.store.clone(),
+            node_id: node.node_id,
+            name: node.name.clone(),
+            serve: Some(node.serve.clone()),
+            downloads: Some(node.engine.clone()),
+            events: node.events.clone(),
+        };
+        let health = serde_json::json!({
+            "status": "ok",
+            "node_id": node.node_id,
+            "name": node.name,
+        });
+        let registry = fragnet_core::metrics::registry(vec![Box::new(
+            crate::metrics::NodeCollector { state, http: None },
+        )]);
+        let handle = crate::admin::spawn(self.listener, self.config, registry, health, cancel)?;
+        Ok(Box::new(Running { handle, url: None }))
+    }
+}
+
 #[async_trait]
 impl NodeService for HttpService {
     async fn start(
@@ -42,7 +86,6 @@ impl NodeService for HttpService {
             downloads: Some(node.engine.clone()),
             events: node.events.clone(),
         };
-        let admin_only = self.config.admin_only;
         let handle = crate::spawn(self.config, state, cancel).await?;
         let port = handle.local_addr().port();
         let host = if node.host.contains(':') {
@@ -52,7 +95,7 @@ impl NodeService for HttpService {
         };
         Ok(Box::new(Running {
             handle,
-            url: (!admin_only).then(|| format!("http://{host}:{port}")),
+            url: Some(format!("http://{host}:{port}")),
         }))
     }
 }
