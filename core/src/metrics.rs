@@ -27,6 +27,12 @@ pub fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, value: u64) ->
     m.encode(e.encode_descriptor(name, help, None, m.metric_type())?)
 }
 
+/// One counter without labels whose value has a fraction (seconds).
+pub fn counter_f64(e: &mut DescriptorEncoder, name: &str, help: &str, value: f64) -> fmt::Result {
+    let m = ConstCounter::new(value);
+    m.encode(e.encode_descriptor(name, help, None, m.metric_type())?)
+}
+
 /// One gauge without labels (a count: written as an integer).
 pub fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> fmt::Result {
     let m = ConstGauge::new(value);

@@ -7,7 +7,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use fragnet_core::metrics::{Collector, DescriptorEncoder, counter, gauge, gauges};
+use fragnet_core::metrics::{Collector, DescriptorEncoder, counter, counter_f64, gauge, gauges};
 
 use crate::HttpState;
 
@@ -22,6 +22,12 @@ pub(crate) struct HttpMetrics {
     pub(crate) streams_active: AtomicU64,
     /// Responses refused because the response limit was reached.
     pub(crate) refused: AtomicU64,
+    /// Times a stream response had to wait for a chunk not verified here yet.
+    pub(crate) stream_stalls: AtomicU64,
+    /// Microseconds stream responses spent waiting for missing chunks.
+    pub(crate) stream_stall_micros: AtomicU64,
+    /// Stream responses that gave up after `stream.chunk_wait_secs`.
+    pub(crate) stream_timeouts: AtomicU64,
 }
 
 fn get(a: &AtomicU64) -> u64 {
@@ -62,6 +68,24 @@ impl Collector for NodeCollector {
                 "fragnet_http_streams_active",
                 "Stream responses in progress.",
                 get(&m.streams_active),
+            )?;
+            counter(
+                e,
+                "fragnet_http_stream_stalls",
+                "Times a stream response waited for a chunk not yet verified here.",
+                get(&m.stream_stalls),
+            )?;
+            counter_f64(
+                e,
+                "fragnet_http_stream_stall_seconds",
+                "Seconds stream responses spent waiting for missing chunks.",
+                get(&m.stream_stall_micros) as f64 / 1e6,
+            )?;
+            counter(
+                e,
+                "fragnet_http_stream_timeouts",
+                "Stream responses that gave up waiting for a chunk (stream.chunk_wait_secs).",
+                get(&m.stream_timeouts),
             )?;
             counter(
                 e,
