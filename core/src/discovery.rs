@@ -29,11 +29,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::addr::PeerAddr;
+use crate::engine::Want;
 use crate::fetch::PeerPool;
 use crate::ids::{FragmentIndex, NodeId, VideoId};
 use crate::manifest::Manifest;
 use crate::protocol::ProtocolError;
-use crate::engine::Want;
 use crate::pubsub::{FragmentEvent, Message, PubSub, Subscription, video_topic};
 use crate::registry::Registry;
 use crate::store::FragmentStore;
@@ -888,8 +888,9 @@ impl EventDiscovery {
                 reply: true,
             };
             let payload = Bytes::from(serde_json::to_vec(&here).expect("a query serializes"));
-            let _ = tokio::time::timeout(Duration::from_secs(5), self.pubsub.publish(topic, payload))
-                .await;
+            let _ =
+                tokio::time::timeout(Duration::from_secs(5), self.pubsub.publish(topic, payload))
+                    .await;
         }
         self.stats
             .queries_answered

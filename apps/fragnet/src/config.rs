@@ -1077,6 +1077,7 @@ mod tests {
                 concurrency: Some(2),
             },
             http_listen: Some("127.0.0.1:0".into()),
+            admin_listen: Some("127.0.0.1:9601".into()),
             roles: vec![Role::Broker, Role::Manager],
             want: Some("all".into()),
             advertise: vec!["peer1".into()],
@@ -1092,6 +1093,7 @@ mod tests {
                 addr: Some("b:1".into()),
                 token_file: Some(dir.path().join("bt")),
                 listen: Some("127.0.0.1:1".into()),
+                metrics_listen: Some("127.0.0.1:9555".into()),
             },
             nats: NatsOverrides {
                 url: Some("nats://n:1".into()),
@@ -1121,6 +1123,8 @@ mod tests {
         assert_eq!(c.broker.addr.as_deref(), Some("b:1"));
         assert_eq!(c.broker.token_file, Some(dir.path().join("bt")));
         assert_eq!(c.broker.listen, "127.0.0.1:1");
+        assert_eq!(c.broker.metrics_listen.as_deref(), Some("127.0.0.1:9555"));
+        assert_eq!(c.admin_listen.as_deref(), Some("127.0.0.1:9601"));
         assert_eq!(c.nats.url.as_deref(), Some("nats://n:1"));
     }
 

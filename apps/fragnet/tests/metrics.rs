@@ -204,7 +204,10 @@ fn every_service_serves_metrics_that_prometheus_parses() {
     let (status, health) = http_get(&bmetrics, "/health").unwrap();
     assert_eq!((status, health.contains("\"broker\"")), (200, true));
     let outputs = [
-        ("manager", metrics(murl.trim_start_matches("http://"), "manager")),
+        (
+            "manager",
+            metrics(murl.trim_start_matches("http://"), "manager"),
+        ),
         ("broker", broker),
         ("seeder player", metrics(&player, "seeder player")),
         ("seeder admin", metrics(&seeder_admin, "seeder admin")),

@@ -238,9 +238,11 @@ fn converge_by_events(
     }
     // The seeder announces what it holds once, when it comes up: both leechers must be
     // subscribed by then (a node subscribes in the background after it listens).
-    eventually(20, &format!("both leechers subscribed to {subject}"), || {
-        (subscribers(&subject)? >= 2).then_some(())
-    });
+    eventually(
+        20,
+        &format!("both leechers subscribed to {subject}"),
+        || (subscribers(&subject)? >= 2).then_some(()),
+    );
     let mut s = spawn(
         d,
         &[

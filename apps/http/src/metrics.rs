@@ -4,8 +4,8 @@
 //! collector; only the player's adds the `fragnet_http_*` stream counters.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use fragnet_core::metrics::{Collector, DescriptorEncoder, counter, counter_f64, gauge, gauges};
 

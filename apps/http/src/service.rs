@@ -63,9 +63,11 @@ impl NodeService for AdminService {
             "node_id": node.node_id,
             "name": node.name,
         });
-        let registry = fragnet_core::metrics::registry(vec![Box::new(
-            crate::metrics::NodeCollector { state, http: None },
-        )]);
+        let registry =
+            fragnet_core::metrics::registry(vec![Box::new(crate::metrics::NodeCollector {
+                state,
+                http: None,
+            })]);
         let handle = crate::admin::spawn(self.listener, self.config, registry, health, cancel)?;
         Ok(Box::new(Running { handle, url: None }))
     }

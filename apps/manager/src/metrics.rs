@@ -69,10 +69,7 @@ impl Metrics {
             map.iter()
                 .flat_map(|(route, r)| {
                     r.iter().map(move |((method, status), n)| {
-                        (
-                            (route.clone(), *method, *status),
-                            n.load(Ordering::Relaxed),
-                        )
+                        ((route.clone(), *method, *status), n.load(Ordering::Relaxed))
                     })
                 })
                 .collect()
@@ -102,19 +99,19 @@ impl Collector for Snapshot {
             e,
             "fragnet_manager_nodes",
             "Live registered nodes.",
-            self.stats.nodes as u64,
+            self.stats.nodes,
         )?;
         metrics::gauge(
             e,
             "fragnet_manager_videos",
             "Registered videos.",
-            self.stats.videos as u64,
+            self.stats.videos,
         )?;
         metrics::gauge(
             e,
             "fragnet_manager_fragments_held",
             "Fragments held, summed over live nodes and videos.",
-            self.stats.fragments_held as u64,
+            self.stats.fragments_held,
         )?;
         metrics::gauge_f64(
             e,

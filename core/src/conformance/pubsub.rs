@@ -322,7 +322,10 @@ async fn no_hint(hints: &mut tokio::sync::broadcast::Receiver<Hint>, what: &str)
 /// events and not B's; once it follows B (as a download of B does) it hears B's; a
 /// `want = "all"` node and the original clients on the plain topic hear both.
 pub async fn per_video_subjects(f: &dyn PubSubFixture) {
-    let (a, b) = (VideoId(Digest::of(b"video a")), VideoId(Digest::of(b"video b")));
+    let (a, b) = (
+        VideoId(Digest::of(b"video a")),
+        VideoId(Digest::of(b"video b")),
+    );
     let (node_client, all_client, seed_client, publisher) = (
         f.client().await,
         f.client().await,
@@ -381,9 +384,13 @@ pub async fn per_video_subjects(f: &dyn PubSubFixture) {
     let ev_a = event_of(b"video a", 1, b"holder");
     let ev_b = event_of(b"video b", 2, b"holder");
     for ev in [&ev_b, &ev_a] {
-        within(10, "publish", publish_event(publisher.as_ref(), "fragments", ev))
-            .await
-            .unwrap();
+        within(
+            10,
+            "publish",
+            publish_event(publisher.as_ref(), "fragments", ev),
+        )
+        .await
+        .unwrap();
     }
     let h = next_hint(&mut hints_a, "video a's event").await;
     assert_eq!((h.video, h.fragments), (a, Some(vec![1])));

@@ -78,10 +78,7 @@ pub async fn start_manager(
 }
 
 /// Starts the broker role.
-pub async fn start_broker(
-    cfg: &Config,
-    cancel: CancellationToken,
-) -> Result<BrokerRole> {
+pub async fn start_broker(cfg: &Config, cancel: CancellationToken) -> Result<BrokerRole> {
     let bc = broker_config(cfg)?;
     let listen = bc.listen.clone();
     let h = fragnet_broker::spawn(bc, cancel.clone())
@@ -111,10 +108,7 @@ pub async fn start_broker(
             let admin = started
                 .await
                 .map_err(|e| anyhow!("starting the broker's metrics listener: {e}"))?;
-            println!(
-                "[BROKER] Metrics on http://{}/metrics",
-                admin.local_addr()
-            );
+            println!("[BROKER] Metrics on http://{}/metrics", admin.local_addr());
             Some(admin)
         }
     };
