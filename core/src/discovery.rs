@@ -792,7 +792,16 @@ impl EventDiscovery {
                 .store(followed.len() as u64, Ordering::Relaxed);
         }
         for video in self.pinned.iter().chain(&held) {
-            if !self.followed.lock().unwrap().contains_key(video) {
+            let (followed, full) = {
+                let f = self.followed.lock().unwrap();
+                (f.contains_key(video), f.len() >= MAX_FOLLOWED_VIDEOS)
+            };
+            // At the bound, the rest are found through the registry and peer exchange
+            // (the refusal was counted when it first happened).
+            if full {
+                break;
+            }
+            if !followed {
                 self.follow(*video).await;
             }
         }
@@ -1309,6 +1318,41 @@ mod tests {
             parse_topic_message(&ev.encode()),
             Some(TopicMessage::Event(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn a_video_no_longer_held_wanted_or_asked_about_is_unfollowed() {
+        let bus = crate::pubsub::LocalPubSub::default();
+        let (wanted, asked) = (VideoId(Digest::of(b"wanted")), VideoId(Digest::of(b"asked")));
+        let d = EventDiscovery::new(
+            Arc::new(bus.clone()),
+            "fragments".into(),
+            NodeId(Digest::of(b"me")),
+            AddrPicker::new(vec!["tcp"], "tcp"),
+        )
+        .with_want(&Want::Videos(vec![wanted]));
+        d.sweep().await;
+        d.follow(asked).await;
+        let mut both = d.followed();
+        both.sort();
+        let mut expect = vec![wanted, asked];
+        expect.sort();
+        assert_eq!(both, expect);
+        assert_eq!(bus.stats().subscriptions, 2);
+        // A minute after the last question, the asked-about video is dropped; the
+        // wanted one stays.
+        d.followed.lock().unwrap().get_mut(&asked).unwrap().asked =
+            Instant::now() - FOLLOW_AFTER_ASKING - Duration::from_secs(1);
+        d.sweep().await;
+        assert_eq!(d.followed(), vec![wanted]);
+        assert_eq!(d.stats.videos_followed.load(Ordering::Relaxed), 1);
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while bus.stats().subscriptions != 1 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the subscription of the dropped video ends");
     }
 
     #[test]
