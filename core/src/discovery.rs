@@ -1323,7 +1323,10 @@ mod tests {
     #[tokio::test]
     async fn a_video_no_longer_held_wanted_or_asked_about_is_unfollowed() {
         let bus = crate::pubsub::LocalPubSub::default();
-        let (wanted, asked) = (VideoId(Digest::of(b"wanted")), VideoId(Digest::of(b"asked")));
+        let (wanted, asked) = (
+            VideoId(Digest::of(b"wanted")),
+            VideoId(Digest::of(b"asked")),
+        );
         let d = EventDiscovery::new(
             Arc::new(bus.clone()),
             "fragments".into(),

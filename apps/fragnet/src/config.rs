@@ -1057,6 +1057,43 @@ mod tests {
         );
     }
 
+    #[test]
+    fn the_topic_leaves_room_for_per_video_subjects_and_listeners_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let long = "t".repeat(fragnet_core::pubsub::MAX_EVENT_TOPIC_LEN + 1);
+        let e = format!(
+            "{:#}",
+            load(
+                &file(&dir, &format!("topic = \"{long}\"\n")),
+                &Overrides::default()
+            )
+            .unwrap_err()
+        );
+        assert!(
+            e.contains("topic") && e.contains("per-video subject"),
+            "{e}"
+        );
+        let ok = "t".repeat(fragnet_core::pubsub::MAX_EVENT_TOPIC_LEN);
+        load(
+            &file(&dir, &format!("topic = \"{ok}\"\n")),
+            &Overrides::default(),
+        )
+        .unwrap();
+        for (toml, key) in [
+            ("admin_listen = \"nowhere:x\"\n", "admin_listen"),
+            (
+                "[broker]\nmetrics_listen = \"nowhere:x\"\n",
+                "broker.metrics_listen",
+            ),
+        ] {
+            let e = format!(
+                "{:#}",
+                load(&file(&dir, toml), &Overrides::default()).unwrap_err()
+            );
+            assert!(e.contains(key), "{e}");
+        }
+    }
+
     /// Every field of `Overrides` is a config key: a misspelt one would be an unknown
     /// key here (deny_unknown_fields), and a value that did not land would differ.
     #[test]
