@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the tests use: kill (procps) for signal tests, nc for the seed's
 # clients, a real nats-server for the NATS suites, headless Chromium and its WebDriver
-# for the browser playback test, curl for the schemathesis run.
+# for the browser playback test, curl for the schemathesis run, promtool (package
+# prometheus) to check every service's /metrics with Prometheus's own parser.
 need_pkgs=()
 command -v kill >/dev/null || need_pkgs+=(procps)
 command -v nc >/dev/null || need_pkgs+=(netcat-openbsd)
@@ -15,6 +16,7 @@ command -v nats-server >/dev/null || need_pkgs+=(nats-server)
 command -v chromium >/dev/null || need_pkgs+=(chromium)
 command -v chromedriver >/dev/null || need_pkgs+=(chromium-driver)
 command -v curl >/dev/null || need_pkgs+=(curl)
+command -v promtool >/dev/null || need_pkgs+=(prometheus)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
   $sudo apt-get update -qq

@@ -4,7 +4,8 @@
 //! - [`StaticPeers`]: the addresses a node was configured with (`--peer`);
 //! - [`RegistryDiscovery`]: the registry (the manager, or any [`Registry`]);
 //! - [`EventDiscovery`]: fragment events on pub/sub (and `who_has` queries, so a node
-//!   that subscribes late still finds holders that announced before it came up);
+//!   that subscribes late still finds holders that announced before it came up), on
+//!   one subject per video the node holds or wants;
 //! - [`PeerExchange`]: peers telling each other which peers they know of a video, over
 //!   the peer protocol, so a node handed one address learns the rest of the swarm.
 //!
@@ -14,6 +15,7 @@
 //! tells others when they ask it for peers.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -21,17 +23,18 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::addr::PeerAddr;
+use crate::engine::Want;
 use crate::fetch::PeerPool;
 use crate::ids::{FragmentIndex, NodeId, VideoId};
 use crate::manifest::Manifest;
 use crate::protocol::ProtocolError;
-use crate::pubsub::{FragmentEvent, PubSub};
+use crate::pubsub::{FragmentEvent, Message, PubSub, Subscription, video_topic};
 use crate::registry::Registry;
 use crate::store::FragmentStore;
 
@@ -587,6 +590,11 @@ pub struct EventStats {
     pub not_events: std::sync::atomic::AtomicU64,
     /// `who_has` queries answered.
     pub queries_answered: std::sync::atomic::AtomicU64,
+    /// Videos whose subjects this node follows now.
+    pub videos_followed: std::sync::atomic::AtomicU64,
+    /// Videos not followed because [`MAX_FOLLOWED_VIDEOS`] were already followed (their
+    /// holders are still found through the registry and peer exchange).
+    pub follows_refused: std::sync::atomic::AtomicU64,
 }
 
 /// What this node says about itself on the topic, when it serves.
@@ -598,7 +606,38 @@ pub struct EventIdentity {
     pub addrs: Vec<PeerAddr>,
 }
 
+/// Videos whose subjects one node follows at most: each is a subscription, and on
+/// fragnet's broker a connection of its own.
+pub const MAX_FOLLOWED_VIDEOS: usize = 64;
+/// How often the followed subjects are checked against what the node holds and wants.
+const FOLLOW_SWEEP: Duration = Duration::from_secs(10);
+/// A video this node asked about (it was downloading it) stays followed this long after
+/// the last question, then is dropped unless the node holds or wants it.
+const FOLLOW_AFTER_ASKING: Duration = Duration::from_secs(60);
+/// Time allowed for a subscription to be confirmed before a question is asked anyway.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Messages waiting between the subscriptions and the task that handles them.
+const INBOX: usize = 1024;
+
+/// One followed video subject.
+struct Followed {
+    /// Cancels the task that feeds the subject's messages into the inbox (which drops
+    /// the subscription).
+    cancel: CancellationToken,
+    /// When this node last asked about the video.
+    asked: Instant,
+}
+
 /// Holders heard of through fragment events on pub/sub.
+///
+/// Fragment events and `who_has` questions about a video travel on its own subject
+/// ([`video_topic`], `fragments.<video id>`), and a node subscribes only to the subjects
+/// of the videos it holds (to answer questions), wants (its `want` list) or is
+/// downloading (subscribed the first time a download asks [`Discovery::locate`], before
+/// the question goes out; dropped a minute after the last question unless it now holds
+/// the video). Events are also published on the plain topic for the original clients;
+/// a `want = "all"` node, which cannot know video ids in advance, listens there too and
+/// learns of new videos from it.
 pub struct EventDiscovery {
     pubsub: Arc<dyn PubSub>,
     topic: String,
@@ -612,6 +651,17 @@ pub struct EventDiscovery {
     asked: Mutex<HashMap<VideoId, Instant>>,
     /// How long `locate` waits for answers to a `who_has` when it heard of nobody.
     query_wait: Duration,
+    /// The node's store: the videos in it are followed.
+    store: Option<Arc<FragmentStore>>,
+    /// Videos followed whatever the store holds (a `want` list).
+    pinned: Vec<VideoId>,
+    /// Also listen on the plain topic, which carries every video's events.
+    all_videos: bool,
+    followed: Mutex<HashMap<VideoId, Followed>>,
+    inbox: mpsc::Sender<Message>,
+    inbox_rx: Mutex<Option<mpsc::Receiver<Message>>>,
+    /// Parent of every subscription task: cancelled when the watch ends.
+    root: CancellationToken,
     /// Counters.
     pub stats: Arc<EventStats>,
 }
@@ -622,6 +672,7 @@ const ANSWER_EVERY: Duration = Duration::from_secs(2);
 impl EventDiscovery {
     /// Listens on `topic` of `pubsub`, ignoring events of node `me`.
     pub fn new(pubsub: Arc<dyn PubSub>, topic: String, me: NodeId, picker: AddrPicker) -> Self {
+        let (inbox, inbox_rx) = mpsc::channel(INBOX);
         EventDiscovery {
             pubsub,
             topic,
@@ -632,8 +683,134 @@ impl EventDiscovery {
             answered: Mutex::new(HashMap::new()),
             asked: Mutex::new(HashMap::new()),
             query_wait: Duration::from_millis(1500),
+            store: None,
+            pinned: Vec::new(),
+            all_videos: false,
+            followed: Mutex::new(HashMap::new()),
+            inbox,
+            inbox_rx: Mutex::new(Some(inbox_rx)),
+            root: CancellationToken::new(),
             stats: Arc::default(),
         }
+    }
+
+    /// Follows the subjects of the videos in `store` (held, or being downloaded).
+    pub fn with_store(mut self, store: Arc<FragmentStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Follows what `want` names: the listed videos' subjects, or for `all` the plain
+    /// topic, where every video's events appear.
+    pub fn with_want(mut self, want: &Want) -> Self {
+        match want {
+            Want::None => {}
+            Want::All => self.all_videos = true,
+            Want::Videos(v) => self.pinned = v.clone(),
+        }
+        self
+    }
+
+    /// The videos whose subjects are followed now.
+    pub fn followed(&self) -> Vec<VideoId> {
+        self.followed.lock().unwrap().keys().copied().collect()
+    }
+
+    /// Subscribes to `video`'s subject unless it is followed already (or
+    /// [`MAX_FOLLOWED_VIDEOS`] are); returns once the subscription is in place, or has
+    /// failed and is being retried in the background.
+    pub async fn follow(&self, video: VideoId) {
+        let cancel = {
+            let mut followed = self.followed.lock().unwrap();
+            if let Some(f) = followed.get_mut(&video) {
+                f.asked = Instant::now();
+                return;
+            }
+            if followed.len() >= MAX_FOLLOWED_VIDEOS {
+                self.stats.follows_refused.fetch_add(1, Ordering::Relaxed);
+                debug!(video = %video.short(), "already following {MAX_FOLLOWED_VIDEOS} videos; not following this one");
+                return;
+            }
+            let cancel = self.root.child_token();
+            followed.insert(
+                video,
+                Followed {
+                    cancel: cancel.clone(),
+                    asked: Instant::now(),
+                },
+            );
+            self.stats
+                .videos_followed
+                .store(followed.len() as u64, Ordering::Relaxed);
+            cancel
+        };
+        let topic = video_topic(&self.topic, video);
+        let first = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = tokio::time::timeout(SUBSCRIBE_TIMEOUT, self.pubsub.subscribe(&topic)) => r,
+        };
+        let first = match first {
+            Ok(Ok(s)) => Some(s),
+            Ok(Err(e)) => {
+                warn!("cannot subscribe to {topic:?}: {e}; retrying");
+                None
+            }
+            Err(_) => {
+                warn!("subscribing to {topic:?} timed out; retrying");
+                None
+            }
+        };
+        debug!(video = %video.short(), "following {topic:?}");
+        tokio::spawn(forward(
+            self.pubsub.clone(),
+            topic,
+            first,
+            self.inbox.clone(),
+            cancel,
+        ));
+    }
+
+    /// Drops the subjects of videos this node neither holds, wants, nor asked about
+    /// lately, and follows those of the videos it holds or wants.
+    async fn sweep(&self) {
+        let held = self.store.as_ref().map(|s| s.videos()).unwrap_or_default();
+        {
+            let now = Instant::now();
+            let mut followed = self.followed.lock().unwrap();
+            followed.retain(|video, f| {
+                let keep = held.contains(video)
+                    || self.pinned.contains(video)
+                    || now.duration_since(f.asked) < FOLLOW_AFTER_ASKING;
+                if !keep {
+                    debug!(video = %video.short(), "no longer following the video's subject");
+                    f.cancel.cancel();
+                }
+                keep
+            });
+            self.stats
+                .videos_followed
+                .store(followed.len() as u64, Ordering::Relaxed);
+        }
+        for video in self.pinned.iter().chain(&held) {
+            let (followed, full) = {
+                let f = self.followed.lock().unwrap();
+                (f.contains_key(video), f.len() >= MAX_FOLLOWED_VIDEOS)
+            };
+            // At the bound, the rest are found through the registry and peer exchange
+            // (the refusal was counted when it first happened).
+            if full {
+                break;
+            }
+            if !followed {
+                self.follow(*video).await;
+            }
+        }
+    }
+
+    /// Whether `video`'s subject is followed (its events arrive there, so the copy on
+    /// the plain topic is a duplicate).
+    fn follows(&self, video: VideoId) -> bool {
+        self.followed.lock().unwrap().contains_key(&video)
     }
 
     /// From now on, answer `who_has` for what `who.store` holds.
@@ -684,9 +861,10 @@ impl EventDiscovery {
         }
     }
 
-    /// Another node asked who holds `video`: say what this node holds, if anything,
-    /// at most once per [`ANSWER_EVERY`].
-    async fn answer(&self, q: &WhoHas) {
+    /// Another node asked who holds `video` on `topic`: say what this node holds, if
+    /// anything, there (the video's subject; the plain topic for a node of an older
+    /// version), at most once per [`ANSWER_EVERY`].
+    async fn answer(&self, q: &WhoHas, topic: &str) {
         let Some(me) = self.answer_as.get() else {
             return;
         };
@@ -719,11 +897,9 @@ impl EventDiscovery {
                 reply: true,
             };
             let payload = Bytes::from(serde_json::to_vec(&here).expect("a query serializes"));
-            let _ = tokio::time::timeout(
-                Duration::from_secs(5),
-                self.pubsub.publish(&self.topic, payload),
-            )
-            .await;
+            let _ =
+                tokio::time::timeout(Duration::from_secs(5), self.pubsub.publish(topic, payload))
+                    .await;
         }
         self.stats
             .queries_answered
@@ -737,7 +913,7 @@ impl EventDiscovery {
             };
             let _ = tokio::time::timeout(
                 Duration::from_secs(5),
-                self.pubsub.publish(&self.topic, ev.encode()),
+                self.pubsub.publish(topic, ev.encode()),
             )
             .await;
         }
@@ -751,7 +927,9 @@ impl Discovery for EventDiscovery {
     }
 
     async fn locate(&self, video: VideoId, _: &[PeerAddr]) -> Result<Vec<Hint>, DiscoveryError> {
-        // Ask the topic (which also tells other downloaders where this node is), at
+        // Listen to the video's subject before asking there, so the answers are heard.
+        self.follow(video).await;
+        // Ask the subject (which also tells other downloaders where this node is), at
         // most once per ANSWER_EVERY per video.
         let ask = {
             let mut asked = self.asked.lock().unwrap();
@@ -773,7 +951,7 @@ impl Discovery for EventDiscovery {
             debug!(video = %video.short(), addrs = q.addrs.len(), "asking the topic who has the video");
             let payload = Bytes::from(serde_json::to_vec(&q).expect("a query serializes"));
             self.pubsub
-                .publish(&self.topic, payload)
+                .publish(&video_topic(&self.topic, video), payload)
                 .await
                 .map_err(|e| DiscoveryError::new("events", e))?;
         }
@@ -802,83 +980,151 @@ impl Discovery for EventDiscovery {
         sink: broadcast::Sender<Hint>,
         cancel: CancellationToken,
     ) -> Option<tokio::task::JoinHandle<()>> {
+        let mut inbox = self.inbox_rx.lock().unwrap().take()?;
         Some(tokio::spawn(async move {
-            let mut backoff = Duration::from_millis(200);
-            loop {
-                let sub = tokio::select! {
+            // Every subscription ends with this task.
+            let _unsubscribe = self.root.clone().drop_guard();
+            if self.all_videos {
+                let first = tokio::select! {
                     _ = cancel.cancelled() => return,
                     s = self.pubsub.subscribe(&self.topic) => s,
                 };
-                let mut sub = match sub {
-                    Ok(s) => s,
-                    Err(e) => {
-                        warn!(
-                            "cannot subscribe to {:?}: {e}; retrying in {:?}",
-                            self.topic, backoff
-                        );
-                        tokio::select! {
-                            _ = cancel.cancelled() => return,
-                            _ = tokio::time::sleep(backoff) => {}
-                        }
-                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                let first = first
+                    .inspect_err(|e| warn!("cannot subscribe to {:?}: {e}; retrying", self.topic))
+                    .ok();
+                tokio::spawn(forward(
+                    self.pubsub.clone(),
+                    self.topic.clone(),
+                    first,
+                    self.inbox.clone(),
+                    self.root.child_token(),
+                ));
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = self.sweep() => {}
+            }
+            let mut sweep = tokio::time::interval(FOLLOW_SWEEP);
+            sweep.tick().await;
+            loop {
+                let msg = tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = sweep.tick() => {
+                        self.sweep().await;
                         continue;
                     }
+                    m = inbox.recv() => m,
                 };
-                backoff = Duration::from_millis(200);
-                loop {
-                    let msg = tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        m = sub.next() => m,
-                    };
-                    let Some(msg) = msg else { break };
-                    match parse_topic_message(&msg.payload) {
-                        None => {
-                            self.stats
-                                .not_events
-                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            debug!("ignored a message on {:?}", self.topic);
-                        }
-                        Some(TopicMessage::Event(ev)) if ev.node == self.me => {}
-                        Some(TopicMessage::Event(ev)) => {
-                            self.stats
-                                .events_received
-                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            let Some(addr) = self.picker.pick(&ev.addrs) else {
-                                debug!(node = %ev.node.short(), "no address this node can dial in the event");
-                                continue;
-                            };
-                            self.record(&ev, &addr);
-                            let _ = sink.send(Hint {
-                                video: ev.video,
-                                addr,
-                                fragments: Some(vec![ev.index]),
-                            });
-                        }
-                        Some(TopicMessage::Query(q)) if q.node == self.me => {}
-                        Some(TopicMessage::Query(q)) => {
-                            // A downloader of the video: worth watching.
-                            let addrs: Vec<PeerAddr> = q
-                                .addrs
-                                .iter()
-                                .filter(|a| a.contains("://"))
-                                .filter_map(|a| a.parse().ok())
-                                .filter(dialable)
-                                .collect();
-                            debug!(node = %q.node.short(), reply = q.reply, addrs = addrs.len(), "heard a who_has");
-                            if let Some(addr) = self.picker.pick(&addrs) {
-                                self.record_downloader(q.who_has, &addr);
-                                let _ = sink.send(Hint {
-                                    video: q.who_has,
-                                    addr,
-                                    fragments: Some(Vec::new()),
-                                });
-                            }
-                            self.answer(&q).await
-                        }
+                let Some(msg) = msg else { return };
+                self.handle(msg, &sink).await;
+            }
+        }))
+    }
+}
+
+impl EventDiscovery {
+    /// One message from the plain topic or a video's subject.
+    async fn handle(&self, msg: Message, sink: &broadcast::Sender<Hint>) {
+        let on_plain_topic = msg.topic == self.topic;
+        match parse_topic_message(&msg.payload) {
+            None => {
+                self.stats.not_events.fetch_add(1, Ordering::Relaxed);
+                debug!("ignored a message on {:?}", msg.topic);
+            }
+            Some(TopicMessage::Event(ev)) if ev.node == self.me => {}
+            // The same event also arrives on the video's subject.
+            Some(TopicMessage::Event(ev)) if on_plain_topic && self.follows(ev.video) => {}
+            Some(TopicMessage::Event(ev))
+                if !on_plain_topic && msg.topic != video_topic(&self.topic, ev.video) =>
+            {
+                self.stats.not_events.fetch_add(1, Ordering::Relaxed);
+                debug!(video = %ev.video.short(), "ignored an event on another video's subject {:?}", msg.topic);
+            }
+            Some(TopicMessage::Event(ev)) => {
+                self.stats.events_received.fetch_add(1, Ordering::Relaxed);
+                let Some(addr) = self.picker.pick(&ev.addrs) else {
+                    debug!(node = %ev.node.short(), "no address this node can dial in the event");
+                    return;
+                };
+                self.record(&ev, &addr);
+                let _ = sink.send(Hint {
+                    video: ev.video,
+                    addr,
+                    fragments: Some(vec![ev.index]),
+                });
+            }
+            Some(TopicMessage::Query(q)) if q.node == self.me => {}
+            Some(TopicMessage::Query(q)) => {
+                // A downloader of the video: worth watching.
+                let addrs: Vec<PeerAddr> = q
+                    .addrs
+                    .iter()
+                    .filter(|a| a.contains("://"))
+                    .filter_map(|a| a.parse().ok())
+                    .filter(dialable)
+                    .collect();
+                debug!(node = %q.node.short(), reply = q.reply, addrs = addrs.len(), "heard a who_has");
+                if let Some(addr) = self.picker.pick(&addrs) {
+                    self.record_downloader(q.who_has, &addr);
+                    let _ = sink.send(Hint {
+                        video: q.who_has,
+                        addr,
+                        fragments: Some(Vec::new()),
+                    });
+                }
+                self.answer(&q, &msg.topic).await
+            }
+        }
+    }
+}
+
+/// Feeds the messages of `topic` into `inbox` until `cancel`, subscribing again (with
+/// backoff) whenever the subscription ends or could not be made. `first` is a
+/// subscription already in place, if any.
+async fn forward(
+    pubsub: Arc<dyn PubSub>,
+    topic: String,
+    mut first: Option<Subscription>,
+    inbox: mpsc::Sender<Message>,
+    cancel: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let mut sub = match first.take() {
+            Some(s) => s,
+            None => {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+                let r = tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    r = pubsub.subscribe(&topic) => r,
+                };
+                match r {
+                    Ok(s) => {
+                        backoff = Duration::from_millis(200);
+                        s
+                    }
+                    Err(e) => {
+                        warn!("cannot subscribe to {topic:?}: {e}; retrying in {backoff:?}");
+                        continue;
                     }
                 }
             }
-        }))
+        };
+        loop {
+            let msg = tokio::select! {
+                _ = cancel.cancelled() => return,
+                m = sub.next() => m,
+            };
+            let Some(msg) = msg else { break };
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                sent = inbox.send(msg) => if sent.is_err() { return },
+            }
+        }
     }
 }
 
@@ -1074,6 +1320,44 @@ mod tests {
             parse_topic_message(&ev.encode()),
             Some(TopicMessage::Event(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn a_video_no_longer_held_wanted_or_asked_about_is_unfollowed() {
+        let bus = crate::pubsub::LocalPubSub::default();
+        let (wanted, asked) = (
+            VideoId(Digest::of(b"wanted")),
+            VideoId(Digest::of(b"asked")),
+        );
+        let d = EventDiscovery::new(
+            Arc::new(bus.clone()),
+            "fragments".into(),
+            NodeId(Digest::of(b"me")),
+            AddrPicker::new(vec!["tcp"], "tcp"),
+        )
+        .with_want(&Want::Videos(vec![wanted]));
+        d.sweep().await;
+        d.follow(asked).await;
+        let mut both = d.followed();
+        both.sort();
+        let mut expect = vec![wanted, asked];
+        expect.sort();
+        assert_eq!(both, expect);
+        assert_eq!(bus.stats().subscriptions, 2);
+        // A minute after the last question, the asked-about video is dropped; the
+        // wanted one stays.
+        d.followed.lock().unwrap().get_mut(&asked).unwrap().asked =
+            Instant::now() - FOLLOW_AFTER_ASKING - Duration::from_secs(1);
+        d.sweep().await;
+        assert_eq!(d.followed(), vec![wanted]);
+        assert_eq!(d.stats.videos_followed.load(Ordering::Relaxed), 1);
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while bus.stats().subscriptions != 1 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the subscription of the dropped video ends");
     }
 
     #[test]

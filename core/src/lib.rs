@@ -25,6 +25,7 @@ pub mod fsutil;
 pub mod identity;
 pub mod ids;
 pub mod manifest;
+pub mod metrics;
 pub mod node;
 pub mod protocol;
 pub mod pubsub;

@@ -42,6 +42,9 @@ pub const MAX_TOPIC_LEN: usize = 128;
 /// Longest message, in bytes. With the longest topic, a `PUB` line stays well under the
 /// broker's default 4 KiB line limit.
 pub const MAX_MESSAGE_LEN: usize = 3 * 1024;
+/// Longest fragment topic (`topic`): the per-video subject `<topic>.<64 hex>` must
+/// still fit [`MAX_TOPIC_LEN`].
+pub const MAX_EVENT_TOPIC_LEN: usize = MAX_TOPIC_LEN - 65;
 /// Messages a [`LocalPubSub`] subscriber may have waiting before it starts losing them.
 pub const DEFAULT_LOCAL_QUEUE: usize = 1024;
 
@@ -142,6 +145,44 @@ pub fn check_topic(topic: &str) -> Result<(), PubSubError> {
         return Err(bad("empty part between dots"));
     }
     Ok(())
+}
+
+/// The subject of one video's fragment events and `who_has` questions:
+/// `<topic>.<video id>` (`fragments.3f2a…` by default). Nodes subscribe to the subjects
+/// of the videos they hold or want, so a node hears only about those; the plain `topic`
+/// also carries every fragment event, for the original clients and `want = "all"`.
+pub fn video_topic(topic: &str, video: VideoId) -> String {
+    format!("{topic}.{video}")
+}
+
+/// Checks a fragment topic (the `topic` setting): a valid topic short enough that its
+/// per-video subjects ([`video_topic`]) are valid too.
+pub fn check_event_topic(topic: &str) -> Result<(), PubSubError> {
+    check_topic(topic)?;
+    if topic.len() > MAX_EVENT_TOPIC_LEN {
+        return Err(PubSubError::InvalidTopic {
+            topic: topic.to_string(),
+            reason: format!(
+                "longer than {MAX_EVENT_TOPIC_LEN} bytes (the per-video subject \"<topic>.<video id>\" must fit {MAX_TOPIC_LEN})"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Publishes a fragment event where every listener finds it: on the video's subject
+/// ([`video_topic`]) for the nodes that follow that video, then on `topic` itself for
+/// the original clients (`SUB:fragments`, `fragnet subscribe fragments`) and for
+/// `want = "all"` nodes. Fails with the first error.
+pub async fn publish_event(
+    ps: &dyn PubSub,
+    topic: &str,
+    event: &FragmentEvent,
+) -> Result<(), PubSubError> {
+    let payload = event.encode();
+    ps.publish(&video_topic(topic, event.video), payload.clone())
+        .await?;
+    ps.publish(topic, payload).await
 }
 
 /// Checks a message against the rules every backend shares: UTF-8, no line breaks, at
@@ -538,6 +579,18 @@ mod tests {
                 "{bad:?} should be refused"
             );
         }
+    }
+
+    #[test]
+    fn event_topics_leave_room_for_the_video_id() {
+        let v = VideoId(Digest::of(b"video"));
+        let longest = "x".repeat(MAX_EVENT_TOPIC_LEN);
+        check_event_topic(&longest).unwrap();
+        check_topic(&video_topic(&longest, v)).unwrap();
+        assert_eq!(video_topic("fragments", v), format!("fragments.{v}"));
+        let e = check_event_topic(&format!("{longest}x")).unwrap_err();
+        assert!(e.to_string().contains("per-video subject"), "{e}");
+        assert!(check_event_topic("a b").is_err());
     }
 
     #[test]

@@ -21,7 +21,7 @@ pub mod wire;
 pub use client::{BrokerClientConfig, BrokerPubSub};
 pub use commands::{OutputFormat, PubSubKind, notify, subscribe};
 pub use nats::{NatsConfig, NatsPubSub};
-pub use server::{BrokerConfig, BrokerHandle, BrokerLimits, BrokerStats, spawn};
+pub use server::{BrokerCollector, BrokerConfig, BrokerHandle, BrokerLimits, BrokerStats, spawn};
 pub use token::AuthToken;
 
 use fragnet_core::PubSubError;

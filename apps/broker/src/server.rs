@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use fragnet_core::PeerAddr;
+use fragnet_core::metrics::{self, DescriptorEncoder};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
@@ -174,76 +175,79 @@ pub struct BrokerStats {
 }
 
 impl BrokerStats {
-    /// The counters in Prometheus text format, names prefixed `fragnet_broker_`, for a
-    /// `/metrics` endpoint.
-    pub fn prometheus(&self) -> String {
-        let rows: [(&str, &str, &str, u64); 10] = [
+    /// Writes the counters as `fragnet_broker_*` metrics (counters get `_total`).
+    pub fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
+        let e = &mut e;
+        let gauges: [(&str, &str, u64); 2] = [
             (
                 "connections",
-                "gauge",
                 "Client connections open now.",
                 self.connections,
             ),
             (
-                "connections_total",
-                "counter",
+                "subscriptions",
+                "Subscriptions in place now.",
+                self.subscriptions,
+            ),
+        ];
+        for (name, help, v) in gauges {
+            metrics::gauge(e, &format!("fragnet_broker_{name}"), help, v)?;
+        }
+        let counters: [(&str, &str, u64); 8] = [
+            (
+                "connections",
                 "Client connections accepted.",
                 self.connections_total,
             ),
             (
-                "connections_refused_total",
-                "counter",
+                "connections_refused",
                 "Connections refused at the connection limit.",
                 self.connections_refused,
             ),
+            ("published", "Messages published.", self.published),
             (
-                "subscriptions",
-                "gauge",
-                "Subscriptions in place now.",
-                self.subscriptions,
-            ),
-            (
-                "published_total",
-                "counter",
-                "Messages published.",
-                self.published,
-            ),
-            (
-                "delivered_total",
-                "counter",
+                "delivered",
                 "Messages written to subscribers.",
                 self.delivered,
             ),
             (
-                "dropped_total",
-                "counter",
+                "dropped",
                 "Messages not delivered to a subscriber that was cut off or gone.",
                 self.dropped,
             ),
             (
-                "slow_consumers_total",
-                "counter",
+                "slow_consumers",
                 "Subscribers cut off for falling behind.",
                 self.slow_consumers,
             ),
             (
-                "auth_failures_total",
-                "counter",
+                "auth_failures",
                 "Connections closed for a missing or wrong token.",
                 self.auth_failures,
             ),
-            (
-                "bad_lines_total",
-                "counter",
-                "Lines answered with ERR.",
-                self.bad_lines,
-            ),
+            ("bad_lines", "Lines answered with ERR.", self.bad_lines),
         ];
-        let mut out = String::new();
-        for (name, kind, help, value) in rows {
-            out.push_str(&format!("# HELP fragnet_broker_{name} {help}\n# TYPE fragnet_broker_{name} {kind}\nfragnet_broker_{name} {value}\n"));
+        for (name, help, v) in counters {
+            metrics::counter(e, &format!("fragnet_broker_{name}"), help, v)?;
         }
-        out
+        Ok(())
+    }
+}
+
+/// The broker's metrics for a `prometheus-client` registry: its counters as they are at
+/// each scrape.
+#[derive(Clone)]
+pub struct BrokerCollector(Arc<Shared>);
+
+impl std::fmt::Debug for BrokerCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BrokerCollector")
+    }
+}
+
+impl metrics::Collector for BrokerCollector {
+    fn encode(&self, e: DescriptorEncoder) -> std::fmt::Result {
+        self.0.stats().encode(e)
     }
 }
 
@@ -396,6 +400,11 @@ impl BrokerHandle {
     /// The counters now.
     pub fn stats(&self) -> BrokerStats {
         self.shared.stats()
+    }
+
+    /// The broker's metrics, for a registry served at `/metrics`.
+    pub fn collector(&self) -> BrokerCollector {
+        BrokerCollector(self.shared.clone())
     }
 
     /// Stops accepting, closes every connection (after the shutdown grace for queued

@@ -668,7 +668,9 @@ async fn counters_and_prometheus_text() {
         ),
         (2, 2, 1, 3, 2, 0, 1)
     );
-    let text = s.prometheus();
+    let text = fragnet_core::metrics::render(&fragnet_core::metrics::registry(vec![Box::new(
+        broker.collector(),
+    )]));
     for line in [
         "fragnet_broker_connections 2",
         "fragnet_broker_subscriptions 1",

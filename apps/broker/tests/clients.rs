@@ -543,3 +543,61 @@ async fn nats_reconnects_start_at_zero() {
         assert_eq!(sub.reconnects(), 0, "no reconnection has happened");
     }
 }
+
+/// A node's fragment event goes to the video's subject and to the plain topic: the
+/// original raw `SUB:fragments` socket and `fragnet subscribe fragments` still see it,
+/// byte for byte the seed's `MSG:` line; a subscriber of another video's subject does
+/// not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fragment_events_reach_the_seed_clients_and_only_their_video_subject() {
+    use fragnet_core::ids::Digest;
+    use fragnet_core::pubsub::{publish_event, video_topic};
+    use fragnet_core::{FragmentEvent, NodeId, VideoId};
+
+    let broker = start_broker(loopback_config()).await;
+    let (a, b) = (VideoId(Digest::of(b"a")), VideoId(Digest::of(b"b")));
+    let mut seed = Raw::subscribe(broker.local_addr(), "fragments").await;
+    let mut on_a = Raw::subscribe(broker.local_addr(), &video_topic("fragments", a)).await;
+    let mut on_b = Raw::subscribe(broker.local_addr(), &video_topic("fragments", b)).await;
+    let pubsub = within(
+        10,
+        "connect",
+        PubSubKind::Broker.connect(&client_config(broker.local_addr()), &NatsConfig::default()),
+    )
+    .await
+    .unwrap();
+    let out = Captured::default();
+    let cancel = CancellationToken::new();
+    let command = {
+        let (pubsub, mut out, cancel) = (pubsub.clone(), out.clone(), cancel.clone());
+        tokio::spawn(async move {
+            fragnet_broker::subscribe(&*pubsub, "fragments", OutputFormat::Text, &mut out, &cancel)
+                .await
+        })
+    };
+    eventually(10, "subscribed", || broker.stats().subscriptions == 4).await;
+    let event = FragmentEvent {
+        video: a,
+        index: 7,
+        node: NodeId(Digest::of(b"node")),
+        addrs: vec!["tcp://127.0.0.1:6001".parse().unwrap()],
+    };
+    within(10, "publish", publish_event(&*pubsub, "fragments", &event))
+        .await
+        .unwrap();
+    let json = String::from_utf8(event.encode().to_vec()).unwrap();
+    seed.expect(&format!("MSG:fragments:{json}")).await;
+    on_a.expect(&format!("MSG:fragments.{a}:{json}")).await;
+    on_b.ping().await; // PONG first: nothing was queued for b's subject
+    eventually(10, "printed", || out.text().lines().count() == 2).await;
+    assert_eq!(
+        out.text().lines().nth(1),
+        Some(format!("[fragments] {json}").as_str())
+    );
+    cancel.cancel();
+    within(10, "subscribe returns", command)
+        .await
+        .unwrap()
+        .unwrap();
+    within(10, "broker shutdown", broker.shutdown()).await;
+}

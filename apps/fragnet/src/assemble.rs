@@ -235,6 +235,8 @@ pub struct Started {
     pub node: NodeHandle,
     /// Its data directory.
     pub data_dir: PathBuf,
+    /// Where its admin listener (`/health`, `/metrics`) is bound, if it has one.
+    pub admin: Option<std::net::SocketAddr>,
 }
 
 /// Opens the store (importing the seed), builds the plugins the configuration names
@@ -298,6 +300,19 @@ pub async fn start_node(
     if let Some(h) = &http {
         builder = builder.service(fragnet_http::HttpService::new(h.clone()));
     }
+    let mut admin = None;
+    if start.serve
+        && let Some(addr) = cfg.admin_addr()?
+    {
+        let listener = fragnet_http::admin::bind(addr)
+            .await
+            .with_context(|| "starting the admin listener (admin_listen)")?;
+        admin = listener.local_addr().ok();
+        builder = builder.service(fragnet_http::AdminService::new(
+            listener,
+            fragnet_http::admin::AdminConfig::default(),
+        ));
+    }
     let node = builder.spawn(cancel).await.map_err(|e| {
         let hint = match &e {
             NodeError::Listen(fragnet_core::transport::TransportError::Listen {
@@ -326,5 +341,6 @@ pub async fn start_node(
     Ok(Started {
         node,
         data_dir: local.data_dir,
+        admin,
     })
 }

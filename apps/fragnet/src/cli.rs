@@ -175,6 +175,9 @@ pub struct PeerArgs {
     /// Serve HTTP (player, stream, health, metrics) on PORT or HOST:PORT; 0 picks a port.
     #[arg(long, value_name = "ADDR")]
     pub http: Option<String>,
+    /// Serve /health and /metrics only (no player) on PORT or HOST:PORT (admin_listen).
+    #[arg(long, value_name = "ADDR")]
+    pub admin_listen: Option<String>,
     #[command(flatten)]
     pub node: NodeFlags,
 }
@@ -231,6 +234,10 @@ pub struct BrokerArgs {
     /// AUTH:<token> first.
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<std::path::PathBuf>,
+    /// Serve /metrics and /health over HTTP on PORT or HOST:PORT
+    /// (broker.metrics_listen; default: off).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
 }
 
 /// `fragnet subscribe`.
@@ -342,6 +349,7 @@ impl PeerArgs {
             default_video: self.default_video.clone(),
             console: self.no_console.then_some(false),
             http_listen: self.http.clone(),
+            admin_listen: self.admin_listen.clone(),
             manager: ManagerOverrides {
                 url: self.manager.clone(),
                 ..ManagerOverrides::default()
@@ -394,6 +402,7 @@ impl BrokerArgs {
             broker: BrokerOverrides {
                 listen: self.listen.clone(),
                 token_file: self.token_file.clone(),
+                metrics_listen: self.metrics_listen.clone(),
                 ..BrokerOverrides::default()
             },
             ..Overrides::default()

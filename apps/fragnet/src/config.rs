@@ -42,6 +42,9 @@ pub struct Config {
     /// The peer's HTTP address (stream, player, health, metrics): `PORT` (all
     /// interfaces) or `HOST:PORT`; port 0 picks one. Unset: no HTTP.
     pub http_listen: Option<String>,
+    /// The peer's admin address (`/health` and `/metrics` only, with or without the
+    /// player): `PORT` or `HOST:PORT`. Unset: none.
+    pub admin_listen: Option<String>,
     /// `stream.*`: how the HTTP side streams to players.
     pub stream: Stream,
     /// Roles `fragnet run` starts in this process: any of `peer`, `manager`, `broker`,
@@ -228,6 +231,9 @@ pub struct BrokerSection {
     pub listen: String,
     /// Broker role: per-client limits.
     pub limits: fragnet_broker::BrokerLimits,
+    /// Broker role: `/metrics` and `/health` over HTTP on `PORT` or `HOST:PORT`; unset
+    /// (the default): no HTTP listener.
+    pub metrics_listen: Option<String>,
 }
 
 impl Default for BrokerSection {
@@ -238,6 +244,7 @@ impl Default for BrokerSection {
             token_file: None,
             listen: "0.0.0.0:5555".into(),
             limits: fragnet_broker::BrokerLimits::default(),
+            metrics_listen: None,
         }
     }
 }
@@ -331,6 +338,7 @@ impl Default for Config {
             console: true,
             limits: Limits::default(),
             http_listen: None,
+            admin_listen: None,
             stream: Stream::default(),
             roles: vec![Role::Peer],
             want: Want::None,
@@ -437,6 +445,9 @@ pub struct Overrides {
     /// `http_listen`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http_listen: Option<String>,
+    /// `admin_listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_listen: Option<String>,
     /// `roles`; empty: not set.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub roles: Vec<Role>,
@@ -506,6 +517,9 @@ pub struct BrokerOverrides {
     /// `broker.listen`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,
+    /// `broker.metrics_listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<String>,
 }
 
 /// `nats.*` keys the command line set.
@@ -715,6 +729,12 @@ impl Config {
         if let Some(h) = &self.http_listen {
             http_addr(h).with_context(|| format!("in http_listen = {h:?}"))?;
         }
+        if let Some(h) = &self.admin_listen {
+            http_addr(h).with_context(|| format!("in admin_listen = {h:?}"))?;
+        }
+        if let Some(h) = &self.broker.metrics_listen {
+            http_addr(h).with_context(|| format!("in broker.metrics_listen = {h:?}"))?;
+        }
         fragnet_core::ratelimit::parse_bytes(&self.stream.lookahead)
             .map_err(|e| anyhow::anyhow!("stream.lookahead: {e}"))?;
         if self.stream.chunk_wait_secs == 0
@@ -725,7 +745,7 @@ impl Config {
                 "stream.chunk_wait_secs, stream.max_responses and stream.idle_timeout_secs must be at least 1"
             );
         }
-        fragnet_core::pubsub::check_topic(&self.topic)
+        fragnet_core::pubsub::check_event_topic(&self.topic)
             .map_err(|e| anyhow::anyhow!("topic: {e}"))?;
         if self.reconcile_secs == 0 {
             bail!("reconcile_secs must be at least 1");
@@ -794,6 +814,16 @@ impl Config {
             idle_timeout: std::time::Duration::from_secs(s.idle_timeout_secs),
             ..fragnet_http::HttpConfig::default()
         }))
+    }
+
+    /// The admin listener's address, when `admin_listen` is set.
+    pub fn admin_addr(&self) -> Result<Option<std::net::SocketAddr>> {
+        let Some(h) = &self.admin_listen else {
+            return Ok(None);
+        };
+        Ok(Some(
+            http_addr(h).with_context(|| format!("in admin_listen = {h:?}"))?,
+        ))
     }
 
     /// Upload limit in bytes per second, if set.
@@ -1027,6 +1057,43 @@ mod tests {
         );
     }
 
+    #[test]
+    fn the_topic_leaves_room_for_per_video_subjects_and_listeners_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let long = "t".repeat(fragnet_core::pubsub::MAX_EVENT_TOPIC_LEN + 1);
+        let e = format!(
+            "{:#}",
+            load(
+                &file(&dir, &format!("topic = \"{long}\"\n")),
+                &Overrides::default()
+            )
+            .unwrap_err()
+        );
+        assert!(
+            e.contains("topic") && e.contains("per-video subject"),
+            "{e}"
+        );
+        let ok = "t".repeat(fragnet_core::pubsub::MAX_EVENT_TOPIC_LEN);
+        load(
+            &file(&dir, &format!("topic = \"{ok}\"\n")),
+            &Overrides::default(),
+        )
+        .unwrap();
+        for (toml, key) in [
+            ("admin_listen = \"nowhere:x\"\n", "admin_listen"),
+            (
+                "[broker]\nmetrics_listen = \"nowhere:x\"\n",
+                "broker.metrics_listen",
+            ),
+        ] {
+            let e = format!(
+                "{:#}",
+                load(&file(&dir, toml), &Overrides::default()).unwrap_err()
+            );
+            assert!(e.contains(key), "{e}");
+        }
+    }
+
     /// Every field of `Overrides` is a config key: a misspelt one would be an unknown
     /// key here (deny_unknown_fields), and a value that did not land would differ.
     #[test]
@@ -1047,6 +1114,7 @@ mod tests {
                 concurrency: Some(2),
             },
             http_listen: Some("127.0.0.1:0".into()),
+            admin_listen: Some("127.0.0.1:9601".into()),
             roles: vec![Role::Broker, Role::Manager],
             want: Some("all".into()),
             advertise: vec!["peer1".into()],
@@ -1062,6 +1130,7 @@ mod tests {
                 addr: Some("b:1".into()),
                 token_file: Some(dir.path().join("bt")),
                 listen: Some("127.0.0.1:1".into()),
+                metrics_listen: Some("127.0.0.1:9555".into()),
             },
             nats: NatsOverrides {
                 url: Some("nats://n:1".into()),
@@ -1091,6 +1160,8 @@ mod tests {
         assert_eq!(c.broker.addr.as_deref(), Some("b:1"));
         assert_eq!(c.broker.token_file, Some(dir.path().join("bt")));
         assert_eq!(c.broker.listen, "127.0.0.1:1");
+        assert_eq!(c.broker.metrics_listen.as_deref(), Some("127.0.0.1:9555"));
+        assert_eq!(c.admin_listen.as_deref(), Some("127.0.0.1:9601"));
         assert_eq!(c.nats.url.as_deref(), Some("nats://n:1"));
     }
 

@@ -198,11 +198,22 @@ fn a_manager_restart_mid_swarm_loses_no_manifest() {
 }
 
 /// No manager at all: leechers learn of the video and of every fragment from events.
-/// `subscribers` counts the subscriptions to the fragment topic the pub/sub server has.
-fn converge_by_events(env: &[(&str, &str)], subscribers: impl Fn() -> Option<u64>) {
+/// `subscribers(subject)` counts the subscriptions to `subject` the pub/sub server has.
+/// With `per_video`, the leechers want the video by id and listen only on its subject
+/// (`fragments.<video id>`); otherwise they want `all` and listen on the plain topic.
+fn converge_by_events(
+    env: &[(&str, &str)],
+    per_video: bool,
+    subscribers: impl Fn(&str) -> Option<u64>,
+) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let video = split_sample(d);
+    let (want, subject) = if per_video {
+        (video.clone(), format!("fragments.{video}"))
+    } else {
+        ("all".to_string(), "fragments".to_string())
+    };
     let mut env = env.to_vec();
     // Reconciliation off in practice: only events can move fragments.
     env.push(("FRAGNET_REGISTRY", "none"));
@@ -219,7 +230,7 @@ fn converge_by_events(env: &[(&str, &str)], subscribers: impl Fn() -> Option<u64
             name,
             "--no-console",
             "--want",
-            "all",
+            &want,
         ];
         let mut p = spawn(d, &args, &env);
         wait_for_line(&mut p, "Node listening", 20);
@@ -227,9 +238,11 @@ fn converge_by_events(env: &[(&str, &str)], subscribers: impl Fn() -> Option<u64
     }
     // The seeder announces what it holds once, when it comes up: both leechers must be
     // subscribed by then (a node subscribes in the background after it listens).
-    eventually(20, "both leechers subscribed to the fragment topic", || {
-        (subscribers()? >= 2).then_some(())
-    });
+    eventually(
+        20,
+        &format!("both leechers subscribed to {subject}"),
+        || (subscribers(&subject)? >= 2).then_some(()),
+    );
     let mut s = spawn(
         d,
         &[
@@ -256,6 +269,15 @@ fn converge_by_events(env: &[(&str, &str)], subscribers: impl Fn() -> Option<u64
 
 #[test]
 fn a_swarm_converges_by_broker_events_alone() {
+    converge_by_broker_events(false);
+}
+
+#[test]
+fn a_swarm_converges_by_per_video_broker_events() {
+    converge_by_broker_events(true);
+}
+
+fn converge_by_broker_events(per_video: bool) {
     // The broker runs in this process so that the test can see its subscriptions; the
     // `fragnet broker` command itself is run by the tests in discovery.rs and below.
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -269,7 +291,7 @@ fn a_swarm_converges_by_broker_events_alone() {
         ))
         .expect("the broker starts");
     let addr = broker.local_addr().to_string();
-    converge_by_events(&[("FRAGNET_BROKER__ADDR", &addr)], || {
+    converge_by_events(&[("FRAGNET_BROKER__ADDR", &addr)], per_video, |_| {
         Some(broker.stats().subscriptions)
     });
     rt.block_on(broker.shutdown());
@@ -277,11 +299,21 @@ fn a_swarm_converges_by_broker_events_alone() {
 
 #[test]
 fn a_swarm_converges_by_nats_events_alone() {
+    converge_by_nats_events(false);
+}
+
+#[test]
+fn a_swarm_converges_by_per_video_nats_events() {
+    converge_by_nats_events(true);
+}
+
+fn converge_by_nats_events(per_video: bool) {
     let dir = tempfile::tempdir().unwrap();
     let (_server, url, monitor) = nats_server(dir.path());
     converge_by_events(
         &[("FRAGNET_PUBSUB", "nats"), ("FRAGNET_NATS__URL", &url)],
-        || nats_subscribers(&monitor, "fragments"),
+        per_video,
+        |subject| nats_subscribers(&monitor, subject),
     );
 }
 

@@ -6,18 +6,22 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tracing::warn;
 
-/// A TCP listener whose connections time out when idle.
+/// A TCP listener whose connections time out when idle, at most `connections` open at
+/// once (the next is accepted when one closes; until then it waits in the backlog).
 pub(crate) struct TimedListener {
     pub(crate) inner: TcpListener,
     pub(crate) idle: Duration,
+    pub(crate) connections: Arc<Semaphore>,
 }
 
 impl axum::serve::Listener for TimedListener {
@@ -25,11 +29,15 @@ impl axum::serve::Listener for TimedListener {
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        // The semaphore is never closed.
+        let permit = self.connections.clone().acquire_owned().await.ok();
         loop {
             match self.inner.accept().await {
                 Ok((stream, addr)) => {
                     let _ = stream.set_nodelay(true);
-                    return (TimedIo::new(stream, self.idle), addr);
+                    let mut io = TimedIo::new(stream, self.idle);
+                    io.permit = permit;
+                    return (io, addr);
                 }
                 Err(e) => {
                     // One failed accept (fd exhaustion, a reset) never stops the server.
@@ -52,6 +60,8 @@ pub(crate) struct TimedIo<T> {
     idle: Duration,
     timer: Pin<Box<Sleep>>,
     armed: bool,
+    /// Held while the connection is open.
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl<T> TimedIo<T> {
@@ -61,6 +71,7 @@ impl<T> TimedIo<T> {
             idle,
             timer: Box::pin(tokio::time::sleep(idle)),
             armed: false,
+            permit: None,
         }
     }
 

@@ -8,7 +8,11 @@
 //! - `GET /watch/{id}`: a player page with a fragment bar that fills live from
 //!   `GET /videos/{id}/events` (server-sent events, [`events`]).
 //! - `GET /videos`, `GET /videos/{id}`: what the node holds, as JSON.
-//! - `GET /health`, `GET /metrics` (Prometheus text).
+//! - `GET /health`, `GET /metrics` (Prometheus text, [`metrics`]).
+//!
+//! [`admin`] is a smaller server with only `/health` and `/metrics` over any metrics
+//! registry: a peer's admin listener (`admin_listen`, without the player) and the
+//! broker's (`broker.metrics_listen`).
 //!
 //! Plain HTML, CSS and JS are compiled into the binary: no CDN, no build step.
 //! [`spawn`] binds (port 0 picks one) and serves until cancelled; connections that make
@@ -25,6 +29,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
+use fragnet_core::discovery::EventStats;
 use fragnet_core::fetch::FetchError;
 use fragnet_core::serve::ServeContext;
 use fragnet_core::{FragmentStore, Manifest, NodeId, VideoId};
@@ -34,15 +39,16 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+pub mod admin;
 pub mod events;
 mod io;
-mod metrics;
+pub mod metrics;
 pub mod range;
 mod service;
 mod stream;
 
 pub use fragnet_core::engine::{DownloadStats, Downloads};
-pub use service::HttpService;
+pub use service::{AdminService, HttpService};
 
 use range::RangeRequest;
 
@@ -61,6 +67,8 @@ pub struct HttpConfig {
     pub idle_timeout: Duration,
     /// Time in-flight responses get to finish on shutdown.
     pub shutdown_grace: Duration,
+    /// Connections open at once; more wait in the listen backlog.
+    pub max_connections: usize,
 }
 
 impl Default for HttpConfig {
@@ -72,6 +80,7 @@ impl Default for HttpConfig {
             max_responses: 64,
             idle_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(2),
+            max_connections: 1024,
         }
     }
 }
@@ -90,6 +99,8 @@ pub struct HttpState {
     /// Starts downloads when a player asks for bytes not held here; `None` serves only
     /// what the store holds.
     pub downloads: Option<Arc<Downloads>>,
+    /// What the node heard on the fragment topic, for `/metrics`.
+    pub events: Option<Arc<EventStats>>,
 }
 
 /// Why the HTTP side could not start.
@@ -110,7 +121,9 @@ pub(crate) struct App {
     pub(crate) config: HttpConfig,
     pub(crate) state: HttpState,
     pub(crate) permits: Arc<Semaphore>,
-    pub(crate) metrics: metrics::HttpMetrics,
+    pub(crate) metrics: Arc<metrics::HttpMetrics>,
+    /// What `/metrics` renders.
+    pub(crate) registry: fragnet_core::metrics::Registry,
     pub(crate) cancel: CancellationToken,
 }
 
@@ -158,17 +171,25 @@ pub async fn spawn(
         .map_err(bind_err)?;
     let addr = listener.local_addr().map_err(bind_err)?;
     let cancel = cancel.child_token();
+    let http_metrics: Arc<metrics::HttpMetrics> = Arc::default();
+    let registry = fragnet_core::metrics::registry(vec![Box::new(metrics::NodeCollector {
+        state: state.clone(),
+        http: Some(http_metrics.clone()),
+    })]);
     let app = Arc::new(App {
         permits: Arc::new(Semaphore::new(config.max_responses.max(1))),
         config: config.clone(),
         state,
-        metrics: Default::default(),
+        metrics: http_metrics,
+        registry,
         cancel: cancel.clone(),
     });
     let listener = io::TimedListener {
         inner: listener,
         idle: config.idle_timeout,
+        connections: Arc::new(Semaphore::new(config.max_connections.max(1))),
     };
+
     let stop = cancel.clone();
     let task = tokio::spawn(async move {
         let served = axum::serve(listener, router(app))
@@ -266,11 +287,8 @@ async fn health(State(app): State<Arc<App>>) -> Response {
 
 async fn metrics_text(State(app): State<Arc<App>>) -> Response {
     (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        metrics::render(&app),
+        [(header::CONTENT_TYPE, fragnet_core::metrics::CONTENT_TYPE)],
+        fragnet_core::metrics::render(&app.registry),
     )
         .into_response()
 }

@@ -92,10 +92,27 @@ impl Body {
     /// Waits until chunk `chunk` of fragment `index` is verified here, making sure a
     /// download is fetching it, for at most the configured chunk wait.
     async fn wait_for(&mut self, index: FragmentIndex, chunk: u32) -> io::Result<()> {
-        let store = self.app.state.store.clone();
-        if store.has_chunk(self.video, index, chunk) {
+        if self.app.state.store.has_chunk(self.video, index, chunk) {
             return Ok(());
         }
+        // The player waits on the swarm: a stall, counted with its length.
+        let m = self.app.metrics.clone();
+        m.stream_stalls.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let r = self.wait_missing(index, chunk).await;
+        m.stream_stall_micros
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        if r.as_ref()
+            .is_err_and(|e| e.kind() == io::ErrorKind::TimedOut)
+        {
+            m.stream_timeouts.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+
+    /// [`Self::wait_for`] once the chunk was found missing.
+    async fn wait_missing(&mut self, index: FragmentIndex, chunk: u32) -> io::Result<()> {
+        let store = self.app.state.store.clone();
         let mut events = store.subscribe();
         let deadline = Instant::now() + self.app.config.chunk_wait;
         loop {

@@ -1,13 +1,13 @@
 //! Request counters and the Prometheus text exposition of `GET /metrics`.
 
 use std::collections::HashMap;
-use std::fmt::Write;
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
+use fragnet_core::metrics::{self, Collector, DescriptorEncoder};
 use fragnet_core::registry::RegistryStats;
 
 use crate::state::AppState;
@@ -62,68 +62,84 @@ impl Metrics {
             .fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The Prometheus text format (version 0.0.4).
+    /// The Prometheus text format (version 0.0.4), encoded by `prometheus-client`.
     pub fn render(&self, stats: RegistryStats, uptime_secs: f64) -> String {
-        let mut out = String::with_capacity(2048);
-        let mut gauge = |name: &str, help: &str, v: f64| {
-            let _ = write!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}\n"
-            );
-        };
-        gauge(
-            "fragnet_manager_nodes",
-            "Live registered nodes.",
-            stats.nodes as f64,
-        );
-        gauge(
-            "fragnet_manager_videos",
-            "Registered videos.",
-            stats.videos as f64,
-        );
-        gauge(
-            "fragnet_manager_fragments_held",
-            "Fragments held, summed over live nodes and videos.",
-            stats.fragments_held as f64,
-        );
-        gauge(
-            "fragnet_manager_uptime_seconds",
-            "Seconds since the manager started.",
-            (uptime_secs * 1000.0).round() / 1000.0,
-        );
-        out.push_str(
-            "# HELP fragnet_manager_requests_total HTTP requests by route, method and status.\n",
-        );
-        out.push_str("# TYPE fragnet_manager_requests_total counter\n");
-        let map = self.requests.read().unwrap_or_else(|e| e.into_inner());
-        let mut rows: Vec<_> = map
-            .iter()
-            .flat_map(|(route, r)| {
-                r.iter().map(move |((method, status), n)| {
-                    (
-                        (route.as_str(), *method, *status),
-                        n.load(Ordering::Relaxed),
-                    )
+        let mut requests: Vec<_> = {
+            let map = self.requests.read().unwrap_or_else(|e| e.into_inner());
+            map.iter()
+                .flat_map(|(route, r)| {
+                    r.iter().map(move |((method, status), n)| {
+                        ((route.clone(), *method, *status), n.load(Ordering::Relaxed))
+                    })
                 })
-            })
-            .collect();
-        rows.sort();
-        for ((route, method, status), n) in rows {
-            let _ = writeln!(
-                out,
-                "fragnet_manager_requests_total{{route=\"{}\",method=\"{}\",status=\"{status}\"}} {n}",
-                escape(route),
-                escape(method)
-            );
-        }
-        out
+                .collect()
+        };
+        requests.sort();
+        let snapshot = Snapshot {
+            stats,
+            uptime_secs: (uptime_secs * 1000.0).round() / 1000.0,
+            requests,
+        };
+        metrics::render(&metrics::registry(vec![Box::new(snapshot)]))
     }
 }
 
-fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// The manager's metrics at one scrape.
+#[derive(Debug)]
+struct Snapshot {
+    stats: RegistryStats,
+    uptime_secs: f64,
+    requests: Vec<((String, &'static str, u16), u64)>,
+}
+
+impl Collector for Snapshot {
+    fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
+        let e = &mut e;
+        metrics::gauge(
+            e,
+            "fragnet_manager_nodes",
+            "Live registered nodes.",
+            self.stats.nodes,
+        )?;
+        metrics::gauge(
+            e,
+            "fragnet_manager_videos",
+            "Registered videos.",
+            self.stats.videos,
+        )?;
+        metrics::gauge(
+            e,
+            "fragnet_manager_fragments_held",
+            "Fragments held, summed over live nodes and videos.",
+            self.stats.fragments_held,
+        )?;
+        metrics::gauge_f64(
+            e,
+            "fragnet_manager_uptime_seconds",
+            "Seconds since the manager started.",
+            self.uptime_secs,
+        )?;
+        let rows: Vec<(Vec<(&'static str, String)>, u64)> = self
+            .requests
+            .iter()
+            .map(|((route, method, status), n)| {
+                (
+                    vec![
+                        ("route", route.clone()),
+                        ("method", method.to_string()),
+                        ("status", status.to_string()),
+                    ],
+                    *n,
+                )
+            })
+            .collect();
+        metrics::counters(
+            e,
+            "fragnet_manager_requests",
+            "HTTP requests by route, method and status.",
+            &rows,
+        )
+    }
 }
 
 /// Middleware: counts every request after it is answered.

@@ -6,16 +6,19 @@
 //! clients of it. Every wait is bounded.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::within;
+use crate::discovery::{AddrPicker, Discovery, EventDiscovery, Hint};
+use crate::engine::Want;
 use crate::ids::{Digest, NodeId, VideoId};
 use crate::pubsub::{
     FragmentEvent, LocalPubSub, MAX_MESSAGE_LEN, MAX_TOPIC_LEN, Message, PubSub, PubSubError,
-    Subscription,
+    Subscription, publish_event, video_topic,
 };
 
 /// A running backend under test.
@@ -292,6 +295,154 @@ pub async fn dropping_a_subscription(f: &dyn PubSubFixture) {
     }
 }
 
+fn event_of(video: &[u8], index: u32, node: &[u8]) -> FragmentEvent {
+    FragmentEvent {
+        video: VideoId(Digest::of(video)),
+        index,
+        node: NodeId(Digest::of(node)),
+        addrs: vec!["tcp://127.0.0.1:6001".parse().unwrap()],
+    }
+}
+
+/// The next hint a discovery passes on, within 10 s.
+async fn next_hint(hints: &mut tokio::sync::broadcast::Receiver<Hint>, what: &str) -> Hint {
+    within(10, what, hints.recv())
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"))
+}
+
+/// Asserts no hint arrives for a short while.
+async fn no_hint(hints: &mut tokio::sync::broadcast::Receiver<Hint>, what: &str) {
+    if let Ok(Ok(h)) = tokio::time::timeout(Duration::from_millis(500), hints.recv()).await {
+        panic!("{what}: unexpected hint {h:?}");
+    }
+}
+
+/// Fragment events go to one subject per video: a node that wants video A hears A's
+/// events and not B's; once it follows B (as a download of B does) it hears B's; a
+/// `want = "all"` node and the original clients on the plain topic hear both.
+pub async fn per_video_subjects(f: &dyn PubSubFixture) {
+    let (a, b) = (
+        VideoId(Digest::of(b"video a")),
+        VideoId(Digest::of(b"video b")),
+    );
+    let (node_client, all_client, seed_client, publisher) = (
+        f.client().await,
+        f.client().await,
+        f.client().await,
+        f.client().await,
+    );
+    let picker = AddrPicker::new(vec!["tcp"], "tcp");
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let start = |ps: Arc<dyn PubSub>, want: Want| {
+        let d = Arc::new(
+            EventDiscovery::new(
+                ps,
+                "fragments".into(),
+                NodeId(Digest::of(b"listener")),
+                picker.clone(),
+            )
+            .with_want(&want),
+        );
+        let (tx, rx) = tokio::sync::broadcast::channel(64);
+        let task = d.clone().watch(tx, cancel.clone()).expect("events watch");
+        (d, rx, task)
+    };
+    let (wants_a, mut hints_a, task_a) = start(node_client, Want::Videos(vec![a]));
+    let (wants_all, mut hints_all, task_all) = start(all_client, Want::All);
+    let mut seed = within(10, "subscribe", seed_client.subscribe("fragments"))
+        .await
+        .unwrap();
+    within(10, "following a", async {
+        while wants_a.followed() != vec![a] {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    // The want = all node's plain-topic subscription is made in the background: wait
+    // until a probe on the plain topic reaches it.
+    within(20, "the want = all node listening", async {
+        loop {
+            let probe = event_of(b"probe", 0, b"prober");
+            publish_event(publisher.as_ref(), "fragments", &probe)
+                .await
+                .unwrap();
+            if let Ok(Ok(h)) =
+                tokio::time::timeout(Duration::from_millis(200), hints_all.recv()).await
+            {
+                assert_eq!(h.video, probe.video);
+                break;
+            }
+        }
+    })
+    .await;
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(300), seed.next()).await {}
+    while hints_all.try_recv().is_ok() {}
+    // Probes are not for video a: nothing reached its node.
+    no_hint(&mut hints_a, "probes on the plain topic").await;
+
+    let ev_a = event_of(b"video a", 1, b"holder");
+    let ev_b = event_of(b"video b", 2, b"holder");
+    for ev in [&ev_b, &ev_a] {
+        within(
+            10,
+            "publish",
+            publish_event(publisher.as_ref(), "fragments", ev),
+        )
+        .await
+        .unwrap();
+    }
+    let h = next_hint(&mut hints_a, "video a's event").await;
+    assert_eq!((h.video, h.fragments), (a, Some(vec![1])));
+    no_hint(&mut hints_a, "video b's event at a node that wants only a").await;
+    assert_eq!(wants_a.stats.events_received.load(Ordering::Relaxed), 1);
+    let mut all_heard = vec![
+        next_hint(&mut hints_all, "want = all").await.video,
+        next_hint(&mut hints_all, "want = all").await.video,
+    ];
+    all_heard.sort();
+    let mut both = vec![a, b];
+    both.sort();
+    assert_eq!(all_heard, both, "a want = all node hears every video");
+    for ev in [&ev_b, &ev_a] {
+        let m = recv(&mut seed, "the plain topic").await;
+        assert_eq!(m.topic, "fragments");
+        assert_eq!(FragmentEvent::parse(&m.payload).unwrap(), *ev);
+    }
+
+    // Starting to want b while running: follow its subject, then its events arrive.
+    within(10, "follow b", wants_a.follow(b)).await;
+    let ev_b2 = event_of(b"video b", 3, b"holder");
+    within(
+        10,
+        "publish",
+        publish_event(publisher.as_ref(), "fragments", &ev_b2),
+    )
+    .await
+    .unwrap();
+    let h = next_hint(&mut hints_a, "video b's event after following b").await;
+    assert_eq!((h.video, h.fragments), (b, Some(vec![3])));
+    // The want = all node follows no subject, so it hears the event once.
+    let h = next_hint(&mut hints_all, "want = all").await;
+    assert_eq!(h.video, b);
+    no_hint(&mut hints_all, "a duplicate").await;
+
+    // An event for b published only on a's subject is not taken for b's.
+    within(
+        10,
+        "publish",
+        publisher.publish(&video_topic("fragments", a), ev_b2.encode()),
+    )
+    .await
+    .unwrap();
+    no_hint(&mut hints_a, "b's event on a's subject").await;
+
+    cancel.cancel();
+    within(10, "watch a stops", task_a).await.unwrap();
+    within(10, "watch all stops", task_all).await.unwrap();
+    drop(wants_all);
+}
+
 /// Runs the pub/sub behaviour suite, one `#[tokio::test]` per case, against the fixture
 /// `$start().await` returns.
 #[macro_export]
@@ -318,6 +469,7 @@ macro_rules! pubsub_conformance {
             case!(largest_message);
             case!(fragment_events_and_plain_messages);
             case!(dropping_a_subscription);
+            case!(per_video_subjects);
         }
     };
 }

@@ -1,7 +1,8 @@
 //! A serving node telling the swarm what it holds: it registers with the registry and
 //! announces its fragments (again after every verified fragment, and whenever the
 //! registry forgot it), heartbeats, and publishes a fragment event after each verified
-//! fragment. On a clean shutdown it withdraws.
+//! fragment (on the video's subject and on the plain topic, see
+//! [`publish_event`]). On a clean shutdown it withdraws.
 //!
 //! Failure of the registry or the pub/sub slows a node down but loses nothing: every
 //! loop retries, re-registers and re-announces.
@@ -16,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::ids::{FragmentIndex, NodeId, VideoId};
-use crate::pubsub::{FragmentEvent, PubSub};
+use crate::pubsub::{FragmentEvent, PubSub, publish_event};
 use crate::registry::{NodeRegistration, Registry};
 use crate::store::{FragmentStore, StoreEvent};
 
@@ -201,7 +202,7 @@ impl Announcer {
         };
         match tokio::time::timeout(
             Duration::from_secs(5),
-            ps.publish(&self.topic, event.encode()),
+            publish_event(ps, &self.topic, &event),
         )
         .await
         {

@@ -119,6 +119,8 @@ pub struct NodeParts {
     pub serve: Arc<ServeContext>,
     /// The host others reach it at (for URLs).
     pub host: String,
+    /// What it heard on the fragment topic, when it has pub/sub.
+    pub events: Option<Arc<EventStats>>,
 }
 
 /// Why a service could not start.
@@ -344,12 +346,11 @@ impl NodeBuilder {
             )));
         }
         let events = self.pubsub.as_ref().map(|p| {
-            Arc::new(EventDiscovery::new(
-                p.clone(),
-                self.topic.clone(),
-                node_id,
-                picker.clone(),
-            ))
+            Arc::new(
+                EventDiscovery::new(p.clone(), self.topic.clone(), node_id, picker.clone())
+                    .with_store(self.store.clone())
+                    .with_want(&self.want),
+            )
         });
         if let Some(e) = &events {
             sources.push(e.clone());
@@ -422,6 +423,7 @@ impl NodeBuilder {
             engine: engine.clone(),
             serve: ctx.clone(),
             host,
+            events: events.as_ref().map(|e| e.stats.clone()),
         };
         let mut services = Vec::new();
         for s in self.services {

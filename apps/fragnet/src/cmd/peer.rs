@@ -66,6 +66,9 @@ pub async fn run(sources: &config::Sources, a: PeerArgs) -> Result<()> {
         node.name(),
         started.data_dir.display()
     );
+    if let Some(admin) = started.admin {
+        println!("[ADMIN] Health and metrics on http://{admin}/health, http://{admin}/metrics");
+    }
     if let Some(url) = node.url() {
         println!("[HTTP] Player on {url}/watch/<video id>");
         for (video, m, _) in node.store().summary() {

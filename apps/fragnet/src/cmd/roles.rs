@@ -78,20 +78,63 @@ pub async fn start_manager(
 }
 
 /// Starts the broker role.
-pub async fn start_broker(
-    cfg: &Config,
-    cancel: CancellationToken,
-) -> Result<fragnet_broker::BrokerHandle> {
+pub async fn start_broker(cfg: &Config, cancel: CancellationToken) -> Result<BrokerRole> {
     let bc = broker_config(cfg)?;
     let listen = bc.listen.clone();
-    let h = fragnet_broker::spawn(bc, cancel)
+    let h = fragnet_broker::spawn(bc, cancel.clone())
         .await
         .map_err(|e| anyhow!("starting the broker on {listen}: {e}"))?;
     println!(
         "[BROKER] Listening on {} (SUB:<topic>, PUB:<topic>:<message>, PING)",
         h.local_addr()
     );
-    Ok(h)
+    let metrics = match &cfg.broker.metrics_listen {
+        None => None,
+        Some(m) => {
+            let addr = crate::config::http_addr(m)
+                .with_context(|| format!("in broker.metrics_listen = {m:?}"))?;
+            let registry = fragnet_core::metrics::registry(vec![Box::new(h.collector())]);
+            let health = serde_json::json!({"status": "ok", "service": "broker"});
+            let started = async {
+                let listener = fragnet_http::admin::bind(addr).await?;
+                fragnet_http::admin::spawn(
+                    listener,
+                    fragnet_http::admin::AdminConfig::default(),
+                    registry,
+                    health,
+                    cancel,
+                )
+            };
+            let admin = started
+                .await
+                .map_err(|e| anyhow!("starting the broker's metrics listener: {e}"))?;
+            println!("[BROKER] Metrics on http://{}/metrics", admin.local_addr());
+            Some(admin)
+        }
+    };
+    Ok(BrokerRole { broker: h, metrics })
+}
+
+/// The broker role: the broker and, with `broker.metrics_listen`, its metrics listener.
+#[derive(Debug)]
+pub struct BrokerRole {
+    broker: fragnet_broker::BrokerHandle,
+    metrics: Option<fragnet_http::Handle>,
+}
+
+impl BrokerRole {
+    /// The broker's address.
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.broker.local_addr()
+    }
+
+    /// Stops the metrics listener, then the broker.
+    pub async fn shutdown(self) {
+        if let Some(m) = self.metrics {
+            m.shutdown().await;
+        }
+        self.broker.shutdown().await;
+    }
 }
 
 /// `fragnet manager`.
@@ -174,7 +217,7 @@ pub struct Roles {
     /// The manager, if enabled.
     pub manager: Option<fragnet_manager::ManagerHandle>,
     /// The broker, if enabled.
-    pub broker: Option<fragnet_broker::BrokerHandle>,
+    pub broker: Option<BrokerRole>,
     /// The peer, if enabled.
     pub peer: Option<NodeHandle>,
 }
