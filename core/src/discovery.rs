@@ -647,7 +647,7 @@ pub struct EventDiscovery {
     heard: Mutex<IndexMap<VideoId, IndexMap<PeerAddr, BTreeSet<FragmentIndex>>>>,
     /// Set once this node serves: then it answers `who_has`.
     answer_as: OnceLock<EventIdentity>,
-    answered: Mutex<HashMap<VideoId, Instant>>,
+    answered: Mutex<HashMap<VideoId, AnswerWindow>>,
     asked: Mutex<HashMap<VideoId, Instant>>,
     /// How long `locate` waits for answers to a `who_has` when it heard of nobody.
     query_wait: Duration,
@@ -666,8 +666,16 @@ pub struct EventDiscovery {
     pub stats: Arc<EventStats>,
 }
 
-/// How often this node answers `who_has` for one video at most.
+/// How often this node answers one asker's `who_has` for one video at most.
 const ANSWER_EVERY: Duration = Duration::from_secs(2);
+/// Most askers of one video this node answers per [`ANSWER_EVERY`].
+const ANSWERS_PER_WINDOW: usize = 16;
+
+/// The askers of one video answered since `since`.
+struct AnswerWindow {
+    since: Instant,
+    askers: HashSet<NodeId>,
+}
 
 impl EventDiscovery {
     /// Listens on `topic` of `pubsub`, ignoring events of node `me`.
@@ -869,24 +877,33 @@ impl EventDiscovery {
             return;
         };
         let have = me.store.have(q.who_has);
-        let downloading = me
-            .store
-            .manifest(q.who_has)
-            .is_some_and(|m| have.len() < m.fragment_count as usize);
+        // Downloading: the store has the manifest and not every fragment, or this node
+        // asked about the video itself (its download is being set up: the manifest may
+        // not be in the store yet, and a crowd that starts together asks in exactly
+        // that moment).
+        let asking = self.asked.lock().unwrap().contains_key(&q.who_has);
+        let downloading = match me.store.manifest(q.who_has) {
+            Some(m) => have.len() < m.fragment_count as usize,
+            None => asking,
+        };
         if (have.is_empty() && !downloading) || me.addrs.is_empty() {
             return;
         }
         {
             let mut answered = self.answered.lock().unwrap();
             let now = Instant::now();
-            if answered
-                .get(&q.who_has)
-                .is_some_and(|t| now.duration_since(*t) < ANSWER_EVERY)
-            {
+            answered.retain(|_, w| now.duration_since(w.since) < ANSWER_EVERY);
+            let w = answered.entry(q.who_has).or_insert_with(|| AnswerWindow {
+                since: now,
+                askers: HashSet::new(),
+            });
+            // Each asker once per window: a crowd that starts together subscribes to
+            // the video's subject one by one, so a later asker did not hear the answer
+            // this node gave an earlier one. At most ANSWERS_PER_WINDOW askers, so a
+            // large crowd cannot make every node flood the subject.
+            if w.askers.len() >= ANSWERS_PER_WINDOW || !w.askers.insert(q.node) {
                 return;
             }
-            answered.retain(|_, t| now.duration_since(*t) < ANSWER_EVERY);
-            answered.insert(q.who_has, now);
         }
         if downloading && !q.reply {
             // Tell the asker (and every other downloader) where this downloader is.
