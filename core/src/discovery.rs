@@ -562,6 +562,7 @@ pub struct WhoHas {
 enum TopicMessage {
     Event(FragmentEvent),
     Query(WhoHas),
+    Withdrawal(crate::pubsub::Withdrawal),
 }
 
 fn parse_topic_message(payload: &[u8]) -> Option<TopicMessage> {
@@ -573,6 +574,9 @@ fn parse_topic_message(payload: &[u8]) -> Option<TopicMessage> {
         && q.addrs.len() <= crate::pubsub::MAX_EVENT_ADDRS
     {
         return Some(TopicMessage::Query(q));
+    }
+    if let Ok(w) = crate::pubsub::Withdrawal::parse(payload) {
+        return Some(TopicMessage::Withdrawal(w));
     }
     None
 }
@@ -587,6 +591,8 @@ pub struct EventStats {
     pub not_events: std::sync::atomic::AtomicU64,
     /// `who_has` queries answered.
     pub queries_answered: std::sync::atomic::AtomicU64,
+    /// Withdrawals heard from other nodes (a video removed or evicted there).
+    pub withdrawals_received: std::sync::atomic::AtomicU64,
 }
 
 /// What this node says about itself on the topic, when it serves.
@@ -667,6 +673,18 @@ impl EventDiscovery {
         }
         while heard.len() > DIRECTORY_VIDEOS {
             heard.shift_remove_index(0);
+        }
+    }
+
+    /// A node no longer holds `video`: stop naming it as a holder.
+    fn forget(&self, video: VideoId, addrs: &[PeerAddr]) {
+        let mut heard = self.heard.lock().unwrap();
+        if let Some(holders) = heard.get_mut(&video) {
+            holders.retain(|a, _| {
+                !addrs
+                    .iter()
+                    .any(|w| w.scheme == a.scheme && w.host == a.host && w.port == a.port)
+            });
         }
     }
 
@@ -852,6 +870,14 @@ impl Discovery for EventDiscovery {
                                 addr,
                                 fragments: Some(vec![ev.index]),
                             });
+                        }
+                        Some(TopicMessage::Withdrawal(w)) if w.node == self.me => {}
+                        Some(TopicMessage::Withdrawal(w)) => {
+                            self.stats
+                                .withdrawals_received
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            debug!(node = %w.node.short(), video = %w.withdrawn.short(), "a node withdrew a video");
+                            self.forget(w.withdrawn, &w.addrs);
                         }
                         Some(TopicMessage::Query(q)) if q.node == self.me => {}
                         Some(TopicMessage::Query(q)) => {

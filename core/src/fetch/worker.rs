@@ -168,7 +168,7 @@ impl WorkerCtx {
                     *left = left.saturating_sub(1);
                 }
                 drop(s);
-                self.obs.chunk(item.0, len, addr);
+                self.obs.chunk(item.0, item.1, len, addr);
                 self.obs.chunk_source(len, from_seeder);
                 if outcome == ChunkOutcome::FragmentComplete {
                     let mut s = self.sched.lock().unwrap();
