@@ -188,6 +188,41 @@ pub(crate) fn render(app: &App) -> String {
         "Fragments of each video.",
         &total,
     );
+    if let Some(lib) = &app.state.library {
+        o.one(
+            "fragnet_library_used_bytes",
+            "gauge",
+            "Bytes counted against limits.max_disk (running downloads at full size).",
+            lib.used(),
+        );
+        if let Some(max) = lib.max_disk() {
+            o.one(
+                "fragnet_library_max_disk_bytes",
+                "gauge",
+                "The disk quota (limits.max_disk).",
+                max,
+            );
+        }
+        let st = lib.stats();
+        o.one(
+            "fragnet_library_evictions_total",
+            "counter",
+            "Videos evicted to make room.",
+            get(&st.evictions),
+        );
+        o.one(
+            "fragnet_library_removals_total",
+            "counter",
+            "Videos removed on request.",
+            get(&st.removals),
+        );
+        o.one(
+            "fragnet_library_refused_total",
+            "counter",
+            "Downloads and additions refused for lack of room.",
+            get(&st.refused),
+        );
+    }
     o.0
 }
 
