@@ -44,6 +44,8 @@ pub struct Config {
     pub http_listen: Option<String>,
     /// `stream.*`: how the HTTP side streams to players.
     pub stream: Stream,
+    /// `library.*`: the node's library API (add, remove, pin over HTTP).
+    pub library: LibrarySection,
     /// Roles `fragnet run` starts in this process: any of `peer`, `manager`, `broker`,
     /// as a list or a comma-separated string (`FRAGNET_ROLES=peer,manager`).
     #[serde(deserialize_with = "enum_list")]
@@ -280,12 +282,41 @@ impl Default for Stream {
     }
 }
 
+/// `library.*` keys.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LibrarySection {
+    /// Bearer token library writes over HTTP need (secret: prefer `token_file` or
+    /// `FRAGNET_LIBRARY__TOKEN`). Unset: writes only from loopback.
+    pub token: Option<String>,
+    /// File holding the token.
+    pub token_file: Option<PathBuf>,
+    /// Largest upload `POST /library` takes, e.g. `4GiB`.
+    pub max_upload: String,
+    /// Fragments an added video is split into.
+    pub fragments: u32,
+}
+
+impl Default for LibrarySection {
+    fn default() -> Self {
+        LibrarySection {
+            token: None,
+            token_file: None,
+            max_upload: "4GiB".into(),
+            fragments: fragnet_core::manifest::DEFAULT_FRAGMENTS,
+        }
+    }
+}
+
 /// `limits.*` keys.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Upload limit for everything this node serves, e.g. `10MB` (per second); unset = none.
     pub max_upload_rate: Option<String>,
+    /// The most bytes the store may hold, e.g. `20GB`; unset = no bound. Downloads that
+    /// would exceed it evict the least recently watched unpinned videos, or fail.
+    pub max_disk: Option<String>,
     /// Concurrent connections served.
     pub max_connections: usize,
     /// Chunk requests in flight when fetching, across peers.
@@ -307,6 +338,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_upload_rate: None,
+            max_disk: None,
             max_connections: 256,
             concurrency: 8,
             per_peer: 4,
@@ -332,6 +364,7 @@ impl Default for Config {
             limits: Limits::default(),
             http_listen: None,
             stream: Stream::default(),
+            library: LibrarySection::default(),
             roles: vec![Role::Peer],
             want: Want::None,
             advertise: Vec::new(),
@@ -466,6 +499,9 @@ pub struct LimitsOverrides {
     /// `limits.max_upload_rate`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_upload_rate: Option<String>,
+    /// `limits.max_disk`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_disk: Option<String>,
     /// `limits.max_connections`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<usize>,
@@ -715,6 +751,17 @@ impl Config {
         if let Some(h) = &self.http_listen {
             http_addr(h).with_context(|| format!("in http_listen = {h:?}"))?;
         }
+        self.max_disk()?;
+        fragnet_core::ratelimit::parse_bytes(&self.library.max_upload)
+            .map_err(|e| anyhow::anyhow!("library.max_upload: {e}"))?;
+        if self.library.fragments == 0
+            || self.library.fragments > fragnet_core::manifest::MAX_FRAGMENTS
+        {
+            bail!(
+                "library.fragments must be between 1 and {}",
+                fragnet_core::manifest::MAX_FRAGMENTS
+            );
+        }
         fragnet_core::ratelimit::parse_bytes(&self.stream.lookahead)
             .map_err(|e| anyhow::anyhow!("stream.lookahead: {e}"))?;
         if self.stream.chunk_wait_secs == 0
@@ -779,6 +826,24 @@ impl Config {
         self.peers.iter().map(|s| self.addr(s)).collect()
     }
 
+    /// The disk quota in bytes (`limits.max_disk`), if set.
+    pub fn max_disk(&self) -> Result<Option<u64>> {
+        self.limits
+            .max_disk
+            .as_deref()
+            .map(|d| {
+                fragnet_core::ratelimit::parse_bytes(d)
+                    .map_err(|e| anyhow::anyhow!("limits.max_disk: {e}"))
+            })
+            .transpose()
+    }
+
+    /// The token library writes need (`library.token` or `library.token_file`), if any.
+    pub fn library_token(&self) -> Result<Option<String>> {
+        let l = &self.library;
+        resolve_secret("library", l.token.as_deref(), l.token_file.as_deref())
+    }
+
     /// The HTTP side's configuration, when `http_listen` is set.
     pub fn http(&self) -> Result<Option<fragnet_http::HttpConfig>> {
         let Some(h) = &self.http_listen else {
@@ -792,6 +857,10 @@ impl Config {
             chunk_wait: std::time::Duration::from_secs(s.chunk_wait_secs),
             max_responses: s.max_responses,
             idle_timeout: std::time::Duration::from_secs(s.idle_timeout_secs),
+            library_token: self.library_token()?,
+            max_upload: fragnet_core::ratelimit::parse_bytes(&self.library.max_upload)
+                .map_err(|e| anyhow::anyhow!("library.max_upload: {e}"))?,
+            fragments: self.library.fragments,
             ..fragnet_http::HttpConfig::default()
         }))
     }

@@ -4,6 +4,7 @@ pub mod config;
 pub mod demo;
 pub mod fetch;
 pub mod health;
+pub mod library;
 pub mod join;
 pub mod peer;
 pub mod roles;
