@@ -251,7 +251,12 @@ impl ChunkSources {
                 all.shift_remove_index(0);
             }
         }
-        all.entry(video).or_default().record(index, chunk, from);
+        let sources = all.entry(video).or_default();
+        // The first peer whose copy verified; a duplicate from an endgame request
+        // arrives later and changes nothing.
+        if !sources.chunks.contains_key(&(index, chunk)) {
+            sources.record(index, chunk, from);
+        }
     }
 }
 

@@ -137,6 +137,8 @@ pub enum StoreEvent {
         index: FragmentIndex,
         /// Chunk within the fragment.
         chunk: u32,
+        /// The peer it came from, when a download fetched it.
+        from: Option<crate::addr::PeerAddr>,
     },
     /// A fragment became complete and verified.
     FragmentComplete {
@@ -676,6 +678,19 @@ impl FragmentStore {
         chunk: u32,
         data: Bytes,
     ) -> Result<ChunkOutcome> {
+        self.write_chunk_from(video, index, chunk, data, None).await
+    }
+
+    /// [`FragmentStore::write_chunk`] of a chunk that came from `from`: its
+    /// [`StoreEvent::ChunkVerified`] names the peer (the player's per-chunk bar).
+    pub async fn write_chunk_from(
+        &self,
+        video: VideoId,
+        index: FragmentIndex,
+        chunk: u32,
+        data: Bytes,
+        from: Option<crate::addr::PeerAddr>,
+    ) -> Result<ChunkOutcome> {
         let entry = self.entry(video)?;
         let info = entry
             .manifest
@@ -773,6 +788,7 @@ impl FragmentStore {
             video,
             index,
             chunk,
+            from,
         });
         if !complete {
             return Ok(ChunkOutcome::Stored);

@@ -187,13 +187,11 @@ pub(crate) fn sse(
                         video: v,
                         index,
                         chunk,
+                        from,
                     }) if v == video => {
                         let sources = sources_of(downloads, video);
                         fragment(&store, sources.as_ref(), video, index).map(|f| {
-                            let from = sources
-                                .as_ref()
-                                .and_then(|s| s.source(index, chunk))
-                                .map(|p| p.to_string());
+                            let from = from.map(|p| p.to_string());
                             json_event(
                                 "progress",
                                 &ChunkProgress {

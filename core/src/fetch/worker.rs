@@ -140,7 +140,11 @@ impl WorkerCtx {
             }
         };
         self.pool.put_back(addr, s);
-        match self.store.write_chunk(self.video, index, chunk, data).await {
+        match self
+            .store
+            .write_chunk_from(self.video, index, chunk, data, Some(addr.clone()))
+            .await
+        {
             Ok(outcome) => Ok((len, outcome)),
             Err(StoreError::HashMismatch { what, .. }) => Err(Failure::Lied(
                 format!("{what} of fragment {index} failed verification"),
