@@ -589,7 +589,12 @@ impl Library {
             let msg = Withdrawal {
                 withdrawn: video,
                 node,
-                addrs: w.addrs.iter().take(crate::pubsub::MAX_EVENT_ADDRS).cloned().collect(),
+                addrs: w
+                    .addrs
+                    .iter()
+                    .take(crate::pubsub::MAX_EVENT_ADDRS)
+                    .cloned()
+                    .collect(),
             };
             match tokio::time::timeout(Duration::from_secs(5), ps.publish(topic, msg.encode()))
                 .await

@@ -295,16 +295,11 @@ impl FragmentStore {
         dirs.sort();
         for dir in &dirs {
             // A removal or an addition a crash interrupted: finish or undo it.
-            if dir
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| {
-                    n.starts_with(REMOVING_PREFIX) || n.starts_with(crate::library::STAGING_PREFIX)
-                })
-            {
-                if let Err(e) = std::fs::remove_dir_all(dir) {
-                    tracing::warn!(path = %dir.display(), error = %e, "could not finish removing a video");
-                }
+            let leftover = dir.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                n.starts_with(REMOVING_PREFIX) || n.starts_with(crate::library::STAGING_PREFIX)
+            });
+            if leftover && let Err(e) = std::fs::remove_dir_all(dir) {
+                tracing::warn!(path = %dir.display(), error = %e, "could not finish removing a video");
             }
         }
         for dir in dirs {
@@ -956,9 +951,7 @@ impl FragmentStore {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0);
-        let gone = self
-            .root
-            .join(format!("{REMOVING_PREFIX}{video}-{stamp}"));
+        let gone = self.root.join(format!("{REMOVING_PREFIX}{video}-{stamp}"));
         std::fs::rename(&entry.dir, &gone).map_err(io_err("renaming", &entry.dir))?;
         fsutil::sync_dir(&self.root).map_err(io_err("syncing", &self.root))?;
         std::fs::remove_dir_all(&gone).map_err(io_err("deleting", &gone))?;

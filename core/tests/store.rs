@@ -224,10 +224,16 @@ async fn a_removed_video_is_gone_at_once_and_an_interrupted_removal_finishes_on_
     assert!(store.remove_video(id).unwrap());
     assert!(store.manifest(id).is_none());
     assert!(store.have(id).is_empty());
-    assert!(store.read(id, 0, 0, 10).await.is_err(), "nothing more is served");
+    assert!(
+        store.read(id, 0, 0, 10).await.is_err(),
+        "nothing more is served"
+    );
     assert!(!store.video_dir(id).exists());
     assert_eq!(events.recv().await.unwrap(), StoreEvent::VideoRemoved(id));
-    assert!(!store.remove_video(id).unwrap(), "removing twice is a no-op");
+    assert!(
+        !store.remove_video(id).unwrap(),
+        "removing twice is a no-op"
+    );
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert!(left.is_empty(), "{left:?}");
 
@@ -260,7 +266,11 @@ async fn a_footprint_counts_complete_fragments_and_part_files() {
     let size = |i: usize| v.manifest.fragments[i].size;
     assert_eq!(fp.size, v.manifest.size);
     assert_eq!(fp.complete_bytes, size(0));
-    assert_eq!(fp.partial_bytes, size(2), "a .part file is preallocated whole");
+    assert_eq!(
+        fp.partial_bytes,
+        size(2),
+        "a .part file is preallocated whole"
+    );
     assert_eq!((fp.complete_fragments, fp.fragment_count), (1, 4));
     assert!(!fp.is_complete());
     assert_eq!(fp.on_disk(), size(0) + size(2));

@@ -1112,6 +1112,7 @@ mod tests {
             console: Some(false),
             limits: LimitsOverrides {
                 max_upload_rate: Some("1MB".into()),
+                max_disk: Some("500MiB".into()),
                 max_connections: Some(3),
                 concurrency: Some(2),
             },
@@ -1147,6 +1148,7 @@ mod tests {
         assert_eq!(c.limits.max_upload_rate.as_deref(), Some("1MB"));
         assert_eq!(c.limits.max_connections, 3);
         assert_eq!(c.limits.concurrency, 2);
+        assert_eq!(c.max_disk().unwrap(), Some(500 * 1024 * 1024));
         assert_eq!(c.http_listen.as_deref(), Some("127.0.0.1:0"));
         assert_eq!(c.roles, vec![Role::Broker, Role::Manager]);
         assert_eq!(c.want, Want::All);
@@ -1297,6 +1299,19 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("max_upload_rate"), "{e}");
+        let e = load(
+            &none(),
+            &Overrides {
+                limits: LimitsOverrides {
+                    max_disk: Some("20 parsecs".into()),
+                    ..LimitsOverrides::default()
+                },
+                ..Overrides::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("limits.max_disk"), "{e}");
         let e = load(
             &none(),
             &Overrides {

@@ -62,8 +62,14 @@ fn add(d: &Path, file: &str, to: &str) -> String {
     );
     assert!(o.status.success(), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    assert!(out.contains(&format!("player     http://{to}/watch/")), "{out}");
-    after(&out.lines().map(str::to_string).collect::<Vec<_>>(), "video id")
+    assert!(
+        out.contains(&format!("player     http://{to}/watch/")),
+        "{out}"
+    );
+    after(
+        &out.lines().map(str::to_string).collect::<Vec<_>>(),
+        "video id",
+    )
 }
 
 #[test]
@@ -82,7 +88,14 @@ fn add_watch_evict_and_remove_with_real_processes() {
     let s = fragnet(
         d,
         &[
-            "split", "p.mp4", "--out", "pdir", "-n", "3", "--chunk-size", "32KiB",
+            "split",
+            "p.mp4",
+            "--out",
+            "pdir",
+            "-n",
+            "3",
+            "--chunk-size",
+            "32KiB",
         ],
     );
     assert!(s.status.success(), "{}", text(&s));
@@ -143,7 +156,10 @@ fn add_watch_evict_and_remove_with_real_processes() {
     let lib = library(&viewer_http);
     assert_eq!(lib["max_disk"], 700_000);
     assert_eq!(lib["videos"][0]["video"], p);
-    assert_eq!(lib["videos"][0]["pinned"], true, "what a node seeds is pinned");
+    assert_eq!(
+        lib["videos"][0]["pinned"], true,
+        "what a node seeds is pinned"
+    );
 
     let settled = |id: &str| {
         eventually(20, "the download to settle", || {

@@ -180,9 +180,10 @@ pub(crate) fn sse(
                     Ok(StoreEvent::VideoAdded(v)) if v == video => {
                         status(&store, downloads, video).map(|s| json_event("snapshot", &s))
                     }
-                    Ok(StoreEvent::VideoRemoved(v)) if v == video => {
-                        Some(json_event("removed", &serde_json::json!({ "video": video })))
-                    }
+                    Ok(StoreEvent::VideoRemoved(v)) if v == video => Some(json_event(
+                        "removed",
+                        &serde_json::json!({ "video": video }),
+                    )),
                     Ok(StoreEvent::ChunkVerified {
                         video: v,
                         index,

@@ -30,8 +30,6 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, put};
-use utoipa::OpenApi;
-use utoipa_swagger_ui::SwaggerUi;
 use fragnet_core::fetch::FetchError;
 use fragnet_core::serve::ServeContext;
 use fragnet_core::{FragmentStore, Manifest, NodeId, VideoId};
@@ -40,6 +38,8 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
+use utoipa::OpenApi;
+use utoipa_swagger_ui::SwaggerUi;
 
 pub mod events;
 mod io;
@@ -197,8 +197,8 @@ pub async fn spawn(
             listener,
             router(app).into_make_service_with_connect_info::<io::ClientAddr>(),
         )
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await;
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await;
         if let Err(e) = served {
             warn!(error = %e, "HTTP server stopped");
         }
@@ -340,7 +340,9 @@ impl App {
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("video {video} is not held here: {e}"),
             )),
-            Err(e @ FetchError::NoRoom(_)) => Err(ApiError(StatusCode::INSUFFICIENT_STORAGE, e.to_string())),
+            Err(e @ FetchError::NoRoom(_)) => {
+                Err(ApiError(StatusCode::INSUFFICIENT_STORAGE, e.to_string()))
+            }
             Err(e) => Err(ApiError(StatusCode::BAD_GATEWAY, e.to_string())),
         }
     }

@@ -417,7 +417,9 @@ mod tests {
     fn names_are_plain_file_names() {
         assert!(file_name("talk.mp4").is_ok());
         assert!(file_name("a b (1).webm").is_ok());
-        for bad in ["", ".", "..", "../x.mp4", "a/b.mp4", ".hidden", "a\\b", "x\n.mp4"] {
+        for bad in [
+            "", ".", "..", "../x.mp4", "a/b.mp4", ".hidden", "a\\b", "x\n.mp4",
+        ] {
             assert!(file_name(bad).is_err(), "{bad:?}");
         }
         assert!(file_name(&"x".repeat(256)).is_err());

@@ -99,13 +99,7 @@ async fn a_video_added_to_a_running_node_reaches_another_node_and_so_does_its_re
         HttpConfig::default(),
     )
     .await;
-    let (mut b, _) = swarm_node(
-        &murl,
-        broker.local_addr(),
-        Want::All,
-        HttpConfig::default(),
-    )
-    .await;
+    let (mut b, _) = swarm_node(&murl, broker.local_addr(), Want::All, HttpConfig::default()).await;
     let a_id = a.identity.node_id();
 
     // Upload a file to A's running node.
@@ -126,7 +120,10 @@ async fn a_video_added_to_a_running_node_reaches_another_node_and_so_does_its_re
     let added: Value = r.json().await.unwrap();
     let expected = TestVideo::from_bytes("clip.mp4", &bytes, 5, 65536).id();
     let video: VideoId = added["video"].as_str().unwrap().parse().unwrap();
-    assert_eq!(video, expected, "the node split the upload as `fragnet split` does");
+    assert_eq!(
+        video, expected,
+        "the node split the upload as `fragnet split` does"
+    );
     assert_eq!(added["fragments"], 5);
     assert_eq!(added["player"], format!("/watch/{video}"));
     assert_eq!(a.store.have(video).len(), 5);
@@ -302,8 +299,16 @@ async fn library_writes_need_the_token_when_one_is_set_and_uploads_are_bounded()
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     // The OpenAPI document describes the library and Swagger UI is served.
     let spec = json(&c, &format!("{}/openapi.json", node.base)).await;
-    for path in ["/library", "/library/{id}", "/library/{id}/pin", "/videos/{id}"] {
-        assert!(spec["paths"][path].is_object(), "{path} missing from the spec");
+    for path in [
+        "/library",
+        "/library/{id}",
+        "/library/{id}/pin",
+        "/videos/{id}",
+    ] {
+        assert!(
+            spec["paths"][path].is_object(),
+            "{path} missing from the spec"
+        );
     }
     let ui = c
         .get(format!("{}/apidocs/", node.base))
@@ -377,7 +382,13 @@ async fn per_chunk_state_names_the_peer_each_chunk_came_from() {
             .as_array()
             .unwrap()
             .iter()
-            .all(|f| f["chunks"].as_array().unwrap().iter().all(|c| c.as_i64() >= Some(1)))
+            .all(|f| {
+                f["chunks"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|c| c.as_i64() >= Some(1))
+            })
     })
     .await;
     let status = json(&c, &url).await;
@@ -482,11 +493,17 @@ async fn a_small_quota_evicts_the_least_recently_watched_and_keeps_the_pinned() 
     let r = within(30, "watching B", watch(&b)).await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.bytes().await.unwrap().len(), 300_000);
-    assert!(viewer.node.store.manifest(a.id()).is_none(), "A was evicted");
+    assert!(
+        viewer.node.store.manifest(a.id()).is_none(),
+        "A was evicted"
+    );
     assert!(!viewer.node.store.video_dir(a.id()).exists());
     assert_eq!(viewer.node.store.have(pinned).len(), 3, "P is pinned");
     // The last fragment is renamed into place just after its bytes went out.
-    until(10, "B complete", async || viewer.node.store.have(b.id()).len() == 3).await;
+    until(10, "B complete", async || {
+        viewer.node.store.have(b.id()).len() == 3
+    })
+    .await;
     assert_eq!(lib.stats().evictions.load(Ordering::Relaxed), 1);
 
     // 500 kB cannot fit beside the pinned 300 kB under 700 kB: a clear 507, and

@@ -31,7 +31,11 @@ struct ErrorBody {
 /// configuration layers (`FRAGNET_LIBRARY__TOKEN`).
 fn token(sources: &config::Sources, file: Option<&std::path::Path>) -> Result<Option<String>> {
     if let Some(f) = file {
-        return Ok(fragnet_core::secret::resolve("--token-file", None, Some(f))?);
+        return Ok(fragnet_core::secret::resolve(
+            "--token-file",
+            None,
+            Some(f),
+        )?);
     }
     let cfg = config::load(sources, &config::Overrides::default())?;
     cfg.library_token()
@@ -114,7 +118,12 @@ pub async fn add(sources: &config::Sources, a: AddArgs) -> Result<()> {
         .json()
         .await
         .context("reading the node's answer to the upload")?;
-    println!("Added {} ({}, {} fragments)", added.name, human_bytes(added.size), added.fragments);
+    println!(
+        "Added {} ({}, {} fragments)",
+        added.name,
+        human_bytes(added.size),
+        added.fragments
+    );
     println!("  video id   {}", added.video);
     println!("  player     {base}{}", added.player);
     Ok(())

@@ -400,7 +400,10 @@ impl Console {
         match matches.as_slice() {
             [one] => Ok(*one),
             [] => Err(format!("no video here starts with '{id}'; type 'videos'")),
-            _ => Err(format!("'{id}' matches {} videos; give more of the id", matches.len())),
+            _ => Err(format!(
+                "'{id}' matches {} videos; give more of the id",
+                matches.len()
+            )),
         }
     }
 
