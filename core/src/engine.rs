@@ -334,6 +334,11 @@ impl Downloads {
         self.library.as_ref()
     }
 
+    /// Evicted here to make room: not fetched back on its own.
+    fn evicted(&self, video: VideoId) -> bool {
+        self.library.as_ref().is_some_and(|l| l.was_evicted(video))
+    }
+
     /// Which peer each chunk of `video` came from, if this node downloaded any of it
     /// recently.
     pub fn sources(&self, video: VideoId) -> Option<VideoSources> {
@@ -672,7 +677,10 @@ impl Downloads {
                 d.add_holder(hint.addr, &fragments);
                 continue;
             }
-            if !self.want.wants(hint.video) || self.complete(hint.video, None) {
+            if !self.want.wants(hint.video)
+                || self.complete(hint.video, None)
+                || self.evicted(hint.video)
+            {
                 continue;
             }
             if fragments
@@ -718,7 +726,7 @@ impl Downloads {
             Want::Videos(v) => v.clone(),
         };
         for video in videos {
-            if self.complete(video, None) {
+            if self.complete(video, None) || self.evicted(video) {
                 continue;
             }
             match self.get(video) {

@@ -227,6 +227,9 @@ pub struct Library {
     /// One admission (with its evictions) at a time.
     admitting: tokio::sync::Mutex<()>,
     withdrawer: Mutex<Withdrawer>,
+    /// Videos evicted while the node runs: `want` does not fetch them back on its own
+    /// (that would evict another, and so on); a player or the console still can.
+    evicted: Mutex<HashSet<VideoId>>,
     stats: LibraryStats,
 }
 
@@ -270,6 +273,7 @@ impl Library {
             reserved: Mutex::default(),
             admitting: tokio::sync::Mutex::new(()),
             withdrawer: Mutex::default(),
+            evicted: Mutex::default(),
             stats: LibraryStats::default(),
         }
     }
@@ -442,6 +446,10 @@ impl Library {
             match self.withdraw_and_delete(v).await {
                 Ok(_) => {
                     self.stats.evictions.fetch_add(1, Ordering::Relaxed);
+                    let mut evicted = self.evicted.lock().unwrap();
+                    if evicted.len() < 4096 {
+                        evicted.insert(v);
+                    }
                 }
                 Err(e) => warn!(video = %v.short(), "evicting: {e}"),
             }
@@ -459,6 +467,7 @@ impl Library {
         match self.make_room(&video.to_string(), Some(video), size).await {
             Ok(()) => {
                 self.reserved.lock().unwrap().insert(video);
+                self.evicted.lock().unwrap().remove(&video);
                 Ok(())
             }
             Err(e) => {
@@ -473,6 +482,12 @@ impl Library {
                 Err(e)
             }
         }
+    }
+
+    /// Whether `video` was evicted here (and not fetched again since): automatic
+    /// fetching (`want`) leaves it alone.
+    pub fn was_evicted(&self, video: VideoId) -> bool {
+        self.evicted.lock().unwrap().contains(&video)
     }
 
     /// The download of `video` ended: it counts what it holds from now on.
