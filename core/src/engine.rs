@@ -267,6 +267,12 @@ struct SourceRecorder {
 }
 
 impl FetchObserver for SourceRecorder {
+    fn started(&self, video: VideoId, _: &Manifest, _: u64, already: u64) {
+        // Nothing of it here: whatever was recorded belongs to a copy since removed.
+        if already == 0 {
+            self.sources.0.lock().unwrap().shift_remove(&video);
+        }
+    }
     fn chunk(&self, index: FragmentIndex, chunk: u32, _: u64, from: &PeerAddr) {
         self.sources.record(self.video, index, chunk, from);
     }
