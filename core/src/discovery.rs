@@ -144,7 +144,7 @@ const SOURCE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Videos the directory remembers holders of.
 const DIRECTORY_VIDEOS: usize = 256;
 /// Holders the directory remembers per video (the most recently heard).
-const DIRECTORY_HOLDERS: usize = 64;
+pub const DIRECTORY_HOLDERS: usize = 64;
 
 /// Every source a node is configured with, asked as one, plus the directory of holders
 /// heard of (for peer exchange) and a stream of new holders.
@@ -788,6 +788,7 @@ impl Discovery for EventDiscovery {
                     .unwrap_or_default(),
                 reply: false,
             };
+            debug!(video = %video.short(), addrs = q.addrs.len(), "asking the topic who has the video");
             let payload = Bytes::from(serde_json::to_vec(&q).expect("a query serializes"));
             self.pubsub
                 .publish(&self.topic, payload)
@@ -889,6 +890,7 @@ impl Discovery for EventDiscovery {
                                 .filter_map(|a| a.parse().ok())
                                 .filter(dialable)
                                 .collect();
+                            debug!(node = %q.node.short(), reply = q.reply, addrs = addrs.len(), "heard a who_has");
                             if let Some(addr) = self.picker.pick(&addrs) {
                                 self.record_downloader(q.who_has, &addr);
                                 let _ = sink.send(Hint {

@@ -505,6 +505,18 @@ impl Downloads {
         };
         self.stats.started.fetch_add(1, Ordering::Relaxed);
         *guard = Some(d.clone());
+        // Hints that arrived while the download was being set up (its manifest and
+        // first lookup take a moment) found no download to join; a crowd of viewers
+        // starting together announce themselves in exactly that window. Their
+        // addresses are in the directory: join them now (their watches say what they
+        // hold).
+        let known = self
+            .discovery
+            .known(video, crate::discovery::DIRECTORY_HOLDERS);
+        debug!(video = %video.short(), known = known.len(), "joining the peers heard of meanwhile");
+        for addr in known {
+            d.add_holder(addr, &[]);
+        }
         // Report how it ends, once, and stop counting it at full size.
         let watch = d.clone();
         let library = self.library.clone();

@@ -36,6 +36,7 @@ pub mod serve;
 pub mod split;
 pub mod store;
 pub mod transport;
+pub mod tree;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;

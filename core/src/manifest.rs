@@ -9,9 +9,11 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{Digest, FragmentIndex, VideoId};
+use crate::tree;
 
-/// Manifest format version written and accepted.
-pub const MANIFEST_VERSION: u32 = 1;
+/// Newest manifest format version, written wherever the chunk size allows it (see
+/// [`crate::tree`]); version 1 is still read, and written for other chunk sizes.
+pub const MANIFEST_VERSION: u32 = tree::V2;
 /// Default number of fragments a video is split into (the seed's 10).
 pub const DEFAULT_FRAGMENTS: u32 = 10;
 /// Default chunk size: the unit of verification, resume and streaming.
@@ -48,8 +50,9 @@ pub struct Manifest {
     /// Total size in bytes: the sum of the fragments' sizes.
     #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub size: u64,
-    /// Format version, [`MANIFEST_VERSION`].
-    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 1))]
+    /// Format version: 2 (chunk digests are BLAKE3 chaining values, chunk size a power
+    /// of two of at least 1 KiB) or 1 (chunk digests are BLAKE3 of each chunk).
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 2))]
     pub version: u32,
 }
 
@@ -58,7 +61,9 @@ pub struct Manifest {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct FragmentInfo {
-    /// BLAKE3 of each chunk, in order: ceil(size / chunk_size) of them.
+    /// Each chunk's digest, in order: ceil(size / chunk_size) of them. Version 1: BLAKE3
+    /// of the chunk; version 2: its BLAKE3 chaining value within the fragment, so the
+    /// digests add up to the fragment hash (see `fragnet_core::tree`).
     #[cfg_attr(feature = "openapi", schema(min_items = 1))]
     pub chunks: Vec<Digest>,
     /// BLAKE3 of the fragment's bytes.
@@ -110,17 +115,24 @@ impl Manifest {
     }
 
     /// Checks internal consistency: version, contiguous fragments covering the file,
-    /// chunk counts matching sizes, and bounds.
+    /// chunk counts matching sizes, bounds, and for version 2 that each fragment's chunk
+    /// digests add up to its hash.
     pub fn validate(&self) -> Result<(), ManifestError> {
         let bad = |m: String| Err(ManifestError::Invalid(m));
-        if self.version != MANIFEST_VERSION {
+        if self.version != tree::V1 && self.version != tree::V2 {
             return bad(format!(
-                "unsupported version {} (this build reads {MANIFEST_VERSION})",
+                "unsupported version {} (this build reads 1 and {MANIFEST_VERSION})",
                 self.version
             ));
         }
         if self.chunk_size == 0 {
             return bad("chunk_size is 0".into());
+        }
+        if self.version == tree::V2 && !tree::v2_chunk_size(self.chunk_size) {
+            return bad(format!(
+                "version 2 needs a chunk_size that is a power of two of at least 1024, not {}",
+                self.chunk_size
+            ));
         }
         if self.fragment_count == 0 || self.fragment_count > MAX_FRAGMENTS {
             return bad(format!(
@@ -174,7 +186,50 @@ impl Manifest {
                 self.size
             ));
         }
+        if self.version == tree::V2 {
+            for f in &self.fragments {
+                if tree::fragment_root(self.chunk_size, f.size, &f.chunks) != f.hash {
+                    return bad(format!(
+                        "the chunk digests of fragment {} do not add up to its hash",
+                        f.index
+                    ));
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// Whether the chunk digests alone prove a fragment's hash (version 2, checked by
+    /// [`Manifest::validate`]): a fragment whose chunks all verified needs no second
+    /// pass. Version 1 fragments are hashed whole when they complete.
+    pub fn chunks_prove_fragment(&self) -> bool {
+        self.version == tree::V2
+    }
+
+    /// The digest of chunk `chunk` of fragment `index` with bytes `data`, computed the
+    /// way this manifest's version lists it; `None` if there is no such chunk.
+    pub fn chunk_digest(&self, index: FragmentIndex, chunk: u32, data: &[u8]) -> Option<Digest> {
+        let f = self.fragment(index)?;
+        if chunk as usize >= f.chunks.len() {
+            return None;
+        }
+        Some(tree::chunk_digest(
+            self.version,
+            self.chunk_size,
+            chunk,
+            f.chunks.len(),
+            data,
+        ))
+    }
+
+    /// Whether `data` is chunk `chunk` of fragment `index` (length and digest).
+    pub fn verify_chunk(&self, index: FragmentIndex, chunk: u32, data: &[u8]) -> bool {
+        let (Some(f), Some((_, len))) = (self.fragment(index), self.chunk_range(index, chunk))
+        else {
+            return false;
+        };
+        data.len() as u64 == len
+            && self.chunk_digest(index, chunk, data) == Some(f.chunks[chunk as usize])
     }
 
     /// The fragment at `index`, if there is one.
@@ -321,6 +376,73 @@ mod tests {
         let mut m = sample();
         m.version = 2;
         assert!(m.validate().unwrap_err().to_string().contains("version"));
+    }
+
+    /// A real version 2 manifest of `bytes` in chunks of 1 KiB.
+    fn v2_of(bytes: &[u8]) -> Manifest {
+        let n = bytes.len().div_ceil(1024);
+        let chunks: Vec<Digest> = bytes
+            .chunks(1024)
+            .enumerate()
+            .map(|(i, c)| tree::chunk_digest(tree::V2, 1024, i as u32, n, c))
+            .collect();
+        Manifest {
+            chunk_size: 1024,
+            fragment_count: 1,
+            fragments: vec![FragmentInfo {
+                chunks,
+                hash: Digest::of(bytes),
+                index: 0,
+                offset: 0,
+                size: bytes.len() as u64,
+            }],
+            hash: Digest::of(bytes),
+            mime: "video/mp4".into(),
+            name: "a.mp4".into(),
+            size: bytes.len() as u64,
+            version: tree::V2,
+        }
+    }
+
+    #[test]
+    fn version_2_chunk_digests_must_add_up_to_the_fragment_hash() {
+        let bytes: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+        let m = v2_of(&bytes);
+        m.validate().unwrap();
+        assert!(m.verify_chunk(0, 2, &bytes[2048..3072]));
+        assert!(
+            !m.verify_chunk(0, 1, &bytes[2048..3072]),
+            "digests bind position"
+        );
+        assert!(
+            !m.verify_chunk(0, 4, &bytes[4096..4999]),
+            "length is checked"
+        );
+        assert!(!m.verify_chunk(0, 5, &[]));
+
+        // A digest swapped for another chunk's: each digest may be "valid", the set
+        // does not add up, and the manifest is refused before anyone downloads.
+        let mut swapped = m.clone();
+        swapped.fragments[0].chunks.swap(0, 1);
+        let e = swapped.validate().unwrap_err().to_string();
+        assert!(e.contains("do not add up"), "{e}");
+        let mut wrong_hash = m.clone();
+        wrong_hash.fragments[0].hash = Digest::of(b"x");
+        assert!(wrong_hash.validate().is_err());
+
+        let mut odd = m.clone();
+        odd.chunk_size = 1000;
+        let e = odd.validate().unwrap_err().to_string();
+        assert!(e.contains("power of two"), "{e}");
+        let mut future = m;
+        future.version = 3;
+        assert!(
+            future
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("version 3")
+        );
     }
 
     #[test]

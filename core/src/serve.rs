@@ -98,12 +98,18 @@ struct SeedCounts {
 /// A chunk refused for super-seeding may go out again after this long anyway: its
 /// earlier recipient may have left, or be the only one the asker cannot reach.
 const RESEND_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
+/// The same for a player's urgent chunk. Viewers who started together all ask for the
+/// same chunks at the same moment: the first asker gets the chunk and the others, told
+/// to ask a peer that has it, learn within a moment (watch updates) that it does. A
+/// viewer who cannot get it elsewhere gets it from here after this short wait, well
+/// inside a player's start-up buffer.
+const URGENT_RESEND_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl SuperSeed {
     /// A copy of chunk `g` (of `total`) may start: no chunk has fewer whole copies out
-    /// than this one has started, or its last copy started [`RESEND_AFTER`] ago. Counts
-    /// it as started.
-    fn start(&self, video: VideoId, g: u32, total: u32) -> bool {
+    /// than this one has started, or its last copy started `resend` ago. Counts it as
+    /// started.
+    fn start(&self, video: VideoId, g: u32, total: u32, resend: std::time::Duration) -> bool {
         let mut v = self.videos.lock().unwrap();
         let c = v.entry(video).or_insert_with(|| SeedCounts {
             started: vec![0; total as usize],
@@ -117,7 +123,7 @@ impl SuperSeed {
         // Once every chunk went out whole, the leechers hold the video between them:
         // a second copy goes out only when the first is old (its holder may be gone).
         let floor = c.done.iter().copied().min().unwrap_or(0).min(1);
-        let stale = c.last[i].is_none_or(|t| t.elapsed() >= RESEND_AFTER);
+        let stale = c.last[i].is_none_or(|t| t.elapsed() >= resend);
         if started > floor && !stale {
             return false;
         }
@@ -579,15 +585,19 @@ impl ServeContext {
         urgent: bool,
     ) -> Result<UploadGrant, String> {
         let mut grant = UploadGrant::default();
-        if !urgent
-            && let Some(seeds) = &self.super_seed
+        if let Some(seeds) = &self.super_seed
             && let Some(m) = self.store.manifest(video)
             && self.store.have(video).len() == m.fragment_count as usize
             && let Some(chunk) = single_chunk(&m, index, offset, length)
         {
             let map = crate::avail::ChunkMap::of(&m);
+            let resend = if urgent {
+                URGENT_RESEND_AFTER
+            } else {
+                RESEND_AFTER
+            };
             if let Some(g) = map.global(index, chunk) {
-                if !seeds.start(video, g, map.total()) {
+                if !seeds.start(video, g, map.total(), resend) {
                     return Err(
                         "super-seeding: this chunk went out already; ask a peer that has it".into(),
                     );
@@ -596,11 +606,7 @@ impl ServeContext {
             }
         }
         if let Some(slots) = &self.upload_slots {
-            let wait = if urgent {
-                self.timeouts.io / 2
-            } else {
-                SLOT_WAIT
-            };
+            let wait = SLOT_WAIT;
             match tokio::time::timeout(wait, slots.clone().acquire_owned()).await {
                 Ok(Ok(p)) => grant.slot = Some(p),
                 _ => return Err("every upload slot is taken; ask another peer or later".into()),

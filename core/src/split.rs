@@ -10,10 +10,9 @@ use std::path::{Path, PathBuf};
 
 use crate::fsutil;
 use crate::ids::{Digest, VideoId};
-use crate::manifest::{
-    FragmentInfo, MANIFEST_VERSION, MAX_CHUNKS, MAX_FRAGMENTS, Manifest, mime_for,
-};
+use crate::manifest::{FragmentInfo, MAX_CHUNKS, MAX_FRAGMENTS, Manifest, mime_for};
 use crate::store::{MANIFEST_FILE, fragment_file_name};
+use crate::tree;
 
 /// Errors of split and join, each saying what to do.
 #[derive(Debug, thiserror::Error)]
@@ -191,7 +190,7 @@ pub fn split(
             mime: mime_for(&name).to_string(),
             name,
             size,
-            version: MANIFEST_VERSION,
+            version: tree::version_for(opts.chunk_size),
         };
         if let Some(other) = existing_video(out_dir)
             && !opts.force
@@ -213,6 +212,7 @@ pub fn split(
             let mut out = File::create(&tmp).map_err(io_err("creating", &tmp))?;
             let mut frag_hash = blake3::Hasher::new();
             let mut chunk_hashes = Vec::new();
+            let chunks = fsize.div_ceil(opts.chunk_size as u64) as usize;
             let mut left = fsize;
             while left > 0 {
                 let n = left.min(opts.chunk_size as u64) as usize;
@@ -227,18 +227,32 @@ pub fn split(
                     },
                 })?;
                 let chunk = &buf[..n];
-                // One hashing pass per level; all three are BLAKE3 (several GB/s).
-                chunk_hashes.push(Digest::of(chunk));
-                frag_hash.update(chunk);
+                // BLAKE3 throughout (several GB/s). Version 2 chunk digests add up to
+                // the fragment hash, so only version 1 hashes the fragment separately.
+                chunk_hashes.push(tree::chunk_digest(
+                    manifest.version,
+                    opts.chunk_size,
+                    chunk_hashes.len() as u32,
+                    chunks,
+                    chunk,
+                ));
+                if manifest.version == tree::V1 {
+                    frag_hash.update(chunk);
+                }
                 whole.update(chunk);
                 out.write_all(chunk).map_err(io_err("writing", &tmp))?;
                 left -= n as u64;
                 progress(offset + fsize - left);
             }
             out.sync_all().map_err(io_err("syncing", &tmp))?;
+            let hash = if manifest.version == tree::V1 {
+                frag_hash.finalize().into()
+            } else {
+                tree::fragment_root(opts.chunk_size, fsize, &chunk_hashes)
+            };
             manifest.fragments.push(FragmentInfo {
                 chunks: chunk_hashes,
-                hash: frag_hash.finalize().into(),
+                hash,
                 index: i as u32,
                 offset,
                 size: fsize,

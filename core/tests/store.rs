@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use fragnet_core::conformance::{TestVideo, generated_bytes, within};
+use fragnet_core::ids::Digest;
+use fragnet_core::manifest::{MANIFEST_VERSION, Manifest};
 use fragnet_core::store::{
     ChunkOutcome, FragmentStatus, FragmentStore, QUARANTINE_DIR, StoreError, StoreEvent,
 };
@@ -274,4 +276,92 @@ async fn a_footprint_counts_complete_fragments_and_part_files() {
     assert_eq!((fp.complete_fragments, fp.fragment_count), (1, 4));
     assert!(!fp.is_complete());
     assert_eq!(fp.on_disk(), size(0) + size(2));
+}
+
+/// The manifest an earlier build (format version 1) wrote for `bytes`: chunk digests
+/// are BLAKE3 of each chunk alone, whatever the chunk size.
+fn version_1_manifest(bytes: &[u8], fragments: u32, chunk_size: u32) -> Manifest {
+    let v = TestVideo::from_bytes("v.mp4", bytes, fragments, chunk_size);
+    let mut m = v.manifest.clone();
+    m.version = 1;
+    for f in &mut m.fragments {
+        let start = f.offset as usize;
+        let data = &bytes[start..start + f.size as usize];
+        f.chunks = data.chunks(chunk_size as usize).map(Digest::of).collect();
+        f.hash = Digest::of(data);
+    }
+    m.validate().unwrap();
+    m
+}
+
+async fn write_fragment(
+    store: &FragmentStore,
+    m: &Manifest,
+    bytes: &[u8],
+    index: u32,
+) -> Vec<Result<ChunkOutcome, StoreError>> {
+    let id = m.video_id();
+    let f = &m.fragments[index as usize];
+    let mut out = Vec::new();
+    for c in 0..f.chunks.len() as u32 {
+        let (off, len) = m.chunk_range(index, c).unwrap();
+        let start = (f.offset + off) as usize;
+        let data = Bytes::copy_from_slice(&bytes[start..start + len as usize]);
+        out.push(within(10, "chunk write", store.write_chunk(id, index, c, data)).await);
+    }
+    out
+}
+
+#[tokio::test]
+async fn version_1_manifests_from_earlier_builds_still_verify_and_complete() {
+    let bytes = generated_bytes(50_000, 3);
+    // 4096 would be written as version 2 today; an earlier build wrote version 1.
+    let m = version_1_manifest(&bytes, 2, CHUNK);
+    assert_ne!(m.version, MANIFEST_VERSION);
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = FragmentStore::open(dir.path()).unwrap();
+    let id = store.add_manifest(&m).unwrap();
+    // A version 2 digest of the same chunk is not what a version 1 manifest lists.
+    let mut bad = bytes[..CHUNK as usize].to_vec();
+    bad[0] ^= 1;
+    assert!(store.write_chunk(id, 0, 0, Bytes::from(bad)).await.is_err());
+    let results = write_fragment(&store, &m, &bytes, 0).await;
+    assert_eq!(
+        results.last().unwrap().as_ref().unwrap(),
+        &ChunkOutcome::FragmentComplete
+    );
+    assert_eq!(store.have(id), vec![0]);
+    drop(store);
+    let (store, report) = FragmentStore::open(dir.path()).unwrap();
+    assert_eq!((report.complete, store.have(id)), (1, vec![0]));
+}
+
+#[tokio::test]
+async fn a_version_1_fragment_whose_chunks_verify_but_whose_hash_does_not_is_not_completed() {
+    // Version 1 cannot prove its fragment hash from its chunk digests, so the store
+    // still hashes the whole fragment when the last chunk lands.
+    let bytes = generated_bytes(20_000, 4);
+    let mut m = version_1_manifest(&bytes, 1, 3000);
+    m.fragments[0].hash = Digest::of(b"something else");
+    m.validate().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = FragmentStore::open(dir.path()).unwrap();
+    let id = store.add_manifest(&m).unwrap();
+    let results = write_fragment(&store, &m, &bytes, 0).await;
+    let last = results.last().unwrap().as_ref().unwrap_err();
+    assert!(matches!(last, StoreError::HashMismatch { .. }), "{last}");
+    assert_eq!(store.status(id, 0).unwrap(), FragmentStatus::Missing);
+    assert!(store.have(id).is_empty());
+}
+
+#[test]
+fn split_writes_version_2_where_the_chunk_size_allows_and_version_1_elsewhere() {
+    let bytes = generated_bytes(30_000, 5);
+    let v2 = TestVideo::from_bytes("a.mp4", &bytes, 3, 4096);
+    assert_eq!(v2.manifest.version, 2);
+    let v1 = TestVideo::from_bytes("a.mp4", &bytes, 3, 3000);
+    assert_eq!(v1.manifest.version, 1);
+    // Both describe the same bytes: the fragment hashes agree.
+    let hashes = |m: &Manifest| m.fragments.iter().map(|f| f.hash).collect::<Vec<_>>();
+    assert_eq!(hashes(&v2.manifest), hashes(&v1.manifest));
 }

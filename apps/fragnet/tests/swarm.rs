@@ -434,3 +434,190 @@ fn rate_limited_swarm(scheme: &str) {
         seeder_up / size
     );
 }
+
+/// How a viewer fared: the worst lateness of any byte against its play time (negative:
+/// every byte was early by at least that much), and the bytes received.
+#[derive(Debug)]
+struct Viewing {
+    worst_lateness: f64,
+    /// Where in the video the worst lateness was (bytes).
+    worst_at: u64,
+    bytes: u64,
+}
+
+/// Plays `/videos/{video}/stream` from a node's HTTP address the way a player does:
+/// playback starts `startup` seconds after `t0` and runs at `bitrate` bytes/s; the
+/// player buffers at most `lookahead` seconds ahead of the playhead (it stops reading
+/// when its buffer is full). Byte `o` must arrive before `t0 + startup + o / bitrate`.
+fn view_at_bitrate(
+    http: &str,
+    video: &str,
+    t0: std::time::Instant,
+    bitrate: f64,
+    startup: f64,
+    lookahead: f64,
+) -> Viewing {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(http).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        s,
+        "GET /videos/{video}/stream HTTP/1.1\r\nHost: {http}\r\nRange: bytes=0-\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    // Headers first (small), then the body as it comes.
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).unwrap(), 1, "headers ended early");
+        head.push(byte[0]);
+        assert!(head.len() < 16 << 10, "headers too long");
+    }
+    let head = String::from_utf8_lossy(&head).to_string();
+    assert!(head.starts_with("HTTP/1.1 20"), "{head}");
+    let mut buf = vec![0u8; 16 << 10];
+    let mut got = 0u64;
+    let mut worst = f64::NEG_INFINITY;
+    let mut worst_at = 0;
+    loop {
+        // A full buffer: wait for the playhead to make room, as a player does.
+        let now = t0.elapsed().as_secs_f64();
+        let room_at = (got as f64 / bitrate) + startup - lookahead;
+        if room_at > now {
+            std::thread::sleep(std::time::Duration::from_secs_f64(room_at - now));
+        }
+        let n = s.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        got += n as u64;
+        let arrived = t0.elapsed().as_secs_f64();
+        // The last byte of this read is the latest-due one.
+        let due = startup + (got - 1) as f64 / bitrate;
+        if arrived - due > worst {
+            worst = arrived - due;
+            worst_at = got;
+        }
+    }
+    Viewing {
+        worst_lateness: worst,
+        worst_at,
+        bytes: got,
+    }
+}
+
+/// A flash crowd: eight viewers open the stream at the same moment from a seeder whose
+/// upload is only 1.5x the video's bitrate. The seeder alone could feed 1.5 of them, so
+/// the viewers must feed each other, and every byte must still arrive before its play
+/// time (after a few seconds of start-up buffering, as any player has).
+#[test]
+fn a_flash_crowd_of_eight_viewers_plays_without_stalls_from_a_slow_seeder() {
+    // The sample clip is 20 s long.
+    const DURATION: f64 = 20.0;
+    const VIEWERS: usize = 8;
+    const STARTUP: f64 = 4.0;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let o = fragnet(
+        d,
+        &["split", sample().to_str().unwrap(), "--chunk-size", "64KiB"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let video = text(&o)
+        .lines()
+        .find(|l| l.contains("video id"))
+        .and_then(|l| l.split_whitespace().last())
+        .unwrap()
+        .to_string();
+    let size = std::fs::metadata(sample()).unwrap().len();
+    let bitrate = size as f64 / DURATION;
+    let upload = format!("{}", (1.5 * bitrate) as u64);
+    let (_m, maddr) = start_manager(d, "127.0.0.1:0");
+    let murl = format!("http://{maddr}");
+    let mut b = spawn(d, &["broker", "--listen", "127.0.0.1:0"], &[]);
+    let lines = wait_for_line(&mut b, "[BROKER] Listening on ", 20);
+    let baddr = after(&lines, "[BROKER] Listening on ");
+    let common = [
+        "--manager",
+        murl.as_str(),
+        "--broker",
+        baddr.as_str(),
+        "--max-upload-rate",
+        upload.as_str(),
+        "--http",
+        "127.0.0.1:0",
+    ];
+    let http_of = |p: &mut Proc| {
+        let lines = wait_for_line(p, "[HTTP] Player on http://", 20);
+        after(&lines, "[HTTP] Player on http://")
+            .split('/')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let mut seeder_args = vec!["--seed", "fragments"];
+    seeder_args.extend_from_slice(&common);
+    let mut seeder = peer(d, "seeder", "127.0.0.1:0", &seeder_args, &[]);
+    let seeder_http = http_of(&mut seeder);
+    // Viewers hold nothing and want nothing until their player asks.
+    let mut viewers = Vec::new();
+    for i in 0..VIEWERS {
+        let name = format!("viewer-{i}");
+        let mut p = peer(d, &name, "127.0.0.1:0", &common, &[]);
+        let http = http_of(&mut p);
+        viewers.push((name, p, http));
+    }
+    // The crowd arrives once the seeder's holdings are on the manager; the viewers'
+    // nodes learn the manifest and holders when their players ask.
+    eventually(20, "the seeder's fragments are on the manager", || {
+        let (status, body) = http_get(&maddr, &format!("/fragments?video={video}"))?;
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let held = v["fragments"]
+            .as_array()?
+            .iter()
+            .filter(|f| f["holders"] == 1)
+            .count();
+        (status == 200 && held == 10).then_some(())
+    });
+    let t0 = std::time::Instant::now();
+    let results: Vec<(String, Viewing)> = std::thread::scope(|s| {
+        let handles: Vec<_> = viewers
+            .iter()
+            .map(|(name, _, http)| {
+                let video = video.as_str();
+                s.spawn(move || {
+                    (
+                        name.clone(),
+                        view_at_bitrate(http, video, t0, bitrate, STARTUP, 8.0),
+                    )
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let seeder_up = counter(&seeder_http, "fragnet_serve_bytes_sent_total").unwrap();
+    let report: Vec<String> = results
+        .iter()
+        .map(|(n, v)| {
+            format!(
+                "{n}: worst {:+.2} s at byte {}, {} bytes",
+                v.worst_lateness, v.worst_at, v.bytes
+            )
+        })
+        .collect();
+    eprintln!(
+        "flash crowd: seeder uploaded {:.2}x the video; {}",
+        seeder_up / size as f64,
+        report.join("; ")
+    );
+    for (name, v) in &results {
+        assert_eq!(v.bytes, size, "{name} got a short stream");
+        assert!(
+            v.worst_lateness <= 0.0,
+            "{name} stalled: a byte arrived {:.2} s after its play time ({})",
+            v.worst_lateness,
+            report.join("; ")
+        );
+    }
+}

@@ -240,7 +240,10 @@ async fn plays_while_downloading(browser: &Browser, clip: &str, manager: Option<
     assert_eq!(s["total"], 10);
     // The bar is drawn per chunk and names the peer the chunks came from (the seeder;
     // fragment 5 was here before).
-    assert!(s["segments"].as_u64().unwrap() > 10, "one segment per chunk: {s}");
+    assert!(
+        s["segments"].as_u64().unwrap() > 10,
+        "one segment per chunk: {s}"
+    );
     assert!(s["peers"].as_u64().unwrap() >= 1, "{s}");
     assert!(s["sourced"].as_u64().unwrap() > 0, "{s}");
     browser

@@ -351,11 +351,14 @@ impl Sched {
                 .iter()
                 .copied()
                 .filter(|&p| usable(self, &reserved, p))
-                // Seeders last for background chunks (they serve what nobody else
-                // can); then the least loaded; among equals, spread by chunk number.
+                // Seeders last (they serve what nobody else can), for a player's
+                // chunks too: when a crowd watches together, the seeder's upload is
+                // the scarce resource and a chunk a viewer already holds should come
+                // from that viewer. Then the least loaded; among equals, spread by
+                // chunk number.
                 .min_by_key(|&p| {
                     (
-                        !urgent && self.is_seeder(p),
+                        self.is_seeder(p),
                         self.peers[p].in_flight,
                         (p + key.3 as usize) % self.peers.len(),
                     )

@@ -46,6 +46,7 @@ impl Watches {
         if !self.watched.lock().unwrap().insert(addr.clone()) {
             return;
         }
+        debug!(peer = %addr, video = %self.video.short(), "watching a peer's chunks");
         tokio::spawn(self.clone().run(addr));
     }
 

@@ -152,6 +152,24 @@ pub fn wait_exit(p: &mut Proc, secs: u64) -> std::process::ExitStatus {
     }
 }
 
+/// Where a spawned process's stderr (its log) goes: nowhere, unless
+/// `FNTEST_LOGS=DIR` asks to keep each one as a file in DIR (for debugging a
+/// failing test; `RUST_LOG` applies as usual).
+fn stderr_for(args: &[&str]) -> Stdio {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let Some(dir) = std::env::var_os("FNTEST_LOGS") else {
+        return Stdio::null();
+    };
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = args
+        .iter()
+        .position(|a| *a == "--name")
+        .and_then(|i| args.get(i + 1))
+        .unwrap_or(args.first().unwrap_or(&"fragnet"));
+    let path = Path::new(&dir).join(format!("{}-{n}-{name}.log", std::process::id()));
+    std::fs::File::create(&path).map_or(Stdio::null(), Stdio::from)
+}
+
 /// Starts `fragnet ARGS` in `dir` with extra environment, stdout piped.
 pub fn spawn(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Proc {
     let mut cmd = Command::new(BIN);
@@ -159,7 +177,7 @@ pub fn spawn(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Proc {
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+        .stderr(stderr_for(args));
     for (k, v) in env {
         cmd.env(k, v);
     }
