@@ -332,8 +332,10 @@ impl Library {
         self.state.lock().unwrap().pinned.contains(&video)
     }
 
-    /// A player watched `video` now: it becomes the most recently used.
-    pub fn touch(&self, video: VideoId) {
+    /// A player watched `video` now: it becomes the most recently used. Never waits
+    /// for the disk: a stale watch time is written by a blocking task, off the player's
+    /// path.
+    pub fn touch(self: &Arc<Self>, video: VideoId) {
         let now = now_ms();
         self.state.lock().unwrap().used.insert(video, now);
         let stale = self
@@ -344,7 +346,10 @@ impl Library {
             .get(&video)
             .is_none_or(|&t| now.saturating_sub(t) >= WATCH_PERSIST_EVERY_MS);
         if stale {
-            self.persist();
+            // Mark it written now so a burst of requests writes once.
+            self.written.lock().unwrap().used.insert(video, now);
+            let me = self.clone();
+            tokio::task::spawn_blocking(move || me.persist());
         }
     }
 
