@@ -305,7 +305,7 @@ pub struct Counter {
 }
 
 impl FetchObserver for Counter {
-    fn chunk(&self, _: FragmentIndex, _: u64, _: &PeerAddr) {
+    fn chunk(&self, _: FragmentIndex, _: u32, _: u64, _: &PeerAddr) {
         self.chunks.fetch_add(1, Ordering::SeqCst);
     }
     fn fragment(&self, _: FragmentIndex, _: u64, _: &[PeerAddr]) {
@@ -1357,7 +1357,7 @@ pub async fn download_priorities(make: MakeTransports, listen: &str) {
                     }
                 }
                 StoreEvent::FragmentComplete { index, .. } => completed.push(index),
-                StoreEvent::VideoAdded(_) => {}
+                StoreEvent::VideoAdded(_) | StoreEvent::VideoRemoved(_) => {}
             }
         }
     })

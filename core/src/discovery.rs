@@ -565,6 +565,7 @@ pub struct WhoHas {
 enum TopicMessage {
     Event(FragmentEvent),
     Query(WhoHas),
+    Withdrawal(crate::pubsub::Withdrawal),
 }
 
 fn parse_topic_message(payload: &[u8]) -> Option<TopicMessage> {
@@ -576,6 +577,9 @@ fn parse_topic_message(payload: &[u8]) -> Option<TopicMessage> {
         && q.addrs.len() <= crate::pubsub::MAX_EVENT_ADDRS
     {
         return Some(TopicMessage::Query(q));
+    }
+    if let Ok(w) = crate::pubsub::Withdrawal::parse(payload) {
+        return Some(TopicMessage::Withdrawal(w));
     }
     None
 }
@@ -595,6 +599,8 @@ pub struct EventStats {
     /// Videos not followed because [`MAX_FOLLOWED_VIDEOS`] were already followed (their
     /// holders are still found through the registry and peer exchange).
     pub follows_refused: std::sync::atomic::AtomicU64,
+    /// Withdrawals heard from other nodes (a video removed or evicted there).
+    pub withdrawals_received: std::sync::atomic::AtomicU64,
 }
 
 /// What this node says about itself on the topic, when it serves.
@@ -855,6 +861,18 @@ impl EventDiscovery {
         }
     }
 
+    /// A node no longer holds `video`: stop naming it as a holder.
+    fn forget(&self, video: VideoId, addrs: &[PeerAddr]) {
+        let mut heard = self.heard.lock().unwrap();
+        if let Some(holders) = heard.get_mut(&video) {
+            holders.retain(|a, _| {
+                !addrs
+                    .iter()
+                    .any(|w| w.scheme == a.scheme && w.host == a.host && w.port == a.port)
+            });
+        }
+    }
+
     /// A node downloading `video` is at `addr` (it may hold chunks, not fragments).
     fn record_downloader(&self, video: VideoId, addr: &PeerAddr) {
         let mut heard = self.heard.lock().unwrap();
@@ -1069,6 +1087,14 @@ impl EventDiscovery {
                     addr,
                     fragments: Some(vec![ev.index]),
                 });
+            }
+            Some(TopicMessage::Withdrawal(w)) if w.node == self.me => {}
+            Some(TopicMessage::Withdrawal(w)) => {
+                self.stats
+                    .withdrawals_received
+                    .fetch_add(1, Ordering::Relaxed);
+                debug!(node = %w.node.short(), video = %w.withdrawn.short(), "a node withdrew a video");
+                self.forget(w.withdrawn, &w.addrs);
             }
             Some(TopicMessage::Query(q)) if q.node == self.me => {}
             Some(TopicMessage::Query(q)) => {

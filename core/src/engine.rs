@@ -130,7 +130,7 @@ impl FetchObserver for LogObserver {
             human_bytes(already)
         );
     }
-    fn chunk(&self, _: FragmentIndex, bytes: u64, _: &PeerAddr) {
+    fn chunk(&self, _: FragmentIndex, _: u32, bytes: u64, _: &PeerAddr) {
         self.stats.chunks.fetch_add(1, Ordering::Relaxed);
         self.stats.bytes.fetch_add(bytes, Ordering::Relaxed);
     }
@@ -184,10 +184,10 @@ impl FetchObserver for RequestTracker {
     fn started(&self, video: VideoId, manifest: &Manifest, wanted: u64, already: u64) {
         self.inner.started(video, manifest, wanted, already);
     }
-    fn chunk(&self, index: FragmentIndex, bytes: u64, from: &PeerAddr) {
+    fn chunk(&self, index: FragmentIndex, chunk: u32, bytes: u64, from: &PeerAddr) {
         if self.asked(index) {
             self.bytes.fetch_add(bytes, Ordering::Relaxed);
-            self.inner.chunk(index, bytes, from);
+            self.inner.chunk(index, chunk, bytes, from);
         }
     }
     fn fragment(&self, index: FragmentIndex, bytes: u64, from: &[PeerAddr]) {
@@ -198,6 +198,83 @@ impl FetchObserver for RequestTracker {
     }
     fn peer_failed(&self, peer: &PeerAddr, error: &str) {
         self.inner.peer_failed(peer, error);
+    }
+}
+
+/// Distinct peers [`ChunkSources`] names per video; chunks from more peers are counted
+/// as from "another peer".
+pub const MAX_SOURCE_PEERS: usize = 64;
+/// Videos [`ChunkSources`] remembers (the most recently downloaded).
+const MAX_SOURCE_VIDEOS: usize = 32;
+
+/// Which peer each chunk of a video came from, for the videos this node downloaded
+/// most recently (bounded: [`MAX_SOURCE_VIDEOS`] videos, [`MAX_SOURCE_PEERS`] peers
+/// each, one entry per chunk of the manifest). Chunks held before this run have no
+/// source.
+#[derive(Debug, Clone, Default)]
+pub struct VideoSources {
+    /// The peers chunks came from, in the order they first sent one.
+    pub peers: Vec<PeerAddr>,
+    /// (fragment, chunk) → index into `peers`; `None`: a peer beyond the bound.
+    pub chunks: HashMap<(FragmentIndex, u32), Option<u16>>,
+}
+
+impl VideoSources {
+    /// The peer chunk `chunk` of fragment `index` came from, if known and named.
+    pub fn source(&self, index: FragmentIndex, chunk: u32) -> Option<&PeerAddr> {
+        let i = (*self.chunks.get(&(index, chunk))?)?;
+        self.peers.get(i as usize)
+    }
+
+    fn record(&mut self, index: FragmentIndex, chunk: u32, from: &PeerAddr) {
+        let i = match self.peers.iter().position(|p| p == from) {
+            Some(i) => Some(i as u16),
+            None if self.peers.len() < MAX_SOURCE_PEERS => {
+                self.peers.push(from.clone());
+                Some((self.peers.len() - 1) as u16)
+            }
+            None => None,
+        };
+        self.chunks.insert((index, chunk), i);
+    }
+}
+
+/// Chunk sources of the recent downloads.
+#[derive(Debug, Default)]
+struct ChunkSources(Mutex<indexmap::IndexMap<VideoId, VideoSources>>);
+
+impl ChunkSources {
+    fn record(&self, video: VideoId, index: FragmentIndex, chunk: u32, from: &PeerAddr) {
+        let mut all = self.0.lock().unwrap();
+        if !all.contains_key(&video) {
+            while all.len() >= MAX_SOURCE_VIDEOS {
+                all.shift_remove_index(0);
+            }
+        }
+        let sources = all.entry(video).or_default();
+        // The first peer whose copy verified; a duplicate from an endgame request
+        // arrives later and changes nothing.
+        if !sources.chunks.contains_key(&(index, chunk)) {
+            sources.record(index, chunk, from);
+        }
+    }
+}
+
+/// Records the source of each chunk of one download.
+struct SourceRecorder {
+    video: VideoId,
+    sources: Arc<ChunkSources>,
+}
+
+impl FetchObserver for SourceRecorder {
+    fn started(&self, video: VideoId, _: &Manifest, _: u64, already: u64) {
+        // Nothing of it here: whatever was recorded belongs to a copy since removed.
+        if already == 0 {
+            self.sources.0.lock().unwrap().shift_remove(&video);
+        }
+    }
+    fn chunk(&self, index: FragmentIndex, chunk: u32, _: u64, from: &PeerAddr) {
+        self.sources.record(self.video, index, chunk, from);
     }
 }
 
@@ -212,6 +289,8 @@ pub struct Downloads {
     slots: Mutex<HashMap<VideoId, Slot>>,
     stats: Arc<DownloadStats>,
     log: Arc<dyn FetchObserver>,
+    sources: Arc<ChunkSources>,
+    library: Option<Arc<crate::library::Library>>,
     cancel: CancellationToken,
 }
 
@@ -243,8 +322,53 @@ impl Downloads {
                 stats: stats.clone(),
             }),
             stats,
+            sources: Arc::default(),
+            library: None,
             cancel,
         }
+    }
+
+    /// Keeps `library` informed of downloads (its quota counts them until they end);
+    /// the fetcher should admit through the same library.
+    pub fn with_library(mut self, library: Arc<crate::library::Library>) -> Self {
+        self.library = Some(library);
+        self
+    }
+
+    /// The node's library, when it has one.
+    pub fn library(&self) -> Option<&Arc<crate::library::Library>> {
+        self.library.as_ref()
+    }
+
+    /// Evicted here to make room: not fetched back on its own.
+    fn evicted(&self, video: VideoId) -> bool {
+        self.library.as_ref().is_some_and(|l| l.was_evicted(video))
+    }
+
+    /// Which peer each chunk of `video` came from, if this node downloaded any of it
+    /// recently.
+    pub fn sources(&self, video: VideoId) -> Option<VideoSources> {
+        self.sources.0.lock().unwrap().get(&video).cloned()
+    }
+
+    /// Removes `video` from this node: its running download is stopped (so nothing
+    /// more of it is announced), then the library withdraws and deletes it.
+    pub async fn remove(&self, video: VideoId) -> Result<(), crate::library::LibraryError> {
+        let slot = self.slot(video);
+        {
+            let mut guard = slot.lock().await;
+            if let Some(d) = guard.take() {
+                d.cancel();
+                let _ = tokio::time::timeout(Duration::from_secs(5), d.ended()).await;
+            }
+        }
+        self.sources.0.lock().unwrap().shift_remove(&video);
+        let result = match &self.library {
+            Some(lib) => lib.remove(video).await,
+            None => Err(crate::library::LibraryError::Unknown(video)),
+        };
+        self.slots.lock().unwrap().remove(&video);
+        result
     }
 
     /// The store downloads write to.
@@ -348,23 +472,37 @@ impl Downloads {
         if self.complete(video, fragments) {
             return Ok(None);
         }
-        let obs: Arc<dyn FetchObserver> = match extra {
-            Some(o) => Arc::new(Observers::new(vec![self.log.clone(), o])),
-            None => self.log.clone(),
-        };
+        let recorder: Arc<dyn FetchObserver> = Arc::new(SourceRecorder {
+            video,
+            sources: self.sources.clone(),
+        });
+        let obs: Arc<dyn FetchObserver> = Arc::new(Observers::new(
+            [Some(self.log.clone()), Some(recorder), extra]
+                .into_iter()
+                .flatten()
+                .collect(),
+        ));
         let urgent: Vec<(u64, u64)> = first.into_iter().collect();
-        let d = Arc::new(
-            self.fetcher
-                .start(
-                    video,
-                    fragments.map(|f| f.to_vec()),
-                    &self.discovery,
-                    &urgent,
-                    obs,
-                    self.cancel.child_token(),
-                )
-                .await?,
-        );
+        let started = self
+            .fetcher
+            .start(
+                video,
+                fragments.map(|f| f.to_vec()),
+                &self.discovery,
+                &urgent,
+                obs,
+                self.cancel.child_token(),
+            )
+            .await;
+        let d = match started {
+            Ok(d) => Arc::new(d),
+            Err(e) => {
+                if let Some(lib) = &self.library {
+                    lib.release(video);
+                }
+                return Err(e);
+            }
+        };
         self.stats.started.fetch_add(1, Ordering::Relaxed);
         *guard = Some(d.clone());
         // Hints that arrived while the download was being set up (its manifest and
@@ -379,10 +517,15 @@ impl Downloads {
         for addr in known {
             d.add_holder(addr, &[]);
         }
-        // Report how it ends, once.
+        // Report how it ends, once, and stop counting it at full size.
         let watch = d.clone();
+        let library = self.library.clone();
         tokio::spawn(async move {
-            match watch.ended().await {
+            let end = watch.ended().await;
+            if let Some(lib) = &library {
+                lib.release(watch.video());
+            }
+            match end {
                 DownloadState::Complete => {
                     info!(video = %watch.video().short(), "download complete")
                 }
@@ -552,7 +695,10 @@ impl Downloads {
                 d.add_holder(hint.addr, &fragments);
                 continue;
             }
-            if !self.want.wants(hint.video) || self.complete(hint.video, None) {
+            if !self.want.wants(hint.video)
+                || self.complete(hint.video, None)
+                || self.evicted(hint.video)
+            {
                 continue;
             }
             if fragments
@@ -598,7 +744,7 @@ impl Downloads {
             Want::Videos(v) => v.clone(),
         };
         for video in videos {
-            if self.complete(video, None) {
+            if self.complete(video, None) || self.evicted(video) {
                 continue;
             }
             match self.get(video) {

@@ -24,6 +24,7 @@ pub mod fetch;
 pub mod fsutil;
 pub mod identity;
 pub mod ids;
+pub mod library;
 pub mod manifest;
 pub mod metrics;
 pub mod node;

@@ -533,10 +533,62 @@ impl FragmentEvent {
     }
 }
 
+/// "Node `node` no longer holds video `withdrawn`": published when a node removes or
+/// evicts a video, so nodes that heard its fragment events stop asking it.
+///
+/// Wire form: `{"withdrawn":"<64 hex>","node":"<64 hex>","addrs":["tcp://10.0.0.2:6001"]}`.
+/// Nodes that don't know it ignore it like any message that is not a fragment event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Withdrawal {
+    /// The video withdrawn.
+    pub withdrawn: VideoId,
+    /// The node that no longer holds it.
+    pub node: NodeId,
+    /// The addresses the node announced it at.
+    pub addrs: Vec<PeerAddr>,
+}
+
+impl Withdrawal {
+    /// The JSON wire form.
+    pub fn encode(&self) -> Bytes {
+        Bytes::from(serde_json::to_vec(self).expect("a Withdrawal always serializes"))
+    }
+
+    /// Parses a message: exactly the three fields, at most [`MAX_EVENT_ADDRS`] addresses.
+    pub fn parse(payload: &[u8]) -> Result<Self, NotAnEvent> {
+        if payload.len() > MAX_MESSAGE_LEN {
+            return Err(NotAnEvent(format!("{} bytes is too long", payload.len())));
+        }
+        let w: Withdrawal =
+            serde_json::from_slice(payload).map_err(|e| NotAnEvent(e.to_string()))?;
+        if w.addrs.len() > MAX_EVENT_ADDRS {
+            return Err(NotAnEvent(format!(
+                "{} addresses (at most {MAX_EVENT_ADDRS})",
+                w.addrs.len()
+            )));
+        }
+        Ok(w)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ids::Digest;
+
+    #[test]
+    fn withdrawals_round_trip_and_are_not_events() {
+        let w = Withdrawal {
+            withdrawn: VideoId(Digest::of(b"video")),
+            node: NodeId(Digest::of(b"node")),
+            addrs: vec!["tcp://10.0.0.2:6001".parse().unwrap()],
+        };
+        assert_eq!(Withdrawal::parse(&w.encode()).unwrap(), w);
+        assert!(FragmentEvent::parse(&w.encode()).is_err());
+        assert!(Withdrawal::parse(&event().encode()).is_err());
+        assert!(Withdrawal::parse(b"fragment_5.bin").is_err());
+    }
 
     fn event() -> FragmentEvent {
         FragmentEvent {

@@ -652,7 +652,7 @@ impl ServeContext {
                 _ = s.reader.next() => return Ok(()),
                 _ = keepalive.tick() => {}
                 ev = events.recv() => match ev {
-                    Ok(crate::store::StoreEvent::ChunkVerified { video: v, index, chunk }) if v == video => {
+                    Ok(crate::store::StoreEvent::ChunkVerified { video: v, index, chunk, .. }) if v == video => {
                         batch.push((index, chunk));
                     }
                     Ok(crate::store::StoreEvent::FragmentComplete { video: v, index }) if v == video => {
@@ -675,6 +675,7 @@ impl ServeContext {
                         video: v,
                         index,
                         chunk,
+                        ..
                     }) if v == video => batch.push((index, chunk)),
                     Ok(_) => {}
                     Err(_) => break,

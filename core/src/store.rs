@@ -26,6 +26,10 @@ use crate::manifest::{Manifest, ManifestError};
 pub const MANIFEST_FILE: &str = "manifest.json";
 /// Directory under the store root where bytes that failed verification are set aside.
 pub const QUARANTINE_DIR: &str = "quarantine";
+/// Prefix of a video directory being deleted: renamed away first (one atomic step), so
+/// a crash mid-delete leaves a directory the next start removes, never a half-deleted
+/// video that looks held.
+const REMOVING_PREFIX: &str = ".removing-";
 
 /// The seed's fragment file name.
 pub fn fragment_file_name(index: FragmentIndex) -> String {
@@ -133,6 +137,8 @@ pub enum StoreEvent {
         index: FragmentIndex,
         /// Chunk within the fragment.
         chunk: u32,
+        /// The peer it came from, when a download fetched it.
+        from: Option<crate::addr::PeerAddr>,
     },
     /// A fragment became complete and verified.
     FragmentComplete {
@@ -141,6 +147,34 @@ pub enum StoreEvent {
         /// Fragment.
         index: FragmentIndex,
     },
+    /// A video was removed (deleted or evicted).
+    VideoRemoved(VideoId),
+}
+
+/// What one video takes in the store ([`FragmentStore::footprint`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Footprint {
+    /// The whole video's size.
+    pub size: u64,
+    /// Bytes of its complete fragments.
+    pub complete_bytes: u64,
+    /// Bytes of its `.part` files (each preallocated to its fragment's size).
+    pub partial_bytes: u64,
+    /// Complete fragments.
+    pub complete_fragments: u32,
+    /// Fragments in the video.
+    pub fragment_count: u32,
+}
+
+impl Footprint {
+    /// Every fragment is here and verified.
+    pub fn is_complete(&self) -> bool {
+        self.complete_fragments == self.fragment_count
+    }
+    /// Bytes on disk (complete fragments and `.part` files).
+    pub fn on_disk(&self) -> u64 {
+        self.complete_bytes + self.partial_bytes
+    }
 }
 
 /// What [`FragmentStore::write_chunk`] did.
@@ -263,6 +297,15 @@ impl FragmentStore {
         let entries = std::fs::read_dir(&root).map_err(io_err("listing", &root))?;
         let mut dirs: Vec<_> = entries.filter_map(|e| e.ok()).map(|e| e.path()).collect();
         dirs.sort();
+        for dir in &dirs {
+            // A removal or an addition a crash interrupted: finish or undo it.
+            let leftover = dir.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                n.starts_with(REMOVING_PREFIX) || n.starts_with(crate::library::STAGING_PREFIX)
+            });
+            if leftover && let Err(e) = std::fs::remove_dir_all(dir) {
+                tracing::warn!(path = %dir.display(), error = %e, "could not finish removing a video");
+            }
+        }
         for dir in dirs {
             let Some(id) = dir
                 .file_name()
@@ -634,6 +677,19 @@ impl FragmentStore {
         chunk: u32,
         data: Bytes,
     ) -> Result<ChunkOutcome> {
+        self.write_chunk_from(video, index, chunk, data, None).await
+    }
+
+    /// [`FragmentStore::write_chunk`] of a chunk that came from `from`: its
+    /// [`StoreEvent::ChunkVerified`] names the peer (the player's per-chunk bar).
+    pub async fn write_chunk_from(
+        &self,
+        video: VideoId,
+        index: FragmentIndex,
+        chunk: u32,
+        data: Bytes,
+        from: Option<crate::addr::PeerAddr>,
+    ) -> Result<ChunkOutcome> {
         let entry = self.entry(video)?;
         let info = entry
             .manifest
@@ -731,6 +787,7 @@ impl FragmentStore {
             video,
             index,
             chunk,
+            from,
         });
         if !complete {
             return Ok(ChunkOutcome::Stored);
@@ -892,6 +949,53 @@ impl FragmentStore {
         }
         fsutil::sync_dir(&entry.dir).map_err(io_err("syncing", &entry.dir))?;
         Ok((video, imported))
+    }
+
+    /// Removes a video: it leaves the store at once (nothing more is served, counted or
+    /// announced from it), its directory is renamed away in one atomic step and then
+    /// deleted. A crash between the two leaves a `.removing-*` directory that the next
+    /// [`FragmentStore::open`] deletes. Returns whether the video was here. Blocking:
+    /// call it from `spawn_blocking` inside a runtime.
+    pub fn remove_video(&self, video: VideoId) -> Result<bool> {
+        let Some(entry) = self.videos.write().unwrap().remove(&video) else {
+            return Ok(false);
+        };
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let gone = self.root.join(format!("{REMOVING_PREFIX}{video}-{stamp}"));
+        std::fs::rename(&entry.dir, &gone).map_err(io_err("renaming", &entry.dir))?;
+        fsutil::sync_dir(&self.root).map_err(io_err("syncing", &self.root))?;
+        std::fs::remove_dir_all(&gone).map_err(io_err("deleting", &gone))?;
+        let _ = self.events.send(StoreEvent::VideoRemoved(video));
+        Ok(true)
+    }
+
+    /// What a video takes on disk: the bytes of its complete fragments, and whether
+    /// any fragment is partly here (a `.part` file is preallocated to its fragment's
+    /// full size). `None` for an unknown video.
+    pub fn footprint(&self, video: VideoId) -> Option<Footprint> {
+        let entry = self.entry(video).ok()?;
+        let mut fp = Footprint {
+            size: entry.manifest.size,
+            ..Footprint::default()
+        };
+        for (i, f) in entry.fragments.iter().enumerate() {
+            let size = entry.manifest.fragments[i].size;
+            match &*f.lock().unwrap() {
+                FragState::Complete { .. } => {
+                    fp.complete_bytes += size;
+                    fp.complete_fragments += 1;
+                }
+                FragState::Partial { .. } | FragState::Finalizing { .. } => {
+                    fp.partial_bytes += size
+                }
+                FragState::Missing => {}
+            }
+        }
+        fp.fragment_count = entry.fragments.len() as u32;
+        Some(fp)
     }
 
     /// A summary of every video: id, name, fragments held, fragment count.

@@ -216,6 +216,68 @@ async fn a_manifest_in_the_wrong_directory_is_not_trusted() {
     assert_eq!(report.set_aside.len(), 1);
 }
 
+#[tokio::test]
+async fn a_removed_video_is_gone_at_once_and_an_interrupted_removal_finishes_on_open() {
+    let v = video();
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = FragmentStore::open(dir.path()).unwrap();
+    let (id, _) = store.import_dir(&v.split_dir, None).unwrap();
+    let mut events = store.subscribe();
+    assert!(store.remove_video(id).unwrap());
+    assert!(store.manifest(id).is_none());
+    assert!(store.have(id).is_empty());
+    assert!(
+        store.read(id, 0, 0, 10).await.is_err(),
+        "nothing more is served"
+    );
+    assert!(!store.video_dir(id).exists());
+    assert_eq!(events.recv().await.unwrap(), StoreEvent::VideoRemoved(id));
+    assert!(
+        !store.remove_video(id).unwrap(),
+        "removing twice is a no-op"
+    );
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+
+    // A crash after the rename and before the delete, and one in the middle of an
+    // addition: both leftovers go on the next open, and neither looks like a video.
+    store.import_dir(&v.split_dir, None).unwrap();
+    drop(store);
+    let gone = dir.path().join(format!(".removing-{id}-1"));
+    std::fs::rename(dir.path().join(id.to_string()), &gone).unwrap();
+    let staging = dir.path().join(".staging-1-2");
+    std::fs::create_dir_all(staging.join("split")).unwrap();
+    std::fs::write(staging.join("upload.mp4"), b"half an upload").unwrap();
+    let (store, report) = FragmentStore::open(dir.path()).unwrap();
+    assert_eq!(report.videos, 0);
+    assert!(store.videos().is_empty());
+    assert!(!gone.exists() && !staging.exists());
+}
+
+#[tokio::test]
+async fn a_footprint_counts_complete_fragments_and_part_files() {
+    let v = video();
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = FragmentStore::open(dir.path()).unwrap();
+    let (id, _) = store.import_dir(&v.split_dir, Some(&[0])).unwrap();
+    store
+        .write_chunk(id, 2, 0, chunk_bytes(&v, 2, 0))
+        .await
+        .unwrap();
+    let fp = store.footprint(id).unwrap();
+    let size = |i: usize| v.manifest.fragments[i].size;
+    assert_eq!(fp.size, v.manifest.size);
+    assert_eq!(fp.complete_bytes, size(0));
+    assert_eq!(
+        fp.partial_bytes,
+        size(2),
+        "a .part file is preallocated whole"
+    );
+    assert_eq!((fp.complete_fragments, fp.fragment_count), (1, 4));
+    assert!(!fp.is_complete());
+    assert_eq!(fp.on_disk(), size(0) + size(2));
+}
+
 /// The manifest an earlier build (format version 1) wrote for `bytes`: chunk digests
 /// are BLAKE3 of each chunk alone, whatever the chunk size.
 fn version_1_manifest(bytes: &[u8], fragments: u32, chunk_size: u32) -> Manifest {

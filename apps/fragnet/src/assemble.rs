@@ -258,6 +258,7 @@ pub async fn start_node(
     };
     let local = open_local(data_dir).await?;
     info!(node_id = %local.identity.node_id(), data_dir = %local.data_dir.display(), "node identity");
+    let mut seeded = Vec::new();
     if let Some((dir, only)) = start.seed {
         let store = local.store.clone();
         let (video, got) =
@@ -268,6 +269,8 @@ pub async fn start_node(
             "Seeded video {video}: fragments {}",
             crate::progress::ranges(&got)
         );
+        // What a node seeds itself is never evicted.
+        seeded.push(video);
     }
     let transports = transports(&local.identity, cfg)?;
     let registry = registry(cfg, &start.here)?;
@@ -295,6 +298,8 @@ pub async fn start_node(
         .reconcile(Duration::from_secs(cfg.reconcile_secs))
         .upload_slots((cfg.limits.upload_slots > 0).then_some(cfg.limits.upload_slots))
         .super_seed(cfg.super_seed)
+        .max_disk(cfg.max_disk()?)
+        .pinned(seeded)
         .prefer(cfg.transport.to_string());
     let http = if start.serve { cfg.http()? } else { None };
     if let Some(h) = &http {

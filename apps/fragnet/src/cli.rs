@@ -62,6 +62,16 @@ pub enum Command {
     Demo(DemoArgs),
     /// Run every role a profile enables (peer, manager, broker) in one process.
     Run(RunArgs),
+    /// Add a video to a running node: upload FILE to its library; the node splits it,
+    /// seeds it (registers, announces, publishes events) and pins it. Prints the video
+    /// id and the player URL.
+    ///
+    /// Writes need the node's library token (--token-file, or FRAGNET_LIBRARY__TOKEN),
+    /// or, when the node has none, must come from the node's own machine.
+    Add(AddArgs),
+    /// Remove a video from a running node: withdrawn from the manager and the fragment
+    /// topic, then its files deleted.
+    Remove(RemoveArgs),
     /// Check that a service answers (exit 0) or not (exit 1): for container healthchecks.
     ///
     /// URL is http://HOST:PORT/PATH (manager, peer HTTP; 2xx is healthy), tcp://HOST:PORT
@@ -133,6 +143,10 @@ pub struct NodeFlags {
     /// Chunk requests in flight while fetching.
     #[arg(long, value_name = "N")]
     pub concurrency: Option<usize>,
+    /// The most the store may hold (e.g. 20GB, 500MiB); downloads beyond it evict the
+    /// least recently watched unpinned videos, or fail.
+    #[arg(long, value_name = "SIZE")]
+    pub max_disk: Option<String>,
 }
 
 /// `fragnet peer`.
@@ -313,6 +327,41 @@ pub struct RunArgs {
     pub node: NodeFlags,
 }
 
+/// `fragnet add`.
+#[derive(Debug, Args)]
+pub struct AddArgs {
+    /// The video file.
+    pub file: PathBuf,
+    /// The node's HTTP address, e.g. http://localhost:8001.
+    #[arg(long, value_name = "URL")]
+    pub to: String,
+    /// File holding the node's library token (or FRAGNET_LIBRARY__TOKEN).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Fragments to split into (default: the node's library.fragments).
+    #[arg(long, short = 'n', value_name = "N")]
+    pub fragments: Option<u32>,
+    /// Chunk size, e.g. 1MiB, 256KiB (default 1 MiB).
+    #[arg(long, value_name = "SIZE")]
+    pub chunk_size: Option<String>,
+    /// Seconds the whole upload and split may take.
+    #[arg(long, default_value_t = 3600, value_name = "SECS")]
+    pub timeout: u64,
+}
+
+/// `fragnet remove`.
+#[derive(Debug, Args)]
+pub struct RemoveArgs {
+    /// The video id.
+    pub video: String,
+    /// The node's HTTP address, e.g. http://localhost:8001.
+    #[arg(long, value_name = "URL")]
+    pub from: String,
+    /// File holding the node's library token (or FRAGNET_LIBRARY__TOKEN).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
 /// `fragnet health`.
 #[derive(Debug, Args)]
 pub struct HealthArgs {
@@ -332,6 +381,7 @@ impl NodeFlags {
             name: self.name.clone(),
             limits: LimitsOverrides {
                 max_upload_rate: self.max_upload_rate.clone(),
+                max_disk: self.max_disk.clone(),
                 max_connections: self.max_connections,
                 concurrency: self.concurrency,
             },

@@ -47,6 +47,8 @@ pub struct Config {
     pub admin_listen: Option<String>,
     /// `stream.*`: how the HTTP side streams to players.
     pub stream: Stream,
+    /// `library.*`: the node's library API (add, remove, pin over HTTP).
+    pub library: LibrarySection,
     /// Roles `fragnet run` starts in this process: any of `peer`, `manager`, `broker`,
     /// as a list or a comma-separated string (`FRAGNET_ROLES=peer,manager`).
     #[serde(deserialize_with = "enum_list")]
@@ -287,12 +289,41 @@ impl Default for Stream {
     }
 }
 
+/// `library.*` keys.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LibrarySection {
+    /// Bearer token library writes over HTTP need (secret: prefer `token_file` or
+    /// `FRAGNET_LIBRARY__TOKEN`). Unset: writes only from loopback.
+    pub token: Option<String>,
+    /// File holding the token.
+    pub token_file: Option<PathBuf>,
+    /// Largest upload `POST /library` takes, e.g. `4GiB`.
+    pub max_upload: String,
+    /// Fragments an added video is split into.
+    pub fragments: u32,
+}
+
+impl Default for LibrarySection {
+    fn default() -> Self {
+        LibrarySection {
+            token: None,
+            token_file: None,
+            max_upload: "4GiB".into(),
+            fragments: fragnet_core::manifest::DEFAULT_FRAGMENTS,
+        }
+    }
+}
+
 /// `limits.*` keys.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Upload limit for everything this node serves, e.g. `10MB` (per second); unset = none.
     pub max_upload_rate: Option<String>,
+    /// The most bytes the store may hold, e.g. `20GB`; unset = no bound. Downloads that
+    /// would exceed it evict the least recently watched unpinned videos, or fail.
+    pub max_disk: Option<String>,
     /// Concurrent connections served.
     pub max_connections: usize,
     /// Chunk requests in flight when fetching, across peers.
@@ -314,6 +345,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_upload_rate: None,
+            max_disk: None,
             max_connections: 256,
             concurrency: 8,
             per_peer: 4,
@@ -340,6 +372,7 @@ impl Default for Config {
             http_listen: None,
             admin_listen: None,
             stream: Stream::default(),
+            library: LibrarySection::default(),
             roles: vec![Role::Peer],
             want: Want::None,
             advertise: Vec::new(),
@@ -477,6 +510,9 @@ pub struct LimitsOverrides {
     /// `limits.max_upload_rate`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_upload_rate: Option<String>,
+    /// `limits.max_disk`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_disk: Option<String>,
     /// `limits.max_connections`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<usize>,
@@ -735,6 +771,17 @@ impl Config {
         if let Some(h) = &self.broker.metrics_listen {
             http_addr(h).with_context(|| format!("in broker.metrics_listen = {h:?}"))?;
         }
+        self.max_disk()?;
+        fragnet_core::ratelimit::parse_bytes(&self.library.max_upload)
+            .map_err(|e| anyhow::anyhow!("library.max_upload: {e}"))?;
+        if self.library.fragments == 0
+            || self.library.fragments > fragnet_core::manifest::MAX_FRAGMENTS
+        {
+            bail!(
+                "library.fragments must be between 1 and {}",
+                fragnet_core::manifest::MAX_FRAGMENTS
+            );
+        }
         fragnet_core::ratelimit::parse_bytes(&self.stream.lookahead)
             .map_err(|e| anyhow::anyhow!("stream.lookahead: {e}"))?;
         if self.stream.chunk_wait_secs == 0
@@ -799,6 +846,24 @@ impl Config {
         self.peers.iter().map(|s| self.addr(s)).collect()
     }
 
+    /// The disk quota in bytes (`limits.max_disk`), if set.
+    pub fn max_disk(&self) -> Result<Option<u64>> {
+        self.limits
+            .max_disk
+            .as_deref()
+            .map(|d| {
+                fragnet_core::ratelimit::parse_bytes(d)
+                    .map_err(|e| anyhow::anyhow!("limits.max_disk: {e}"))
+            })
+            .transpose()
+    }
+
+    /// The token library writes need (`library.token` or `library.token_file`), if any.
+    pub fn library_token(&self) -> Result<Option<String>> {
+        let l = &self.library;
+        resolve_secret("library", l.token.as_deref(), l.token_file.as_deref())
+    }
+
     /// The HTTP side's configuration, when `http_listen` is set.
     pub fn http(&self) -> Result<Option<fragnet_http::HttpConfig>> {
         let Some(h) = &self.http_listen else {
@@ -812,6 +877,10 @@ impl Config {
             chunk_wait: std::time::Duration::from_secs(s.chunk_wait_secs),
             max_responses: s.max_responses,
             idle_timeout: std::time::Duration::from_secs(s.idle_timeout_secs),
+            library_token: self.library_token()?,
+            max_upload: fragnet_core::ratelimit::parse_bytes(&self.library.max_upload)
+                .map_err(|e| anyhow::anyhow!("library.max_upload: {e}"))?,
+            fragments: self.library.fragments,
             ..fragnet_http::HttpConfig::default()
         }))
     }
@@ -1110,6 +1179,7 @@ mod tests {
             console: Some(false),
             limits: LimitsOverrides {
                 max_upload_rate: Some("1MB".into()),
+                max_disk: Some("500MiB".into()),
                 max_connections: Some(3),
                 concurrency: Some(2),
             },
@@ -1147,6 +1217,7 @@ mod tests {
         assert_eq!(c.limits.max_upload_rate.as_deref(), Some("1MB"));
         assert_eq!(c.limits.max_connections, 3);
         assert_eq!(c.limits.concurrency, 2);
+        assert_eq!(c.max_disk().unwrap(), Some(500 * 1024 * 1024));
         assert_eq!(c.http_listen.as_deref(), Some("127.0.0.1:0"));
         assert_eq!(c.roles, vec![Role::Broker, Role::Manager]);
         assert_eq!(c.want, Want::All);
@@ -1299,6 +1370,19 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("max_upload_rate"), "{e}");
+        let e = load(
+            &none(),
+            &Overrides {
+                limits: LimitsOverrides {
+                    max_disk: Some("20 parsecs".into()),
+                    ..LimitsOverrides::default()
+                },
+                ..Overrides::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("limits.max_disk"), "{e}");
         let e = load(
             &none(),
             &Overrides {

@@ -62,6 +62,8 @@ fn main() -> ExitCode {
             Command::Split(a) => cmd::split::run(a).await,
             Command::Config(c) => cmd::config::run(&sources, c).await,
             Command::Health(a) => cmd::health::run(a).await,
+            Command::Add(a) => cmd::library::add(&sources, a).await,
+            Command::Remove(a) => cmd::library::remove(&sources, a).await,
             Command::Manager(a) => cmd::roles::manager(&sources, a).await,
             Command::Broker(a) => cmd::roles::broker(&sources, a).await,
             Command::Subscribe(a) => cmd::roles::subscribe(&sources, a).await,

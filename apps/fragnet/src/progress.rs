@@ -72,7 +72,7 @@ impl FetchObserver for FetchProgress {
         *self.bar.lock().unwrap() = Some(bar);
     }
 
-    fn chunk(&self, _index: FragmentIndex, bytes: u64, _from: &PeerAddr) {
+    fn chunk(&self, _index: FragmentIndex, _chunk: u32, bytes: u64, _from: &PeerAddr) {
         if let Some(b) = &*self.bar.lock().unwrap() {
             b.inc(bytes);
         }

@@ -53,6 +53,19 @@ impl axum::serve::Listener for TimedListener {
     }
 }
 
+/// The address of the client on the other end of a connection (what the library's
+/// loopback-only default checks).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClientAddr(pub(crate) SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TimedListener>>
+    for ClientAddr
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TimedListener>) -> Self {
+        ClientAddr(*stream.remote_addr())
+    }
+}
+
 /// An I/O stream that fails with `TimedOut` when neither reading nor writing has made
 /// progress for `idle` while one of them was waiting.
 pub(crate) struct TimedIo<T> {

@@ -7,7 +7,12 @@
 //!   and the body goes out chunk by chunk as chunks verify ([`stream`]).
 //! - `GET /watch/{id}`: a player page with a fragment bar that fills live from
 //!   `GET /videos/{id}/events` (server-sent events, [`events`]).
-//! - `GET /videos`, `GET /videos/{id}`: what the node holds, as JSON.
+//! - `GET /videos`, `GET /videos/{id}`: what the node holds, as JSON, per fragment and
+//!   per chunk, with the peer each downloaded chunk came from.
+//! - `GET|POST /library`, `DELETE /library/{id}`, `PUT|DELETE /library/{id}/pin`: the
+//!   node's library ([`library`]): add a video by uploading it, remove, pin. Writes
+//!   need the token, or come from loopback when none is set.
+//! - `GET /openapi.json` (the API above), Swagger UI at `/apidocs` (from the binary).
 //! - `GET /health`, `GET /metrics` (Prometheus text, [`metrics`]).
 //!
 //! [`admin`] is a smaller server with only `/health` and `/metrics` over any metrics
@@ -28,7 +33,7 @@ use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, put};
 use fragnet_core::discovery::EventStats;
 use fragnet_core::fetch::FetchError;
 use fragnet_core::serve::ServeContext;
@@ -38,10 +43,13 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
+use utoipa::OpenApi;
+use utoipa_swagger_ui::SwaggerUi;
 
 pub mod admin;
 pub mod events;
 mod io;
+pub mod library;
 pub mod metrics;
 pub mod range;
 mod service;
@@ -51,6 +59,9 @@ pub use fragnet_core::engine::{DownloadStats, Downloads};
 pub use service::{AdminService, HttpService};
 
 use range::RangeRequest;
+
+/// Default bound of an upload to `POST /library`: 4 GiB.
+pub const DEFAULT_MAX_UPLOAD: u64 = 4 << 30;
 
 /// How the HTTP side runs.
 #[derive(Debug, Clone)]
@@ -69,6 +80,12 @@ pub struct HttpConfig {
     pub shutdown_grace: Duration,
     /// Connections open at once; more wait in the listen backlog.
     pub max_connections: usize,
+    /// Bearer token for library writes; `None`: writes only from loopback.
+    pub library_token: Option<String>,
+    /// Largest upload `POST /library` takes, in bytes.
+    pub max_upload: u64,
+    /// Fragments an uploaded video is split into unless the request says.
+    pub fragments: u32,
 }
 
 impl Default for HttpConfig {
@@ -81,6 +98,9 @@ impl Default for HttpConfig {
             idle_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(2),
             max_connections: 1024,
+            library_token: None,
+            max_upload: DEFAULT_MAX_UPLOAD,
+            fragments: fragnet_core::manifest::DEFAULT_FRAGMENTS,
         }
     }
 }
@@ -101,6 +121,8 @@ pub struct HttpState {
     pub downloads: Option<Arc<Downloads>>,
     /// What the node heard on the fragment topic, for `/metrics`.
     pub events: Option<Arc<EventStats>>,
+    /// The node's library (add, remove, pin, quota); `None`: no library API.
+    pub library: Option<Arc<fragnet_core::library::Library>>,
 }
 
 /// Why the HTTP side could not start.
@@ -192,9 +214,12 @@ pub async fn spawn(
 
     let stop = cancel.clone();
     let task = tokio::spawn(async move {
-        let served = axum::serve(listener, router(app))
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await;
+        let served = axum::serve(
+            listener,
+            router(app).into_make_service_with_connect_info::<io::ClientAddr>(),
+        )
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await;
         if let Err(e) = served {
             warn!(error = %e, "HTTP server stopped");
         }
@@ -208,6 +233,58 @@ pub async fn spawn(
     })
 }
 
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let scheme = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .description(Some(
+                "Library writes need it when the node runs with library.token; without a token \
+they are accepted only from loopback. Reads are open.",
+            ))
+            .build();
+        components.add_security_scheme("bearer", SecurityScheme::Http(scheme));
+    }
+}
+
+/// The node's HTTP API (what `/openapi.json` serves).
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "fragnet node",
+        description = "A fragnet node's HTTP side: what it holds (per fragment and per chunk, with the peer \
+each chunk came from), its library (add a video by uploading it, remove, pin) and the stream a player \
+plays while the video downloads. The player page is at `/watch/{id}`. Errors are JSON: `{error}`.",
+        license(name = "MIT OR Apache-2.0")
+    ),
+    paths(
+        library::list,
+        library::add,
+        library::remove,
+        library::pin,
+        library::unpin,
+        videos,
+        video,
+        stream_doc,
+        health
+    ),
+    tags(
+        (name = "library", description = "The videos this node keeps: add, remove, pin, disk quota"),
+        (name = "videos", description = "What this node holds and streams"),
+        (name = "service", description = "Health"),
+    ),
+    modifiers(&BearerAuth)
+)]
+struct NodeApi;
+
+/// The node's OpenAPI document.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    NodeApi::openapi()
+}
+
 fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/", get(index))
@@ -218,7 +295,20 @@ fn router(app: Arc<App>) -> Router {
         .route("/videos/{id}/stream", get(stream_video))
         .route("/videos/{id}/events", get(video_events))
         .route("/watch/{id}", get(watch))
+        .route(
+            "/library",
+            get(library::list)
+                .post(library::add)
+                // The upload streams to disk under its own bound (library.max_upload).
+                .layer(axum::extract::DefaultBodyLimit::disable()),
+        )
+        .route("/library/{id}", axum::routing::delete(library::remove))
+        .route(
+            "/library/{id}/pin",
+            put(library::pin).delete(library::unpin),
+        )
         .with_state(app)
+        .merge(SwaggerUi::new("/apidocs").url("/openapi.json", openapi()))
 }
 
 /// An error answer: a status and a JSON body saying what went wrong.
@@ -271,11 +361,16 @@ impl App {
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("video {video} is not held here: {e}"),
             )),
+            Err(e @ FetchError::NoRoom(_)) => {
+                Err(ApiError(StatusCode::INSUFFICIENT_STORAGE, e.to_string()))
+            }
             Err(e) => Err(ApiError(StatusCode::BAD_GATEWAY, e.to_string())),
         }
     }
 }
 
+/// Whether the node is up, and who it is.
+#[utoipa::path(get, path = "/health", tag = "service", responses((status = 200, description = "Up: `{status, node_id, name}`")))]
 async fn health(State(app): State<Arc<App>>) -> Response {
     axum::Json(json!({
         "status": "ok",
@@ -293,22 +388,38 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
         .into_response()
 }
 
+/// Every video this node holds, per fragment and per chunk, with the peers chunks
+/// came from.
+#[utoipa::path(get, path = "/videos", tag = "videos", responses((status = 200, description = "Videos held", body = Vec<events::VideoStatus>)))]
 async fn videos(State(app): State<Arc<App>>) -> Response {
     let store = &app.state.store;
     let all: Vec<events::VideoStatus> = store
         .videos()
         .into_iter()
-        .filter_map(|v| events::status(store, v))
+        .filter_map(|v| events::status(store, app.state.downloads.as_ref(), v))
         .collect();
     axum::Json(all).into_response()
 }
 
+/// One video as this node holds it: per fragment and per chunk (`-1` not here, `0`
+/// here, `n` from `peers[n-1]`).
+#[utoipa::path(
+    get,
+    path = "/videos/{id}",
+    tag = "videos",
+    params(("id" = String, Path, description = "Video id (64 lowercase hex)")),
+    responses(
+        (status = 200, description = "The video", body = events::VideoStatus),
+        (status = 400, description = "Malformed id"),
+        (status = 404, description = "Not known here"),
+    )
+)]
 async fn video(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
     let video = match video_id(&id) {
         Ok(v) => v,
         Err(e) => return e.into_response(),
     };
-    match events::status(&app.state.store, video) {
+    match events::status(&app.state.store, app.state.downloads.as_ref(), video) {
         Some(s) => axum::Json(s).into_response(),
         None => ApiError(
             StatusCode::NOT_FOUND,
@@ -353,6 +464,29 @@ fn busy(app: &App) -> Response {
     r
 }
 
+/// The video's bytes, with `Range` support (206, 416), from verified bytes only;
+/// what is not here yet is fetched first. 507 when it does not fit the node's disk
+/// quota (`limits.max_disk`) even after evicting.
+#[utoipa::path(
+    get,
+    path = "/videos/{id}/stream",
+    tag = "videos",
+    params(
+        ("id" = String, Path, description = "Video id (64 lowercase hex)"),
+        ("Range" = Option<String>, Header, description = "bytes=START-END, START- or -SUFFIX"),
+    ),
+    responses(
+        (status = 200, description = "The whole video"),
+        (status = 206, description = "The range asked for"),
+        (status = 404, description = "Not here and no peer offers it"),
+        (status = 416, description = "Range past the end"),
+        (status = 503, description = "Too many streams, or no peer reachable"),
+        (status = 507, description = "Does not fit limits.max_disk"),
+    )
+)]
+#[allow(dead_code)]
+async fn stream_doc() {}
+
 async fn stream_video(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
@@ -381,6 +515,9 @@ async fn stream_response(
         .filter(|_| method != Method::HEAD)
         .map(|(first, last)| (first, lookahead.min(last - first + 1)));
     let manifest = app.manifest(video, first).await?;
+    if let Some(lib) = &app.state.library {
+        lib.touch(video);
+    }
     let size = manifest.size;
     let etag = format!("\"{video}\"");
     // If-Range with another validator (or a date: there is no Last-Modified) means the
@@ -440,6 +577,9 @@ async fn stream_response(
     if !complete && let Some(d) = &app.state.downloads {
         match d.ensure(video, Some(window)).await {
             Ok(dl) => download = dl,
+            Err(e @ FetchError::NoRoom(_)) => {
+                return Err(ApiError(StatusCode::INSUFFICIENT_STORAGE, e.to_string()));
+            }
             Err(e) => warn!(video = %video.short(), "cannot download: {e}"),
         }
     }

@@ -241,6 +241,42 @@ impl Collector for NodeCollector {
             "fragnet_store_fragments",
             "Fragments of each video.",
             &total,
-        )
+        )?;
+        if let Some(lib) = &self.state.library {
+            gauge(
+                e,
+                "fragnet_library_used_bytes",
+                "Bytes counted against limits.max_disk (running downloads at full size).",
+                lib.used(),
+            )?;
+            if let Some(max) = lib.max_disk() {
+                gauge(
+                    e,
+                    "fragnet_library_max_disk_bytes",
+                    "The disk quota (limits.max_disk).",
+                    max,
+                )?;
+            }
+            let st = lib.stats();
+            counter(
+                e,
+                "fragnet_library_evictions",
+                "Videos evicted to make room.",
+                get(&st.evictions),
+            )?;
+            counter(
+                e,
+                "fragnet_library_removals",
+                "Videos removed on request.",
+                get(&st.removals),
+            )?;
+            counter(
+                e,
+                "fragnet_library_refused",
+                "Downloads and additions refused for lack of room.",
+                get(&st.refused),
+            )?;
+        }
+        Ok(())
     }
 }

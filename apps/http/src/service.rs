@@ -57,6 +57,7 @@ impl NodeService for AdminService {
             serve: Some(node.serve.clone()),
             downloads: Some(node.engine.clone()),
             events: node.events.clone(),
+            library: Some(node.library.clone()),
         };
         let health = serde_json::json!({
             "status": "ok",
@@ -87,6 +88,7 @@ impl NodeService for HttpService {
             serve: Some(node.serve.clone()),
             downloads: Some(node.engine.clone()),
             events: node.events.clone(),
+            library: Some(node.library.clone()),
         };
         let handle = crate::spawn(self.config, state, cancel).await?;
         let port = handle.local_addr().port();

@@ -124,7 +124,7 @@ impl Body {
             loop {
                 tokio::select! {
                     ev = events.recv() => match ev {
-                        Ok(StoreEvent::ChunkVerified { video, index: i, chunk: c })
+                        Ok(StoreEvent::ChunkVerified { video, index: i, chunk: c, .. })
                             if video == self.video && i == index && c == chunk => break,
                         Ok(StoreEvent::FragmentComplete { video, index: i })
                             if video == self.video && i == index => break,

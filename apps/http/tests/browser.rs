@@ -37,6 +37,9 @@ return {
   t: p.currentTime, readyState: p.readyState, paused: p.paused,
   error: p.error ? (p.error.message || String(p.error.code)) : null,
   held: w.held || 0, total: w.total || 0,
+  peers: (w.peers || []).length,
+  sourced: (w.fragments || []).reduce((n, f) => n + (f.chunks || []).filter((c) => c >= 1).length, 0),
+  segments: document.querySelectorAll('#bar .seg').length,
   events: (w.events || []).map((e) => e.type),
   state: document.getElementById("state").textContent,
 };
@@ -235,6 +238,14 @@ async fn plays_while_downloading(browser: &Browser, clip: &str, manager: Option<
     }
     let s = poll_until(browser, 20, "the fragment bar to fill", |s| s["held"] == 10).await;
     assert_eq!(s["total"], 10);
+    // The bar is drawn per chunk and names the peer the chunks came from (the seeder;
+    // fragment 5 was here before).
+    assert!(
+        s["segments"].as_u64().unwrap() > 10,
+        "one segment per chunk: {s}"
+    );
+    assert!(s["peers"].as_u64().unwrap() >= 1, "{s}");
+    assert!(s["sourced"].as_u64().unwrap() > 0, "{s}");
     browser
         .screenshot(&screenshot_dir().join(format!("watch-{stem}-complete.png")))
         .await;

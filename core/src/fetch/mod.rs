@@ -54,8 +54,8 @@ use worker::WorkerCtx;
 pub trait FetchObserver: Send + Sync {
     /// The plan is known: total bytes wanted and how many are already verified here.
     fn started(&self, _video: VideoId, _manifest: &Manifest, _wanted_bytes: u64, _already: u64) {}
-    /// A chunk arrived and verified.
-    fn chunk(&self, _index: FragmentIndex, _bytes: u64, _from: &PeerAddr) {}
+    /// Chunk `chunk` of fragment `index` arrived from `from` and verified.
+    fn chunk(&self, _index: FragmentIndex, _chunk: u32, _bytes: u64, _from: &PeerAddr) {}
     /// Whether that chunk came from a seeder (a peer holding the whole video) or from
     /// another leecher: the swarm's P2P share.
     fn chunk_source(&self, _bytes: u64, _from_seeder: bool) {}
@@ -112,6 +112,9 @@ pub enum FetchError {
     /// No video could be chosen.
     #[error("{0}")]
     NoVideo(String),
+    /// The video does not fit the node's disk quota.
+    #[error(transparent)]
+    NoRoom(#[from] crate::library::QuotaError),
     /// Nobody had the manifest.
     #[error("no peer could provide the manifest of video {0}")]
     NoManifest(VideoId),
@@ -204,9 +207,9 @@ impl FetchObserver for Observers {
             o.started(video, manifest, wanted, already);
         }
     }
-    fn chunk(&self, index: FragmentIndex, bytes: u64, from: &PeerAddr) {
+    fn chunk(&self, index: FragmentIndex, chunk: u32, bytes: u64, from: &PeerAddr) {
         for o in self.snapshot() {
-            o.chunk(index, bytes, from);
+            o.chunk(index, chunk, bytes, from);
         }
     }
     fn fragment(&self, index: FragmentIndex, bytes: u64, from: &[PeerAddr]) {
@@ -448,6 +451,7 @@ pub struct Fetcher {
     pool: Arc<PeerPool>,
     opts: FetchOptions,
     bans: Arc<Bans>,
+    library: Option<Arc<crate::library::Library>>,
 }
 
 impl std::fmt::Debug for Fetcher {
@@ -483,7 +487,14 @@ impl Fetcher {
             pool,
             opts,
             bans: Arc::default(),
+            library: None,
         }
+    }
+
+    /// Admits every download under `library`'s disk quota before its first chunk.
+    pub fn with_library(mut self, library: Arc<crate::library::Library>) -> Self {
+        self.library = Some(library);
+        self
     }
 
     /// Peers banned for sending bad data: skipped by every download of this fetcher.
@@ -673,6 +684,9 @@ impl Fetcher {
             )));
         }
         let manifest = self.find_manifest(video, &holders, discovery).await?;
+        if let Some(lib) = &self.library {
+            lib.admit(video).await?;
+        }
         let wanted: Vec<FragmentIndex> = match &fragments {
             Some(f) => {
                 if let Some(&bad) = f.iter().find(|&&i| i >= manifest.fragment_count) {

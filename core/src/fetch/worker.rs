@@ -140,7 +140,11 @@ impl WorkerCtx {
             }
         };
         self.pool.put_back(addr, s);
-        match self.store.write_chunk(self.video, index, chunk, data).await {
+        match self
+            .store
+            .write_chunk_from(self.video, index, chunk, data, Some(addr.clone()))
+            .await
+        {
             Ok(outcome) => Ok((len, outcome)),
             Err(StoreError::HashMismatch { what, .. }) => Err(Failure::Lied(
                 format!("{what} of fragment {index} failed verification"),
@@ -168,7 +172,7 @@ impl WorkerCtx {
                     *left = left.saturating_sub(1);
                 }
                 drop(s);
-                self.obs.chunk(item.0, len, addr);
+                self.obs.chunk(item.0, item.1, len, addr);
                 self.obs.chunk_source(len, from_seeder);
                 if outcome == ChunkOutcome::FragmentComplete {
                     let mut s = self.sched.lock().unwrap();

@@ -37,6 +37,7 @@ use crate::engine::{Downloads, Want};
 use crate::fetch::{FetchOptions, Fetcher, PeerPool};
 use crate::identity::Identity;
 use crate::ids::{NodeId, VideoId};
+use crate::library::{Library, Withdrawer};
 use crate::protocol::Timeouts;
 use crate::pubsub::PubSub;
 use crate::ratelimit::RateLimiter;
@@ -117,6 +118,8 @@ pub struct NodeParts {
     pub engine: Arc<Downloads>,
     /// Its serving side (counters).
     pub serve: Arc<ServeContext>,
+    /// Its library: add, remove, pin, the disk quota.
+    pub library: Arc<Library>,
     /// The host others reach it at (for URLs).
     pub host: String,
     /// What it heard on the fragment topic, when it has pub/sub.
@@ -197,6 +200,8 @@ impl Node {
             peer_exchange: true,
             upload_slots: Some(DEFAULT_UPLOAD_SLOTS),
             super_seed: true,
+            max_disk: None,
+            pinned: Vec::new(),
             services: Vec::new(),
         }
     }
@@ -226,6 +231,8 @@ pub struct NodeBuilder {
     peer_exchange: bool,
     upload_slots: Option<usize>,
     super_seed: bool,
+    max_disk: Option<u64>,
+    pinned: Vec<VideoId>,
     services: Vec<Box<dyn NodeService>>,
 }
 
@@ -318,6 +325,17 @@ impl NodeBuilder {
         self.super_seed = on;
         self
     }
+    /// The most bytes the store may hold (`None`: no bound). Downloads that would
+    /// exceed it evict the least recently watched unpinned videos, or fail.
+    pub fn max_disk(mut self, bytes: Option<u64>) -> Self {
+        self.max_disk = bytes;
+        self
+    }
+    /// Videos never evicted (the node seeded them itself); kept across restarts.
+    pub fn pinned(mut self, videos: Vec<VideoId>) -> Self {
+        self.pinned = videos;
+        self
+    }
     /// A service to run with the node's engine (the player's HTTP side).
     pub fn service(mut self, s: impl NodeService) -> Self {
         self.services.push(Box::new(s));
@@ -403,13 +421,24 @@ impl NodeBuilder {
             });
         }
 
-        // 3. The engine.
-        let engine = Arc::new(Downloads::new(
-            Fetcher::new(self.store.clone(), pool, self.fetch),
-            discovery.clone(),
-            self.want.clone(),
-            cancel.child_token(),
-        ));
+        // 3. The library and the engine: every download is admitted under the quota.
+        let library = Arc::new(Library::open(self.store.clone(), self.max_disk));
+        library.pin_seeded(&self.pinned);
+        library.set_withdrawer(Withdrawer {
+            node: Some(node_id),
+            registry: self.registry.clone(),
+            pubsub: self.pubsub.clone().map(|p| (p, self.topic.clone())),
+            addrs: advertised.clone(),
+        });
+        let engine = Arc::new(
+            Downloads::new(
+                Fetcher::new(self.store.clone(), pool, self.fetch).with_library(library.clone()),
+                discovery.clone(),
+                self.want.clone(),
+                cancel.child_token(),
+            )
+            .with_library(library.clone()),
+        );
 
         // 4. Services.
         let host = advertised
@@ -422,6 +451,7 @@ impl NodeBuilder {
             store: self.store.clone(),
             engine: engine.clone(),
             serve: ctx.clone(),
+            library: library.clone(),
             host,
             events: events.as_ref().map(|e| e.stats.clone()),
         };
@@ -471,6 +501,7 @@ impl NodeBuilder {
             transports: self.transports,
             serve: ctx,
             engine,
+            library,
             discovery,
             registry: self.registry,
             bound,
@@ -496,6 +527,7 @@ pub struct NodeHandle {
     transports: Transports,
     serve: Arc<ServeContext>,
     engine: Arc<Downloads>,
+    library: Arc<Library>,
     discovery: Arc<CombinedDiscovery>,
     registry: Option<Arc<dyn Registry>>,
     bound: Vec<PeerAddr>,
@@ -543,6 +575,10 @@ impl NodeHandle {
     /// The download engine: the only way this node downloads.
     pub fn engine(&self) -> &Arc<Downloads> {
         &self.engine
+    }
+    /// The library: add, remove, pin, the disk quota.
+    pub fn library(&self) -> &Arc<Library> {
+        &self.library
     }
     /// The combined discovery.
     pub fn discovery(&self) -> &Arc<CombinedDiscovery> {

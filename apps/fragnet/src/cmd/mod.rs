@@ -5,6 +5,7 @@ pub mod demo;
 pub mod fetch;
 pub mod health;
 pub mod join;
+pub mod library;
 pub mod peer;
 pub mod roles;
 pub mod split;

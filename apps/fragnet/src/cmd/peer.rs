@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use anyhow::{Result, anyhow};
 use fragnet_core::fetch::FetchError;
+use fragnet_core::library::{Library, LibraryError};
 use fragnet_core::ratelimit::human_bytes;
 use fragnet_core::registry::Registry;
 use fragnet_core::serve::default_video;
@@ -92,6 +93,9 @@ pub async fn run(sources: &config::Sources, a: PeerArgs) -> Result<()> {
         engine: node.engine().clone(),
         registry: node.registry().cloned(),
         node_id: node.node_id(),
+        library: node.library().clone(),
+        split_fragments: cfg.library.fragments,
+        player: node.url().map(str::to_string),
     };
     let console_done = async {
         if cfg.console {
@@ -116,6 +120,9 @@ struct Console {
     engine: Arc<Downloads>,
     registry: Option<Arc<dyn Registry>>,
     node_id: fragnet_core::NodeId,
+    library: Arc<Library>,
+    split_fragments: u32,
+    player: Option<String>,
 }
 
 /// What a console line asks for.
@@ -127,6 +134,9 @@ enum Cmd {
     Peers,
     Who(FragmentIndex),
     Videos,
+    Add(String),
+    Remove(String),
+    Pin(String, bool),
     Help,
     Exit,
     Nothing,
@@ -143,6 +153,18 @@ fn parse(line: &str) -> Cmd {
     }
     if let Ok(i) = l.parse::<FragmentIndex>() {
         return Cmd::Fragment(i);
+    }
+    for (word, make) in [
+        ("add ", Cmd::Add as fn(String) -> Cmd),
+        ("remove ", Cmd::Remove),
+        ("pin ", |s| Cmd::Pin(s, true)),
+        ("unpin ", |s| Cmd::Pin(s, false)),
+    ] {
+        if let Some(rest) = l.strip_prefix(word)
+            && !rest.trim().is_empty()
+        {
+            return make(rest.trim().to_string());
+        }
     }
     if let Some(rest) = l.strip_prefix("who ") {
         let rest = rest.trim();
@@ -169,7 +191,10 @@ const HELP: &str = "\
   have                  list what this node holds
   peers                 ask each peer what it holds
   who 5                 which nodes hold fragment 5 (asks the manager)
-  videos                the videos the manager knows
+  videos                this node's videos with progress (and the manager's others)
+  add FILE              split FILE into this node's library and seed it (pinned)
+  remove ID             withdraw a video and delete its files (ID or a unique prefix)
+  pin ID, unpin ID      never evict a video / let it be evicted when room is needed
   help                  this list
   exit                  stop the node";
 
@@ -206,6 +231,9 @@ impl Console {
                 Cmd::Peers => self.peers().await,
                 Cmd::Who(i) => self.who(i).await,
                 Cmd::Videos => self.videos().await,
+                Cmd::Add(path) => self.add(&path).await,
+                Cmd::Remove(id) => self.remove(&id).await,
+                Cmd::Pin(id, on) => self.pin(&id, on),
                 Cmd::Fragment(i) => self.fetch(Some(vec![i]), &cancel).await,
                 Cmd::FetchAll => self.fetch(None, &cancel).await,
             }
@@ -303,20 +331,122 @@ impl Console {
     }
 
     async fn videos(&self) {
+        let entries = self.library.entries();
+        if entries.is_empty() {
+            println!("  no video here yet");
+        }
+        for e in &entries {
+            let mut notes = Vec::new();
+            if e.pinned {
+                notes.push("pinned");
+            }
+            if e.downloading {
+                notes.push("downloading");
+            }
+            let notes = if notes.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", notes.join(", "))
+            };
+            println!(
+                "  {} {} — {} of {} fragments, {} of {}{notes}",
+                e.video,
+                e.name,
+                e.complete_fragments,
+                e.fragment_count,
+                human_bytes(e.bytes_on_disk),
+                human_bytes(e.size)
+            );
+        }
+        if let Some(max) = self.library.max_disk() {
+            println!(
+                "  disk: {} of {} (limits.max_disk)",
+                human_bytes(self.library.used()),
+                human_bytes(max)
+            );
+        }
         let Some(reg) = &self.registry else {
-            return println!("[✗] No manager configured (start with --manager URL)");
+            return;
         };
         match reg.videos().await {
-            Ok(v) if v.is_empty() => println!("  the manager knows no video yet"),
             Ok(v) => {
-                for info in v {
-                    let here = self.store.have(info.id).len();
+                let others: Vec<_> = v
+                    .into_iter()
+                    .filter(|i| !entries.iter().any(|e| e.video == i.id))
+                    .collect();
+                if !others.is_empty() {
+                    println!("  the manager also knows:");
+                }
+                for info in others {
                     println!(
-                        "  {} {} — {} fragments, {} here",
-                        info.id, info.name, info.fragment_count, here
+                        "  {} {} — {} fragments, none here",
+                        info.id, info.name, info.fragment_count
                     );
                 }
             }
+            Err(e) => println!("[✗] asking the manager: {e}"),
+        }
+    }
+
+    /// A video of this node's library by id or unique prefix.
+    fn held(&self, id: &str) -> Result<VideoId, String> {
+        if let Ok(v) = id.parse::<VideoId>() {
+            return Ok(v);
+        }
+        let id = id.to_ascii_lowercase();
+        let matches: Vec<VideoId> = self
+            .store
+            .videos()
+            .into_iter()
+            .filter(|v| v.to_string().starts_with(&id))
+            .collect();
+        match matches.as_slice() {
+            [one] => Ok(*one),
+            [] => Err(format!("no video here starts with '{id}'; type 'videos'")),
+            _ => Err(format!(
+                "'{id}' matches {} videos; give more of the id",
+                matches.len()
+            )),
+        }
+    }
+
+    async fn add(&self, path: &str) {
+        let path = std::path::Path::new(path);
+        let opts = fragnet_core::split::SplitOptions {
+            fragments: self.split_fragments,
+            ..Default::default()
+        };
+        match self.library.add_file(path, opts).await {
+            Ok(video) => {
+                println!("[✓] Added {} as {video} (pinned, seeding)", path.display());
+                if let Some(url) = &self.player {
+                    println!("    watch: {url}/watch/{video}");
+                }
+            }
+            Err(e) => println!("[✗] {e}"),
+        }
+    }
+
+    async fn remove(&self, id: &str) {
+        let video = match self.held(id) {
+            Ok(v) => v,
+            Err(e) => return println!("[✗] {e}"),
+        };
+        match self.engine.remove(video).await {
+            Ok(()) => println!("[✓] Removed {video}: withdrawn and deleted"),
+            Err(LibraryError::Unknown(_)) => println!("[✗] {video} is not here"),
+            Err(e) => println!("[✗] {e}"),
+        }
+    }
+
+    fn pin(&self, id: &str, on: bool) {
+        let video = match self.held(id) {
+            Ok(v) => v,
+            Err(e) => return println!("[✗] {e}"),
+        };
+        match self.library.pin(video, on) {
+            Ok(()) if on => println!("[✓] Pinned {video}: never evicted"),
+            Ok(()) => println!("[✓] Unpinned {video}: may be evicted when room is needed"),
             Err(e) => println!("[✗] {e}"),
         }
     }
@@ -379,6 +509,14 @@ mod tests {
         assert_eq!(parse(" 5 "), Cmd::Fragment(5));
         assert_eq!(parse("fetch all"), Cmd::FetchAll);
         assert_eq!(parse("EXIT"), Cmd::Exit);
+        assert_eq!(
+            parse("add /tmp/my clip.mp4"),
+            Cmd::Add("/tmp/my clip.mp4".into())
+        );
+        assert_eq!(parse("remove 73cd"), Cmd::Remove("73cd".into()));
+        assert_eq!(parse("pin 73cd"), Cmd::Pin("73cd".into(), true));
+        assert_eq!(parse("unpin 73cd"), Cmd::Pin("73cd".into(), false));
+        assert_eq!(parse("add"), Cmd::Unknown("add".into()));
         assert_eq!(parse(""), Cmd::Nothing);
         assert_eq!(
             parse("../../etc/passwd"),
