@@ -83,6 +83,8 @@ pub async fn run(sources: &config::Sources, a: PeerArgs) -> Result<()> {
         );
     }
 
+    crate::share::print_links(&node, crate::share::manager_url(&cfg));
+
     let console = Console {
         default_video: cfg.default_video,
         store: node.store().clone(),
