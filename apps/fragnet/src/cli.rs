@@ -320,9 +320,14 @@ pub struct DemoArgs {
     /// Peers besides the seeder (TCP and QUIC alternate).
     #[arg(long, default_value_t = 4)]
     pub peers: usize,
-    /// Keep everything serving after the distribution (open the player, Swagger UI).
-    #[arg(long)]
+    /// Keep everything serving after the distribution (open the player, Swagger UI),
+    /// until Ctrl-C, even when stdout is not a terminal. On a terminal this is the
+    /// default.
+    #[arg(long, conflicts_with = "exit")]
     pub keep_running: bool,
+    /// Exit right after the summary, even on a terminal (without a terminal, it does).
+    #[arg(long)]
+    pub exit: bool,
     /// Work directory (default: a temporary one, removed at the end).
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,

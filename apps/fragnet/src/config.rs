@@ -792,6 +792,7 @@ impl Config {
             chunk_wait: std::time::Duration::from_secs(s.chunk_wait_secs),
             max_responses: s.max_responses,
             idle_timeout: std::time::Duration::from_secs(s.idle_timeout_secs),
+            share_manager: crate::share::manager_url(self).map(str::to_string),
             ..fragnet_http::HttpConfig::default()
         }))
     }

@@ -8,6 +8,8 @@
 //! - `GET /watch/{id}`: a player page with a fragment bar that fills live from
 //!   `GET /videos/{id}/events` (server-sent events, [`events`]).
 //! - `GET /videos`, `GET /videos/{id}`: what the node holds, as JSON.
+//! - `GET /videos/{id}/link`: the share link to the video through this node
+//!   (`{"link": "fragnet://…"}`), which the player's "copy link" shows.
 //! - `GET /health`, `GET /metrics` (Prometheus text).
 //!
 //! Plain HTML, CSS and JS are compiled into the binary: no CDN, no build step.
@@ -61,6 +63,8 @@ pub struct HttpConfig {
     pub idle_timeout: Duration,
     /// Time in-flight responses get to finish on shutdown.
     pub shutdown_grace: Duration,
+    /// The manager share links name (`manager.url` of a node that registers over HTTP).
+    pub share_manager: Option<String>,
 }
 
 impl Default for HttpConfig {
@@ -72,6 +76,7 @@ impl Default for HttpConfig {
             max_responses: 64,
             idle_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(2),
+            share_manager: None,
         }
     }
 }
@@ -90,6 +95,8 @@ pub struct HttpState {
     /// Starts downloads when a player asks for bytes not held here; `None` serves only
     /// what the store holds.
     pub downloads: Option<Arc<Downloads>>,
+    /// The node's advertised addresses, for share links (`GET /videos/{id}/link`).
+    pub advertised: Vec<fragnet_core::PeerAddr>,
 }
 
 /// Why the HTTP side could not start.
@@ -196,6 +203,7 @@ fn router(app: Arc<App>) -> Router {
         .route("/videos/{id}", get(video))
         .route("/videos/{id}/stream", get(stream_video))
         .route("/videos/{id}/events", get(video_events))
+        .route("/videos/{id}/link", get(video_link))
         .route("/watch/{id}", get(watch))
         .with_state(app)
 }
@@ -298,6 +306,28 @@ async fn video(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response 
         )
         .into_response(),
     }
+}
+
+/// The share link to a video through this node (its dialable addresses and its
+/// manager), for the player's "copy link".
+async fn video_link(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
+    let video = match video_id(&id) {
+        Ok(v) => v,
+        Err(e) => return e.into_response(),
+    };
+    let link = fragnet_core::Link::for_node(
+        video,
+        &app.state.advertised,
+        app.config.share_manager.as_deref(),
+    );
+    if !link.has_location() {
+        return ApiError(
+            StatusCode::NOT_FOUND,
+            "this node has no address another machine can dial and no manager; start it with --listen and --advertise HOST".into(),
+        )
+        .into_response();
+    }
+    axum::Json(json!({ "link": link.to_string() })).into_response()
 }
 
 async fn video_events(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {

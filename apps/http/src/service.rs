@@ -39,6 +39,7 @@ impl NodeService for HttpService {
             name: node.name.clone(),
             serve: Some(node.serve.clone()),
             downloads: Some(node.engine.clone()),
+            advertised: node.advertised.clone(),
         };
         let handle = crate::spawn(self.config, state, cancel).await?;
         let port = handle.local_addr().port();

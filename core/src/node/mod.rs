@@ -119,6 +119,8 @@ pub struct NodeParts {
     pub serve: Arc<ServeContext>,
     /// The host others reach it at (for URLs).
     pub host: String,
+    /// The addresses it registers and announces (for share links).
+    pub advertised: Vec<PeerAddr>,
 }
 
 /// Why a service could not start.
@@ -422,6 +424,7 @@ impl NodeBuilder {
             engine: engine.clone(),
             serve: ctx.clone(),
             host,
+            advertised: advertised.clone(),
         };
         let mut services = Vec::new();
         for s in self.services {
