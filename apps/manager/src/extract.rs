@@ -5,7 +5,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
-use fragnet_core::{FragmentIndex, NodeId, VideoId};
+use fragnet_core::{FragmentIndex, IdPrefix, NodeId, VideoId};
 use serde::de::DeserializeOwned;
 
 use crate::error::{ApiError, ErrorCode};
@@ -79,6 +79,48 @@ pub fn video_id(s: &str) -> Result<VideoId, ApiError> {
             clip(s)
         ))
     })
+}
+
+/// Matches listed when a short id is ambiguous.
+const MAX_MATCHES: usize = 10;
+
+/// The registered video a path segment names: a full id, or a unique prefix of at
+/// least 8 hex digits (400 when malformed or too short, 404 when no video matches, 409
+/// listing the matches when several do).
+pub fn registered_video(state: &AppState, s: &str) -> Result<VideoId, ApiError> {
+    if s.len() == 64 {
+        return video_id(s);
+    }
+    let prefix = IdPrefix::parse(s).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let found = state.registry.videos_with_prefix(&prefix, MAX_MATCHES);
+    match found.as_slice() {
+        [] => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::UnknownVideo,
+            format!("no registered video id starts with {}", prefix.as_str()),
+        )),
+        [one] => Ok(*one),
+        many => {
+            let mut e = ApiError::new(
+                StatusCode::CONFLICT,
+                ErrorCode::AmbiguousId,
+                format!(
+                    "{} matches {} videos; give more of the id: {}",
+                    prefix.as_str(),
+                    many.len(),
+                    many.iter()
+                        .map(|v| v.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            );
+            e.details = Some(Box::new(crate::error::ErrorDetails {
+                matches: many.to_vec(),
+                ..Default::default()
+            }));
+            Err(e)
+        }
+    }
 }
 
 /// Parses a node id from a path segment (400 when malformed).
