@@ -49,7 +49,9 @@ fn get(addr: &str, path: &str) -> (u16, Vec<u8>) {
     let head = String::from_utf8_lossy(&all[..split]).into_owned();
     let status = head.split(' ').nth(1).unwrap().parse().unwrap();
     assert!(
-        !head.to_ascii_lowercase().contains("transfer-encoding: chunked"),
+        !head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
         "{head}"
     );
     (status, all[split + 4..].to_vec())
@@ -140,7 +142,15 @@ fn split_prints_a_link_that_fetch_and_watch_need_nothing_else_for() {
     let short = format!("{}…", &id[..8]);
     let o = fragnet(
         &friend3,
-        &["fetch", "--manager", &murl, "--video", &short, "-o", "c.mp4"],
+        &[
+            "fetch",
+            "--manager",
+            &murl,
+            "--video",
+            &short,
+            "-o",
+            "c.mp4",
+        ],
     );
     assert!(o.status.success(), "{}", text(&o));
     assert!(std::fs::read(friend3.join("c.mp4")).unwrap() == original);
@@ -186,7 +196,10 @@ fn malformed_links_are_errors_that_say_what_is_wrong() {
     let id = "ab".repeat(32);
     let cases = [
         (
-            vec!["fetch".to_string(), "fragnet://73cdffcc?peer=tcp://h:1".into()],
+            vec![
+                "fetch".to_string(),
+                "fragnet://73cdffcc?peer=tcp://h:1".into(),
+            ],
             "is not a video id",
         ),
         (
@@ -267,7 +280,14 @@ fn join_takes_a_unique_prefix_and_names_the_matches_of_an_ambiguous_one() {
     }
     let o = fragnet(
         d,
-        &["join", &id.to_string()[..7], "--data", "store", "--out", "z.mp4"],
+        &[
+            "join",
+            &id.to_string()[..7],
+            "--data",
+            "store",
+            "--out",
+            "z.mp4",
+        ],
     );
     let t = text(&o);
     assert!(!o.status.success() && t.contains("too short"), "{t}");
@@ -279,7 +299,15 @@ fn demo_without_a_terminal_shows_peer_to_peer_spreading_and_exits() {
     let d = dir.path();
     let mut demo = spawn(
         d,
-        &["demo", "--seeder-rate", "1MB", "--dir", "work", "--timeout", "90"],
+        &[
+            "demo",
+            "--seeder-rate",
+            "1MB",
+            "--dir",
+            "work",
+            "--timeout",
+            "90",
+        ],
         &[],
     );
     let lines = wait_for_line(&mut demo, "Stopping now", 120);
@@ -296,7 +324,10 @@ fn demo_without_a_terminal_shows_peer_to_peer_spreading_and_exits() {
         .collect();
     assert_eq!(per_peer.len(), 4, "{all}");
     for p in &per_peer {
-        assert!(!p.starts_with("0 B"), "a peer got nothing from its peers: {all}");
+        assert!(
+            !p.starts_with("0 B"),
+            "a peer got nothing from its peers: {all}"
+        );
     }
     let total = all
         .lines()
