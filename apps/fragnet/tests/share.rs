@@ -335,3 +335,42 @@ fn demo_without_a_terminal_shows_peer_to_peer_spreading_and_exits() {
         .unwrap_or_else(|| panic!("no total line in {all}"));
     assert!(!total.contains("got 0 B"), "{total}");
 }
+
+#[test]
+fn the_console_picks_a_video_by_a_short_id() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let o = fragnet(d, &["split", sample().to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let m = std::fs::read(d.join("fragments/manifest.json")).unwrap();
+    let id = fragnet_core::Manifest::from_bytes(&m).unwrap().video_id();
+    let mut p = spawn_peer(
+        d,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--seed",
+            "fragments",
+            "--data",
+            "n",
+        ],
+    );
+    let mut stdin = p.0.stdin.take().unwrap();
+    writeln!(
+        stdin,
+        "video {}…\nvideo 1234\nvideo {}\nexit",
+        id.short(),
+        "0".repeat(8)
+    )
+    .unwrap();
+    drop(stdin);
+    let lines = wait_for_line(&mut p, "no known id starts with 00000000", 30);
+    let all = lines.join("\n");
+    assert!(
+        all.contains(&format!("commands now refer to video {id}")),
+        "{all}"
+    );
+    assert!(all.contains("\"1234\" is too short"), "{all}");
+    assert!(wait_exit(&mut p, 20).success());
+}

@@ -238,7 +238,9 @@ async fn plays_while_downloading(browser: &Browser, clip: &str, manager: Option<
     let s = poll_until(browser, 20, "the fragment bar to fill", |s| s["held"] == 10).await;
     assert_eq!(s["total"], 10);
     // The "copy link" box shows this node's share link to the video.
-    let link = s["link"].as_str().unwrap_or_else(|| panic!("no share link: {s}"));
+    let link = s["link"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no share link: {s}"));
     let link = fragnet_core::Link::parse(link).unwrap();
     assert_eq!(link.video, v.id());
     assert!(!link.peers.is_empty(), "{link}");

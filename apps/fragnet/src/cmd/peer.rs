@@ -86,7 +86,7 @@ pub async fn run(sources: &config::Sources, a: PeerArgs) -> Result<()> {
     crate::share::print_links(&node, crate::share::manager_url(&cfg));
 
     let console = Console {
-        default_video: cfg.default_video,
+        default_video: std::sync::Mutex::new(cfg.default_video),
         store: node.store().clone(),
         engine: node.engine().clone(),
         registry: node.registry().cloned(),
@@ -110,7 +110,8 @@ pub async fn run(sources: &config::Sources, a: PeerArgs) -> Result<()> {
 }
 
 struct Console {
-    default_video: Option<VideoId>,
+    /// The video console commands refer to; `video ID` changes it.
+    default_video: std::sync::Mutex<Option<VideoId>>,
     store: Arc<FragmentStore>,
     engine: Arc<Downloads>,
     registry: Option<Arc<dyn Registry>>,
@@ -126,6 +127,8 @@ enum Cmd {
     Peers,
     Who(FragmentIndex),
     Videos,
+    /// `video 73cdffcc`: the video later commands refer to (a full id or unique prefix).
+    UseVideo(String),
     Help,
     Exit,
     Nothing,
@@ -151,6 +154,9 @@ fn parse(line: &str) -> Cmd {
             return Cmd::Who(i);
         }
     }
+    if let Some(rest) = l.strip_prefix("video ") {
+        return Cmd::UseVideo(rest.trim().chars().take(80).collect());
+    }
     match l.to_ascii_lowercase().as_str() {
         "fetch all" | "all" => Cmd::FetchAll,
         "have" => Cmd::Have,
@@ -169,6 +175,7 @@ const HELP: &str = "\
   peers                 ask each peer what it holds
   who 5                 which nodes hold fragment 5 (asks the manager)
   videos                the videos the manager knows
+  video 73cdffcc        the video the other commands refer to (a unique id prefix)
   help                  this list
   exit                  stop the node";
 
@@ -205,19 +212,33 @@ impl Console {
                 Cmd::Peers => self.peers().await,
                 Cmd::Who(i) => self.who(i).await,
                 Cmd::Videos => self.videos().await,
+                Cmd::UseVideo(id) => self.use_video(&id).await,
                 Cmd::Fragment(i) => self.fetch(Some(vec![i]), &cancel).await,
                 Cmd::FetchAll => self.fetch(None, &cancel).await,
             }
         }
     }
 
-    /// The video console commands refer to: configured, else the only one held here,
-    /// else the only one known to discovery.
+    /// The video console commands refer to: chosen or configured, else the only one
+    /// held here, else the only one known to discovery.
     async fn video(&self) -> Result<VideoId, FetchError> {
-        if let Ok(v) = default_video(self.default_video, &self.store.videos()) {
+        let chosen = *self.default_video.lock().unwrap();
+        if let Ok(v) = default_video(chosen, &self.store.videos()) {
             return Ok(v);
         }
-        self.engine.resolve_video(self.default_video).await
+        self.engine.resolve_video(chosen).await
+    }
+
+    /// `video ID`: resolves a short id among the videos held here and those the manager
+    /// knows, and makes it the one the other commands refer to.
+    async fn use_video(&self, id: &str) {
+        match crate::share::resolve_video(id, Some(&self.store), self.registry.as_ref()).await {
+            Ok(v) => {
+                *self.default_video.lock().unwrap() = Some(v);
+                println!("  commands now refer to video {v}");
+            }
+            Err(e) => println!("[✗] {e}"),
+        }
     }
 
     fn have(&self) {
@@ -378,6 +399,7 @@ mod tests {
         assert_eq!(parse(" 5 "), Cmd::Fragment(5));
         assert_eq!(parse("fetch all"), Cmd::FetchAll);
         assert_eq!(parse("EXIT"), Cmd::Exit);
+        assert_eq!(parse("video 73cdffcc…"), Cmd::UseVideo("73cdffcc…".into()));
         assert_eq!(parse(""), Cmd::Nothing);
         assert_eq!(
             parse("../../etc/passwd"),
