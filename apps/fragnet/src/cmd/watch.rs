@@ -26,7 +26,6 @@ pub async fn run(sources: &config::Sources, a: WatchArgs) -> Result<()> {
         // A free port: a watcher should not collide with a node already on 6001.
         flags.listen = vec!["0".into()];
     }
-    flags.want = Some(link.video.to_string());
     flags.default_video = Some(link.video.to_string());
     let cfg = config::load(sources, &flags)?;
     let cancel = CancellationToken::new();
