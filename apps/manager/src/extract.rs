@@ -81,6 +81,28 @@ pub fn video_id(s: &str) -> Result<VideoId, ApiError> {
     })
 }
 
+/// The OpenAPI schema of a `{id}` path segment that [`registered_video`] reads: a full
+/// video id or a prefix of at least 8 hex digits. (The server also takes the `…` that
+/// fragnet prints after a short id; the schema leaves it out.)
+pub struct VideoIdOrPrefix;
+
+impl utoipa::PartialSchema for VideoIdOrPrefix {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some("^[0-9a-f]{8,64}$"))
+            .min_length(Some(8))
+            .max_length(Some(64))
+            .description(Some(
+                "A video id (64 lowercase hex characters) or a unique prefix of it (at least 8).",
+            ))
+            .examples(["9f2c1b3a"])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for VideoIdOrPrefix {}
+
 /// Matches listed when a short id is ambiguous.
 const MAX_MATCHES: usize = 10;
 

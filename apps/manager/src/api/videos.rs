@@ -17,7 +17,9 @@ use utoipa_axum::routes;
 use super::PageParams;
 use super::fragments::{DEFAULT_PAGE, page_limit};
 use crate::error::{ApiError, ApiResult, ErrorBody, ErrorCode};
-use crate::extract::{ApiQuery, fragment_index, read_body, registered_video, video_id};
+use crate::extract::{
+    ApiQuery, VideoIdOrPrefix, fragment_index, read_body, registered_video, video_id,
+};
 use crate::state::AppState;
 
 /// One page of videos.
@@ -159,7 +161,7 @@ async fn add_video(
     get,
     path = "/videos/{id}",
     tag = "videos",
-    params(("id" = String, Path, description = "The video id, or a unique prefix of it (8 to 63 lowercase hex digits, as fragnet prints short ids), which answers for the one video it matches")),
+    params(("id" = VideoIdOrPrefix, Path, description = "The video id, or a unique prefix of it (at least 8 lowercase hex digits, as fragnet prints short ids), which answers for the one video it matches")),
     responses(
         (status = 200, description = "The manifest, in canonical form", body = Manifest),
         (status = 400, description = "A malformed or too short video id", body = ErrorBody),
@@ -187,7 +189,7 @@ async fn get_video(State(state): State<AppState>, Path(id): Path<String>) -> Api
     path = "/videos/{id}/fragments/{index}/peers",
     tag = "videos",
     params(
-        ("id" = String, Path, description = "The video id, or a unique prefix of it (8 to 63 lowercase hex digits, as fragnet prints short ids), which answers for the one video it matches"),
+        ("id" = VideoIdOrPrefix, Path, description = "The video id, or a unique prefix of it (at least 8 lowercase hex digits, as fragnet prints short ids), which answers for the one video it matches"),
         ("index" = u32, Path, description = "The fragment index, from 0"),
         PeersParams,
     ),
