@@ -4,8 +4,12 @@
 # everything else. Leaves its files in ./quickstart/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --locked
-bin="$PWD/target/release/fragnet"
+cargo build --release --locked -p fragnet
+# Where cargo put it: ./target, or $CARGO_TARGET_DIR / build.target-dir when set.
+target_dir=$(cargo metadata --format-version 1 --no-deps --locked |
+  sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+bin="${target_dir:-$PWD/target}/release/fragnet"
+[ -x "$bin" ] || { echo "built, but found no binary at $bin" >&2; exit 1; }
 clip="${1:-$PWD/../shared/media/sample-480p.mp4}"
 [ -f "$clip" ] || { echo "no video at $clip; pass one: scripts/quickstart.sh VIDEO" >&2; exit 1; }
 work="$PWD/quickstart"

@@ -111,6 +111,16 @@ macro_rules! id_type {
                 self.0.short()
             }
         }
+        impl From<$name> for Digest {
+            fn from(id: $name) -> Digest {
+                id.0
+            }
+        }
+        impl From<Digest> for $name {
+            fn from(d: Digest) -> $name {
+                $name(d)
+            }
+        }
         impl FromStr for $name {
             type Err = BadId;
             fn from_str(s: &str) -> Result<Self, BadId> {
@@ -138,6 +148,96 @@ id_type!(
     /// A node's id: the BLAKE3 of its public key (SubjectPublicKeyInfo DER).
     NodeId
 );
+
+/// The fewest hex digits a short id may have: fragnet prints 8 (`73cdffcc…`).
+pub const MIN_PREFIX: usize = 8;
+
+/// A video or node id as people type it: the full 64 hex, or a unique prefix of at
+/// least [`MIN_PREFIX`] hex digits, optionally ending in `…` or `...` as fragnet prints
+/// short ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdPrefix(String);
+
+/// Why a short id names no one id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PrefixError {
+    /// Characters other than lowercase hex, or more than 64 of them.
+    #[error("{0:?} is not an id: expected {MIN_PREFIX} to 64 lowercase hex characters")]
+    NotHex(String),
+    /// Fewer than [`MIN_PREFIX`] hex digits.
+    #[error("{0:?} is too short: give at least {MIN_PREFIX} hex characters of the id")]
+    TooShort(String),
+    /// No known id starts with it.
+    #[error("no known id starts with {0}")]
+    NoMatch(String),
+    /// Several known ids start with it.
+    #[error("{prefix} is ambiguous; it matches {}", matches.join(", "))]
+    Ambiguous {
+        /// What was given.
+        prefix: String,
+        /// Every id it matches (full hex).
+        matches: Vec<String>,
+    },
+}
+
+impl IdPrefix {
+    /// Checks the form only (hex, length); [`IdPrefix::resolve`] finds the id.
+    pub fn parse(input: &str) -> Result<Self, PrefixError> {
+        let s = input.trim();
+        let s = s
+            .strip_suffix('…')
+            .or_else(|| s.strip_suffix("..."))
+            .unwrap_or(s);
+        let shown = || s.chars().take(80).collect::<String>();
+        if s.len() > 64 || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err(PrefixError::NotHex(shown()));
+        }
+        if s.len() < MIN_PREFIX {
+            return Err(PrefixError::TooShort(shown()));
+        }
+        Ok(IdPrefix(s.to_string()))
+    }
+
+    /// The hex digits given.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The whole id, when all 64 digits were given.
+    pub fn full(&self) -> Option<Digest> {
+        self.0.parse().ok()
+    }
+
+    /// Whether `id` starts with this prefix.
+    pub fn matches(&self, id: &Digest) -> bool {
+        id.with_hex(|h| h.starts_with(&self.0))
+    }
+
+    /// The one id among `known` that starts with this prefix. A full id resolves to
+    /// itself even when it is not known (the caller may still find it elsewhere).
+    pub fn resolve<I>(&self, known: impl IntoIterator<Item = I>) -> Result<I, PrefixError>
+    where
+        I: Copy + Ord + Into<Digest> + From<Digest>,
+    {
+        if let Some(d) = self.full() {
+            return Ok(I::from(d));
+        }
+        let mut found: Vec<I> = known
+            .into_iter()
+            .filter(|i| self.matches(&(*i).into()))
+            .collect();
+        found.sort();
+        found.dedup();
+        match found.len() {
+            0 => Err(PrefixError::NoMatch(self.0.clone())),
+            1 => Ok(found[0]),
+            _ => Err(PrefixError::Ambiguous {
+                prefix: self.0.clone(),
+                matches: found.into_iter().map(|i| i.into().to_hex()).collect(),
+            }),
+        }
+    }
+}
 
 /// OpenAPI schemas: ids are 64 lowercase hex characters.
 #[cfg(feature = "openapi")]
@@ -200,5 +300,67 @@ mod tests {
         );
         assert!("g".repeat(64).parse::<Digest>().is_err());
         assert!("é".repeat(32).parse::<Digest>().is_err());
+    }
+
+    #[test]
+    fn prefixes_resolve_when_unique() {
+        let a = VideoId(Digest::of(b"a"));
+        let b = VideoId(Digest::of(b"b"));
+        let known = [a, b];
+        let ah = a.to_string();
+        let p = IdPrefix::parse(&ah[..8]).unwrap();
+        assert_eq!(p.resolve(known).unwrap(), a);
+        let p = IdPrefix::parse(&format!("{}…", &ah[..8])).unwrap();
+        assert_eq!(p.resolve(known).unwrap(), a, "the printed short form works");
+        let p = IdPrefix::parse(&format!("{}...", &ah[..12])).unwrap();
+        assert_eq!(p.resolve(known).unwrap(), a);
+        assert_eq!(IdPrefix::parse(&ah).unwrap().resolve(known).unwrap(), a);
+        assert_eq!(
+            IdPrefix::parse(&ah[..7]),
+            Err(PrefixError::TooShort(ah[..7].to_string()))
+        );
+        assert!(matches!(
+            IdPrefix::parse("ABCDEF0123"),
+            Err(PrefixError::NotHex(_))
+        ));
+        assert!(matches!(
+            IdPrefix::parse(&format!("{ah}0")),
+            Err(PrefixError::NotHex(_))
+        ));
+        // No match among the known ones.
+        let other = if ah.starts_with('0') {
+            "11111111"
+        } else {
+            "00000000"
+        };
+        assert_eq!(
+            IdPrefix::parse(other).unwrap().resolve(known),
+            Err(PrefixError::NoMatch(other.to_string()))
+        );
+    }
+
+    #[test]
+    fn ambiguous_prefixes_list_every_match() {
+        // Two ids sharing their first 8 hex digits.
+        let mut x = [0u8; 32];
+        x[..4].copy_from_slice(&[0x73, 0xcd, 0xff, 0xcc]);
+        let mut y = x;
+        y[31] = 1;
+        let (x, y) = (VideoId(Digest(x)), VideoId(Digest(y)));
+        let e = IdPrefix::parse("73cdffcc")
+            .unwrap()
+            .resolve([x, y, x])
+            .unwrap_err();
+        assert_eq!(
+            e,
+            PrefixError::Ambiguous {
+                prefix: "73cdffcc".into(),
+                matches: vec![x.to_string(), y.to_string()]
+            }
+        );
+        assert!(e.to_string().contains(&y.to_string()));
+        // One more digit tells them apart.
+        let longer = &y.to_string()[..64];
+        assert_eq!(IdPrefix::parse(longer).unwrap().resolve([x, y]).unwrap(), y);
     }
 }

@@ -11,6 +11,7 @@
 //! - [`fetch`]: parallel, verified, resumable download from several peers.
 //! - [`engine`]: the node's one download engine, one download per video.
 //! - [`node`]: the node's builder and handle: serving, discovery, engine, announcing.
+//! - [`link`]: share links (`fragnet://<video id>?manager=…&peer=…`).
 //! - [`registry`]: the [`Registry`] plugin trait (who holds what) and its in-memory implementation.
 //! - [`pubsub`]: the [`PubSub`] plugin trait, the in-process bus and fragment events.
 //!
@@ -25,6 +26,7 @@ pub mod fsutil;
 pub mod identity;
 pub mod ids;
 pub mod library;
+pub mod link;
 pub mod manifest;
 pub mod metrics;
 pub mod node;
@@ -44,7 +46,8 @@ pub mod conformance;
 
 pub use addr::PeerAddr;
 pub use engine::{Downloads, Want};
-pub use ids::{FragmentIndex, NodeId, VideoId};
+pub use ids::{FragmentIndex, IdPrefix, NodeId, VideoId};
+pub use link::Link;
 pub use manifest::Manifest;
 pub use node::{Node, NodeBuilder, NodeHandle};
 pub use pubsub::{FragmentEvent, LocalPubSub, PubSub, PubSubError, Subscription};

@@ -48,6 +48,9 @@ pub enum Command {
     Peer(PeerArgs),
     /// Download a video's missing fragments from peers, in parallel, then reassemble it.
     Fetch(FetchArgs),
+    /// Watch a shared video: start a node that fetches it (and shares what it has),
+    /// serve the player over HTTP, print its URL, and keep running until Ctrl-C.
+    Watch(WatchArgs),
     /// Run the manager: the REST registry of who holds which fragment (Swagger UI at
     /// /apidocs).
     Manager(ManagerArgs),
@@ -107,12 +110,21 @@ pub struct SplitArgs {
     /// Replace another video's fragments in the output directory.
     #[arg(long)]
     pub force: bool,
+    /// A manager to name in the printed share link (the one the seeding node registers
+    /// with), e.g. http://192.0.2.7:5001.
+    #[arg(long, value_name = "URL")]
+    pub manager: Option<String>,
+    /// A node address to name in the printed share link (the node that will seed it),
+    /// e.g. quic://<node id>@192.0.2.8:6001 or tcp://192.0.2.8:6001. Repeats.
+    #[arg(long, value_name = "ADDR")]
+    pub peer: Vec<String>,
 }
 
 /// `fragnet join`.
 #[derive(Debug, Args)]
 pub struct JoinArgs {
-    /// A video id (looked up in the node's store) or a directory with manifest.json.
+    /// A video id or a unique prefix of it (at least 8 hex digits, e.g. 73cdffcc…),
+    /// looked up in the node's store, or a directory with manifest.json.
     pub source: String,
     /// The node's data directory, for a video id.
     #[arg(long, value_name = "DIR")]
@@ -199,13 +211,23 @@ pub struct PeerArgs {
 /// `fragnet fetch`.
 #[derive(Debug, Args)]
 pub struct FetchArgs {
+    /// A share link (fragnet://<video id>?manager=…&peer=…): the video and where to find
+    /// it, as `fragnet split`, `peer` and `run` print it.
+    #[arg(value_name = "LINK", conflicts_with = "video")]
+    pub link: Option<String>,
     /// A peer to fetch from. Repeats; fragments come from all of them in parallel.
-    #[arg(long, short, value_name = "ADDR", required_unless_present = "manager")]
+    #[arg(
+        long,
+        short,
+        value_name = "ADDR",
+        required_unless_present_any = ["manager", "link"]
+    )]
     pub peer: Vec<String>,
     /// Find the peers through the manager instead of (or besides) --peer.
     #[arg(long, value_name = "URL")]
     pub manager: Option<String>,
-    /// The video id; default: the only video the peers offer.
+    /// The video id or a unique prefix of it (at least 8 hex digits); default: the only
+    /// video the peers offer.
     #[arg(long, value_name = "ID")]
     pub video: Option<String>,
     /// Which fragments (e.g. 0-9, 0,2,5-7); default: all.
@@ -217,6 +239,28 @@ pub struct FetchArgs {
     /// Overwrite --out if it exists.
     #[arg(long)]
     pub force: bool,
+    #[command(flatten)]
+    pub node: NodeFlags,
+}
+
+/// `fragnet watch`.
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// The share link (fragnet://<video id>?manager=…&peer=…).
+    #[arg(value_name = "LINK")]
+    pub link: String,
+    /// Serve the player on HOST:PORT (or PORT, all interfaces); 0 picks a free port.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    pub http: String,
+    /// Listen for other peers on these addresses (PORT, HOST:PORT, tcp://…, quic://…),
+    /// so the swarm can fetch from this node too. Default: a free TCP port on all
+    /// interfaces. Repeats.
+    #[arg(long, short, value_name = "ADDR")]
+    pub listen: Vec<String>,
+    /// Open the player in a browser (xdg-open, sensible-browser or $BROWSER), if one is
+    /// installed; without it, nothing is opened.
+    #[arg(long)]
+    pub open: bool,
     #[command(flatten)]
     pub node: NodeFlags,
 }
@@ -297,9 +341,14 @@ pub struct DemoArgs {
     /// Peers besides the seeder (TCP and QUIC alternate).
     #[arg(long, default_value_t = 4)]
     pub peers: usize,
-    /// Keep everything serving after the distribution (open the player, Swagger UI).
-    #[arg(long)]
+    /// Keep everything serving after the distribution (open the player, Swagger UI),
+    /// until Ctrl-C, even when stdout is not a terminal. On a terminal this is the
+    /// default.
+    #[arg(long, conflicts_with = "exit")]
     pub keep_running: bool,
+    /// Exit right after the summary, even on a terminal (without a terminal, it does).
+    #[arg(long)]
+    pub exit: bool,
     /// Work directory (default: a temporary one, removed at the end).
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
@@ -317,9 +366,19 @@ pub struct RunArgs {
     /// Roles to run, overriding the profile's `roles`. Repeats, or comma separated.
     #[arg(long = "role", value_name = "ROLE", value_delimiter = ',')]
     pub roles: Vec<Role>,
-    /// Listen addresses of the peer role. Repeats.
+    /// Listen addresses of the peer role (`listen`). Repeats.
     #[arg(long, short, value_name = "ADDR")]
     pub listen: Vec<String>,
+    /// The manager the peer registers with (`manager.url`), e.g. http://localhost:5001.
+    #[arg(long, value_name = "URL")]
+    pub manager: Option<String>,
+    /// The broker the peer publishes and hears fragment events on (`broker.addr`), e.g.
+    /// localhost:5555.
+    #[arg(long, value_name = "ADDR")]
+    pub broker: Option<String>,
+    /// The peer's HTTP address (`http_listen`): PORT or HOST:PORT; 0 picks a port.
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<String>,
     /// Import a split directory into the peer's store on start.
     #[arg(long, value_name = "DIR")]
     pub seed: Option<std::path::PathBuf>,
@@ -416,7 +475,7 @@ impl PeerArgs {
 }
 
 impl FetchArgs {
-    /// The configuration keys `fragnet fetch`'s flags set.
+    /// The configuration keys `fragnet fetch`'s flags set (without the link's).
     pub fn overrides(&self) -> Overrides {
         Overrides {
             peers: self.peer.clone(),
@@ -424,6 +483,28 @@ impl FetchArgs {
                 url: self.manager.clone(),
                 ..ManagerOverrides::default()
             },
+            ..self.node.overrides()
+        }
+    }
+}
+
+/// The keys a share link sets on top of `flags`: its peers join the ones given, its
+/// manager is used unless one was given.
+pub fn link_overrides(mut flags: Overrides, link: &fragnet_core::Link) -> Overrides {
+    flags.peers.extend(link.peers.iter().map(|p| p.to_string()));
+    if flags.manager.url.is_none() {
+        flags.manager.url = link.manager.clone();
+    }
+    flags
+}
+
+impl WatchArgs {
+    /// The configuration keys `fragnet watch`'s flags set (without the link's).
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            listen: self.listen.clone(),
+            http_listen: Some(self.http.clone()),
+            console: Some(false),
             ..self.node.overrides()
         }
     }
@@ -499,6 +580,15 @@ impl RunArgs {
         Overrides {
             roles: self.roles.clone(),
             listen: self.listen.clone(),
+            http_listen: self.http.clone(),
+            manager: ManagerOverrides {
+                url: self.manager.clone(),
+                ..ManagerOverrides::default()
+            },
+            broker: BrokerOverrides {
+                addr: self.broker.clone(),
+                ..BrokerOverrides::default()
+            },
             console: Some(false),
             ..self.node.overrides()
         }
@@ -562,6 +652,7 @@ mod tests {
             Command::Subscribe(a) => a.overrides(),
             Command::Notify(a) => a.overrides(),
             Command::Run(a) => a.overrides(),
+            Command::Watch(a) => a.overrides(),
             other => panic!("{other:?} sets no configuration"),
         }
     }

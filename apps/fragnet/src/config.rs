@@ -881,6 +881,7 @@ impl Config {
             max_upload: fragnet_core::ratelimit::parse_bytes(&self.library.max_upload)
                 .map_err(|e| anyhow::anyhow!("library.max_upload: {e}"))?,
             fragments: self.library.fragments,
+            share_manager: crate::share::manager_url(self).map(str::to_string),
             ..fragnet_http::HttpConfig::default()
         }))
     }
@@ -1082,6 +1083,60 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(e.contains("nope") || e.contains("NOPE"), "{e}");
+
+            // `fragnet run`'s own flags: flag > env > file, key by key.
+            jail.clear_env();
+            jail.create_file(
+                "run.toml",
+                "listen = [7101]\nhttp_listen = \"127.0.0.1:8101\"\n[manager]\nurl = \"http://from-file:1\"\n[broker]\naddr = \"from-file:1\"\n",
+            )?;
+            let run_toml = Sources {
+                file: Some("run.toml".into()),
+                ..Sources::default()
+            };
+            let run_flags = |args: &[&str]| {
+                use clap::Parser;
+                let cli = crate::cli::Cli::try_parse_from(
+                    ["fragnet", "run"].iter().chain(args.iter()).copied(),
+                )
+                .unwrap();
+                match cli.command {
+                    crate::cli::Command::Run(a) => a.overrides(),
+                    _ => unreachable!(),
+                }
+            };
+            let cfg = load_with_env(&run_toml, &run_flags(&[]), env()).unwrap();
+            assert_eq!(cfg.manager.url.as_deref(), Some("http://from-file:1"));
+            assert_eq!(cfg.broker.addr.as_deref(), Some("from-file:1"));
+            assert_eq!(cfg.http_listen.as_deref(), Some("127.0.0.1:8101"));
+            jail.set_env("FRAGNET_LISTEN", "7102");
+            jail.set_env("FRAGNET_MANAGER__URL", "http://from-env:2");
+            jail.set_env("FRAGNET_BROKER__ADDR", "from-env:2");
+            jail.set_env("FRAGNET_HTTP_LISTEN", "127.0.0.1:8102");
+            let cfg = load_with_env(&run_toml, &run_flags(&[]), env()).unwrap();
+            assert_eq!(cfg.listen, vec!["7102"], "env beats the file");
+            assert_eq!(cfg.manager.url.as_deref(), Some("http://from-env:2"));
+            assert_eq!(cfg.broker.addr.as_deref(), Some("from-env:2"));
+            assert_eq!(cfg.http_listen.as_deref(), Some("127.0.0.1:8102"));
+            let cfg = load_with_env(
+                &run_toml,
+                &run_flags(&[
+                    "--listen",
+                    "7103",
+                    "--manager",
+                    "http://from-flag:3",
+                    "--broker",
+                    "from-flag:3",
+                    "--http",
+                    "127.0.0.1:8103",
+                ]),
+                env(),
+            )
+            .unwrap();
+            assert_eq!(cfg.listen, vec!["7103"], "flags beat env");
+            assert_eq!(cfg.manager.url.as_deref(), Some("http://from-flag:3"));
+            assert_eq!(cfg.broker.addr.as_deref(), Some("from-flag:3"));
+            assert_eq!(cfg.http_listen.as_deref(), Some("127.0.0.1:8103"));
             Ok(())
         });
     }

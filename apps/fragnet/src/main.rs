@@ -11,6 +11,7 @@ mod cli;
 mod cmd;
 mod config;
 mod progress;
+mod share;
 
 use cli::{Cli, Command};
 
@@ -73,6 +74,7 @@ fn main() -> ExitCode {
             Command::Join(a) => cmd::join::run(a).await,
             Command::Peer(a) => cmd::peer::run(&sources, a).await,
             Command::Fetch(a) => cmd::fetch::run(&sources, a).await,
+            Command::Watch(a) => cmd::watch::run(&sources, a).await,
         }
     });
     // Don't wait for blocked stdin readers or lingering connections on the way out.

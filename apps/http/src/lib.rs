@@ -9,6 +9,8 @@
 //!   `GET /videos/{id}/events` (server-sent events, [`events`]).
 //! - `GET /videos`, `GET /videos/{id}`: what the node holds, as JSON, per fragment and
 //!   per chunk, with the peer each downloaded chunk came from.
+//! - `GET /videos/{id}/link`: the share link to the video through this node
+//!   (`{"link": "fragnet://…"}`), which the player's "copy link" shows.
 //! - `GET|POST /library`, `DELETE /library/{id}`, `PUT|DELETE /library/{id}/pin`: the
 //!   node's library ([`library`]): add a video by uploading it, remove, pin. Writes
 //!   need the token, or come from loopback when none is set.
@@ -86,6 +88,8 @@ pub struct HttpConfig {
     pub max_upload: u64,
     /// Fragments an uploaded video is split into unless the request says.
     pub fragments: u32,
+    /// The manager share links name (`manager.url` of a node that registers over HTTP).
+    pub share_manager: Option<String>,
 }
 
 impl Default for HttpConfig {
@@ -101,6 +105,7 @@ impl Default for HttpConfig {
             library_token: None,
             max_upload: DEFAULT_MAX_UPLOAD,
             fragments: fragnet_core::manifest::DEFAULT_FRAGMENTS,
+            share_manager: None,
         }
     }
 }
@@ -123,6 +128,8 @@ pub struct HttpState {
     pub events: Option<Arc<EventStats>>,
     /// The node's library (add, remove, pin, quota); `None`: no library API.
     pub library: Option<Arc<fragnet_core::library::Library>>,
+    /// The node's advertised addresses, for share links (`GET /videos/{id}/link`).
+    pub advertised: Vec<fragnet_core::PeerAddr>,
 }
 
 /// Why the HTTP side could not start.
@@ -294,6 +301,7 @@ fn router(app: Arc<App>) -> Router {
         .route("/videos/{id}", get(video))
         .route("/videos/{id}/stream", get(stream_video))
         .route("/videos/{id}/events", get(video_events))
+        .route("/videos/{id}/link", get(video_link))
         .route("/watch/{id}", get(watch))
         .route(
             "/library",
@@ -427,6 +435,28 @@ async fn video(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response 
         )
         .into_response(),
     }
+}
+
+/// The share link to a video through this node (its dialable addresses and its
+/// manager), for the player's "copy link".
+async fn video_link(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
+    let video = match video_id(&id) {
+        Ok(v) => v,
+        Err(e) => return e.into_response(),
+    };
+    let link = fragnet_core::Link::for_node(
+        video,
+        &app.state.advertised,
+        app.config.share_manager.as_deref(),
+    );
+    if !link.has_location() {
+        return ApiError(
+            StatusCode::NOT_FOUND,
+            "this node has no address another machine can dial and no manager; start it with --listen and --advertise HOST".into(),
+        )
+        .into_response();
+    }
+    axum::Json(json!({ "link": link.to_string() })).into_response()
 }
 
 async fn video_events(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {

@@ -58,6 +58,7 @@ impl NodeService for AdminService {
             downloads: Some(node.engine.clone()),
             events: node.events.clone(),
             library: Some(node.library.clone()),
+            advertised: node.advertised.clone(),
         };
         let health = serde_json::json!({
             "status": "ok",
@@ -89,6 +90,7 @@ impl NodeService for HttpService {
             downloads: Some(node.engine.clone()),
             events: node.events.clone(),
             library: Some(node.library.clone()),
+            advertised: node.advertised.clone(),
         };
         let handle = crate::spawn(self.config, state, cancel).await?;
         let port = handle.local_addr().port();

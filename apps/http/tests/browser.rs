@@ -42,6 +42,8 @@ return {
   segments: document.querySelectorAll('#bar .seg').length,
   events: (w.events || []).map((e) => e.type),
   state: document.getElementById("state").textContent,
+  link: w.link || null,
+  link_shown: !document.getElementById("share").hidden,
 };
 "#;
 
@@ -246,6 +248,14 @@ async fn plays_while_downloading(browser: &Browser, clip: &str, manager: Option<
     );
     assert!(s["peers"].as_u64().unwrap() >= 1, "{s}");
     assert!(s["sourced"].as_u64().unwrap() > 0, "{s}");
+    // The "copy link" box shows this node's share link to the video.
+    let link = s["link"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no share link: {s}"));
+    let link = fragnet_core::Link::parse(link).unwrap();
+    assert_eq!(link.video, v.id());
+    assert!(!link.peers.is_empty(), "{link}");
+    assert_eq!(s["link_shown"], true, "{s}");
     browser
         .screenshot(&screenshot_dir().join(format!("watch-{stem}-complete.png")))
         .await;

@@ -23,6 +23,8 @@ pub enum ErrorCode {
     UnknownVideo,
     /// The video has no such fragment (404).
     UnknownFragment,
+    /// A short video id matches several videos (409); `details.matches` lists them.
+    AmbiguousId,
     /// The method is not allowed on this route (405).
     MethodNotAllowed,
     /// The client took too long to send its request (408).
@@ -74,6 +76,9 @@ pub struct ErrorDetails {
     /// For `id_mismatch`: the id the manifest really hashes to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub actual: Option<VideoId>,
+    /// For `ambiguous_id`: the videos a short id matches (at most 10).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub matches: Vec<VideoId>,
 }
 
 /// An error answer.
@@ -131,6 +136,7 @@ impl ApiError {
             404 => ErrorCode::NotFound,
             405 => ErrorCode::MethodNotAllowed,
             408 => ErrorCode::Timeout,
+            409 => ErrorCode::AmbiguousId,
             413 => ErrorCode::PayloadTooLarge,
             422 => ErrorCode::Invalid,
             507 => ErrorCode::Full,

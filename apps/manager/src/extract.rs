@@ -5,7 +5,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
-use fragnet_core::{FragmentIndex, NodeId, VideoId};
+use fragnet_core::{FragmentIndex, IdPrefix, NodeId, VideoId};
 use serde::de::DeserializeOwned;
 
 use crate::error::{ApiError, ErrorCode};
@@ -79,6 +79,70 @@ pub fn video_id(s: &str) -> Result<VideoId, ApiError> {
             clip(s)
         ))
     })
+}
+
+/// The OpenAPI schema of a `{id}` path segment that [`registered_video`] reads: a full
+/// video id or a prefix of at least 8 hex digits. (The server also takes the `…` that
+/// fragnet prints after a short id; the schema leaves it out.)
+pub struct VideoIdOrPrefix;
+
+impl utoipa::PartialSchema for VideoIdOrPrefix {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some("^[0-9a-f]{8,64}$"))
+            .min_length(Some(8))
+            .max_length(Some(64))
+            .description(Some(
+                "A video id (64 lowercase hex characters) or a unique prefix of it (at least 8).",
+            ))
+            .examples(["9f2c1b3a"])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for VideoIdOrPrefix {}
+
+/// Matches listed when a short id is ambiguous.
+const MAX_MATCHES: usize = 10;
+
+/// The registered video a path segment names: a full id, or a unique prefix of at
+/// least 8 hex digits (400 when malformed or too short, 404 when no video matches, 409
+/// listing the matches when several do).
+pub fn registered_video(state: &AppState, s: &str) -> Result<VideoId, ApiError> {
+    if s.len() == 64 {
+        return video_id(s);
+    }
+    let prefix = IdPrefix::parse(s).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let found = state.registry.videos_with_prefix(&prefix, MAX_MATCHES);
+    match found.as_slice() {
+        [] => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::UnknownVideo,
+            format!("no registered video id starts with {}", prefix.as_str()),
+        )),
+        [one] => Ok(*one),
+        many => {
+            let mut e = ApiError::new(
+                StatusCode::CONFLICT,
+                ErrorCode::AmbiguousId,
+                format!(
+                    "{} matches {} videos; give more of the id: {}",
+                    prefix.as_str(),
+                    many.len(),
+                    many.iter()
+                        .map(|v| v.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            );
+            e.details = Some(Box::new(crate::error::ErrorDetails {
+                matches: many.to_vec(),
+                ..Default::default()
+            }));
+            Err(e)
+        }
+    }
 }
 
 /// Parses a node id from a path segment (400 when malformed).

@@ -1005,3 +1005,91 @@ async fn swagger_ui_is_served_from_the_binary() {
     assert!(init.contains("/openapi.json"), "{init}");
     m.stop().await;
 }
+
+/// Two manifests whose video ids share their first 8 hex digits (a birthday search over
+/// 32 bits: about 80,000 small manifests), for the ambiguous short-id case.
+fn manifests_sharing_a_prefix() -> (fragnet_core::Manifest, fragnet_core::Manifest) {
+    let mut seen = std::collections::HashMap::new();
+    for i in 0u32.. {
+        let m = test_manifest(&format!("clip-{i}.mp4"), 1);
+        let id = m.video_id().to_string();
+        if let Some(j) = seen.insert(id[..8].to_string(), i) {
+            return (test_manifest(&format!("clip-{j}.mp4"), 1), m);
+        }
+    }
+    unreachable!()
+}
+
+/// `/videos/{id}` answers for a unique prefix of at least 8 hex digits (the short ids
+/// fragnet prints), refuses a shorter one (400), says 404 for no match, and 409 listing
+/// the matches for an ambiguous one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_video_ids() {
+    let m = TestManager::start(|_| {}).await;
+    let (a, b) = tokio::task::spawn_blocking(manifests_sharing_a_prefix)
+        .await
+        .unwrap();
+    let lone = test_manifest("lone.mp4", 3);
+    for man in [&a, &b, &lone] {
+        let (s, _) = m.post_raw("/videos", man.canonical_bytes()).await;
+        assert_eq!(s, 201);
+    }
+    let (ida, idb, idl) = (
+        a.video_id().to_string(),
+        b.video_id().to_string(),
+        lone.video_id().to_string(),
+    );
+    assert_eq!(ida[..8], idb[..8]);
+
+    // Unique: the manifest itself, and the holder lookup.
+    for prefix in [&idl[..8], &idl[..20], &ida[..ida.len().min(63)]] {
+        let resp = m
+            .send(Method::GET, &format!("/videos/{prefix}"), None, None)
+            .await;
+        assert_eq!(resp.status(), 200, "{prefix}");
+        let want = if idl.starts_with(prefix) { &lone } else { &a };
+        assert_eq!(resp.bytes().await.unwrap().to_vec(), want.canonical_bytes());
+    }
+    let (s, h) = m
+        .get(&format!("/videos/{}/fragments/2/peers", &idl[..8]))
+        .await;
+    assert_eq!((s, h["total"].as_u64()), (200, Some(0)));
+
+    // Ambiguous: 409 naming both.
+    let got = m.get(&format!("/videos/{}", &ida[..8])).await;
+    assert_error(&got, 409, "ambiguous_id");
+    let mut matches: Vec<&str> = got.1["details"]["matches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    matches.sort();
+    let mut want = vec![ida.as_str(), idb.as_str()];
+    want.sort();
+    assert_eq!(matches, want);
+    assert!(got.1["message"].as_str().unwrap().contains(&idb));
+    assert_error(
+        &m.get(&format!("/videos/{}/fragments/0/peers", &ida[..8]))
+            .await,
+        409,
+        "ambiguous_id",
+    );
+
+    // Too short, not hex, no match.
+    let got = m.get(&format!("/videos/{}", &idl[..7])).await;
+    assert_error(&got, 400, "bad_request");
+    assert!(got.1["message"].as_str().unwrap().contains("too short"));
+    assert_error(&m.get("/videos/ABCDEF12").await, 400, "bad_request");
+    let none = if idl.starts_with("ffffffff") || ida.starts_with("ffffffff") {
+        "eeeeeeee"
+    } else {
+        "ffffffff"
+    };
+    assert_error(
+        &m.get(&format!("/videos/{none}")).await,
+        404,
+        "unknown_video",
+    );
+    m.stop().await;
+}

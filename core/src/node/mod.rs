@@ -124,6 +124,8 @@ pub struct NodeParts {
     pub host: String,
     /// What it heard on the fragment topic, when it has pub/sub.
     pub events: Option<Arc<EventStats>>,
+    /// The addresses it registers and announces (for share links).
+    pub advertised: Vec<PeerAddr>,
 }
 
 /// Why a service could not start.
@@ -454,6 +456,7 @@ impl NodeBuilder {
             library: library.clone(),
             host,
             events: events.as_ref().map(|e| e.stats.clone()),
+            advertised: advertised.clone(),
         };
         let mut services = Vec::new();
         for s in self.services {

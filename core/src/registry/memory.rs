@@ -579,6 +579,22 @@ impl MemoryRegistry {
             .ok_or(RegistryError::UnknownVideo(id))
     }
 
+    /// Up to `max` registered videos whose id starts with `prefix`, in id order.
+    pub fn videos_with_prefix(&self, prefix: &crate::ids::IdPrefix, max: usize) -> Vec<VideoId> {
+        // The smallest id with this prefix: the prefix padded with zeros.
+        let padded = format!("{:0<64}", prefix.as_str());
+        let Ok(from) = padded.parse::<VideoId>() else {
+            return Vec::new();
+        };
+        self.read()
+            .videos
+            .range(from..)
+            .map(|(id, _)| *id)
+            .take_while(|id| prefix.matches(&id.0))
+            .take(max)
+            .collect()
+    }
+
     /// Videos after `cursor` in id order, at most `limit` (clamped to [`MAX_PAGE`]), and
     /// the cursor of the next page if there is one.
     pub fn videos_page(

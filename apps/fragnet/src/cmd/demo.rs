@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use fragnet_core::ratelimit::human_bytes;
 use fragnet_core::split::{SplitOptions, split};
-use fragnet_core::{Manifest, VideoId};
+use fragnet_core::{Link, Manifest, VideoId};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use std::io::IsTerminal;
 use tokio_util::sync::CancellationToken;
 
 use crate::assemble::{NodeStart, start_node};
@@ -266,6 +267,23 @@ pub async fn run(a: DemoArgs) -> Result<()> {
             )
         );
     }
+    let (p2p, from_seeder) = peers.iter().fold((0, 0), |(p2p, seed), (_, p, _, _)| {
+        let st = p.engine().stats();
+        (
+            p2p + st
+                .bytes_from_peers
+                .load(std::sync::atomic::Ordering::Relaxed),
+            seed + st
+                .bytes_from_seeders
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+    });
+    println!(
+        "  the peers got {} from each other and {} from the seeder ({:.0} % peer to peer)",
+        human_bytes(p2p),
+        human_bytes(from_seeder),
+        100.0 * p2p as f64 / (p2p + from_seeder).max(1) as f64
+    );
     let seeder_up = seeder
         .serve_context()
         .stats
@@ -302,9 +320,20 @@ pub async fn run(a: DemoArgs) -> Result<()> {
         println!("  player (peer-1) {url}/watch/{video}");
     }
     println!("  broker         {baddr} (try: fragnet subscribe fragments --broker {baddr})");
-    if a.keep_running {
-        println!("\nServing until Ctrl-C.");
+    println!(
+        "  share link     {}",
+        Link::for_node(video, seeder.advertised(), Some(&murl))
+    );
+    // On a terminal the printed URLs are the point: keep them alive. A script or a test
+    // (no terminal) gets the summary and the exit status at once.
+    let keep = a.keep_running || (std::io::stdout().is_terminal() && !a.exit);
+    if keep {
+        println!(
+            "\nServing until Ctrl-C (try: fragnet watch '<share link>' --http 127.0.0.1:0). --exit stops right after the summary."
+        );
         shutdown_signal().await;
+    } else {
+        println!("\nStopping now (--keep-running keeps serving).");
     }
     for (_, p, _, _) in peers {
         p.shutdown().await;

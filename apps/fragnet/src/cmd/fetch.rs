@@ -12,18 +12,20 @@ use fragnet_core::{FragmentStore, VideoId};
 use tokio_util::sync::CancellationToken;
 
 use crate::assemble::{self, NodeStart};
-use crate::cli::{FetchArgs, parse_fragment_list};
+use crate::cli::{FetchArgs, link_overrides, parse_fragment_list};
 use crate::cmd::shutdown_signal;
 use crate::config;
 use crate::progress::{FetchProgress, bytes_bar, sources};
+use crate::share::{parse_link, resolve_video};
 
 /// Runs `fragnet fetch`.
 pub async fn run(sources: &config::Sources, a: FetchArgs) -> Result<()> {
-    let cfg = config::load(sources, &a.overrides())?;
-    let video: Option<VideoId> = match &a.video {
-        Some(v) => Some(v.parse().map_err(|e| anyhow!("--video: {e}"))?),
-        None => cfg.default_video,
+    let link = a.link.as_deref().map(parse_link).transpose()?;
+    let flags = match &link {
+        Some(l) => link_overrides(a.overrides(), l),
+        None => a.overrides(),
     };
+    let cfg = config::load(sources, &flags)?;
     let fragments = a
         .fragments
         .as_deref()
@@ -46,8 +48,21 @@ pub async fn run(sources: &config::Sources, a: FetchArgs) -> Result<()> {
     let node = started.node;
     if !node.engine().can_discover() {
         node.shutdown().await;
-        bail!("nowhere to look for the video: give --peer HOST:PORT or --manager URL");
+        bail!(
+            "nowhere to look for the video: give a share link, --peer HOST:PORT or --manager URL"
+        );
     }
+    let video: Option<VideoId> = match (&link, &a.video) {
+        (Some(l), _) => Some(l.video),
+        (None, Some(v)) => match resolve_video(v, Some(node.store()), node.registry()).await {
+            Ok(v) => Some(v),
+            Err(e) => {
+                node.shutdown().await;
+                return Err(e.context("--video"));
+            }
+        },
+        (None, None) => cfg.default_video,
+    };
     let progress = Arc::new(FetchProgress::new(false));
     let stop = cancel.clone();
     tokio::spawn(async move {

@@ -2,44 +2,47 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
-use fragnet_core::VideoId;
+use anyhow::{Context, Result, anyhow};
 use fragnet_core::ratelimit::human_bytes;
 use fragnet_core::split::join;
+use fragnet_core::{IdPrefix, VideoId};
 
 use crate::cli::JoinArgs;
 use crate::progress::bytes_bar;
+use crate::share::videos_in;
 
 /// Finds the directory holding a video: a directory given as is, `<data>/<id>`, or the
-/// first `fragnet-data/*/<id>` that exists.
+/// first `fragnet-data/*/<id>` that exists. The id may be a unique prefix (≥ 8 hex).
 fn locate(source: &str, data: Option<&Path>) -> Result<PathBuf> {
     let as_path = Path::new(source);
     if as_path.is_dir() {
         return Ok(as_path.to_path_buf());
     }
-    let id: VideoId = source
-        .parse()
+    let prefix = IdPrefix::parse(source)
         .with_context(|| format!("{source:?} is neither a directory nor a video id"))?;
-    if let Some(d) = data {
-        let dir = d.join(id.to_string());
-        if !dir.is_dir() {
-            bail!("{} holds no video {id}", d.display());
+    let stores: Vec<PathBuf> = match data {
+        Some(d) => vec![d.to_path_buf()],
+        None => {
+            let mut s: Vec<PathBuf> = std::fs::read_dir("fragnet-data")
+                .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+                .unwrap_or_default();
+            s.sort();
+            s
         }
-        return Ok(dir);
-    }
-    let mut candidates: Vec<PathBuf> = std::fs::read_dir("fragnet-data")
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .map(|e| e.path().join(id.to_string()))
-                .filter(|p| p.is_dir())
-                .collect()
+    };
+    let known: Vec<VideoId> = stores.iter().flat_map(|d| videos_in(d)).collect();
+    let id: VideoId = prefix.resolve(known).map_err(|e| match data {
+        Some(d) => anyhow!("in {}: {e}", d.display()),
+        None => anyhow!("in the stores under ./fragnet-data: {e}; pass --data DIR"),
+    })?;
+    stores
+        .iter()
+        .map(|d| d.join(id.to_string()))
+        .find(|p| p.is_dir())
+        .with_context(|| match data {
+            Some(d) => format!("{} holds no video {id}", d.display()),
+            None => format!("no store under ./fragnet-data holds video {id}; pass --data DIR"),
         })
-        .unwrap_or_default();
-    candidates.sort();
-    candidates
-        .into_iter()
-        .next()
-        .with_context(|| format!("no store under ./fragnet-data holds video {id}; pass --data DIR"))
 }
 
 /// Reassembles and verifies.

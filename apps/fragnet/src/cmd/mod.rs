@@ -9,6 +9,7 @@ pub mod library;
 pub mod peer;
 pub mod roles;
 pub mod split;
+pub mod watch;
 
 /// Resolves when the process is asked to stop (Ctrl-C or SIGTERM).
 pub async fn shutdown_signal() {

@@ -87,8 +87,10 @@ pub async fn run(sources: &config::Sources, a: PeerArgs) -> Result<()> {
         );
     }
 
+    crate::share::print_links(&node, crate::share::manager_url(&cfg));
+
     let console = Console {
-        default_video: cfg.default_video,
+        default_video: std::sync::Mutex::new(cfg.default_video),
         store: node.store().clone(),
         engine: node.engine().clone(),
         registry: node.registry().cloned(),
@@ -115,7 +117,8 @@ pub async fn run(sources: &config::Sources, a: PeerArgs) -> Result<()> {
 }
 
 struct Console {
-    default_video: Option<VideoId>,
+    /// The video console commands refer to; `video ID` changes it.
+    default_video: std::sync::Mutex<Option<VideoId>>,
     store: Arc<FragmentStore>,
     engine: Arc<Downloads>,
     registry: Option<Arc<dyn Registry>>,
@@ -137,6 +140,8 @@ enum Cmd {
     Add(String),
     Remove(String),
     Pin(String, bool),
+    /// `video 73cdffcc`: the video later commands refer to (a full id or unique prefix).
+    UseVideo(String),
     Help,
     Exit,
     Nothing,
@@ -174,6 +179,9 @@ fn parse(line: &str) -> Cmd {
             return Cmd::Who(i);
         }
     }
+    if let Some(rest) = l.strip_prefix("video ") {
+        return Cmd::UseVideo(rest.trim().chars().take(80).collect());
+    }
     match l.to_ascii_lowercase().as_str() {
         "fetch all" | "all" => Cmd::FetchAll,
         "have" => Cmd::Have,
@@ -195,6 +203,7 @@ const HELP: &str = "\
   add FILE              split FILE into this node's library and seed it (pinned)
   remove ID             withdraw a video and delete its files (ID or a unique prefix)
   pin ID, unpin ID      never evict a video / let it be evicted when room is needed
+  video 73cdffcc        the video the other commands refer to (a unique id prefix)
   help                  this list
   exit                  stop the node";
 
@@ -234,19 +243,33 @@ impl Console {
                 Cmd::Add(path) => self.add(&path).await,
                 Cmd::Remove(id) => self.remove(&id).await,
                 Cmd::Pin(id, on) => self.pin(&id, on),
+                Cmd::UseVideo(id) => self.use_video(&id).await,
                 Cmd::Fragment(i) => self.fetch(Some(vec![i]), &cancel).await,
                 Cmd::FetchAll => self.fetch(None, &cancel).await,
             }
         }
     }
 
-    /// The video console commands refer to: configured, else the only one held here,
-    /// else the only one known to discovery.
+    /// The video console commands refer to: chosen or configured, else the only one
+    /// held here, else the only one known to discovery.
     async fn video(&self) -> Result<VideoId, FetchError> {
-        if let Ok(v) = default_video(self.default_video, &self.store.videos()) {
+        let chosen = *self.default_video.lock().unwrap();
+        if let Ok(v) = default_video(chosen, &self.store.videos()) {
             return Ok(v);
         }
-        self.engine.resolve_video(self.default_video).await
+        self.engine.resolve_video(chosen).await
+    }
+
+    /// `video ID`: resolves a short id among the videos held here and those the manager
+    /// knows, and makes it the one the other commands refer to.
+    async fn use_video(&self, id: &str) {
+        match crate::share::resolve_video(id, Some(&self.store), self.registry.as_ref()).await {
+            Ok(v) => {
+                *self.default_video.lock().unwrap() = Some(v);
+                println!("  commands now refer to video {v}");
+            }
+            Err(e) => println!("[✗] {e}"),
+        }
     }
 
     fn have(&self) {
@@ -517,6 +540,7 @@ mod tests {
         assert_eq!(parse("pin 73cd"), Cmd::Pin("73cd".into(), true));
         assert_eq!(parse("unpin 73cd"), Cmd::Pin("73cd".into(), false));
         assert_eq!(parse("add"), Cmd::Unknown("add".into()));
+        assert_eq!(parse("video 73cdffcc…"), Cmd::UseVideo("73cdffcc…".into()));
         assert_eq!(parse(""), Cmd::Nothing);
         assert_eq!(
             parse("../../etc/passwd"),

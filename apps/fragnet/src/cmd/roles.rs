@@ -315,6 +315,15 @@ pub async fn run(sources: &Sources, a: RunArgs) -> Result<()> {
         if let Some(url) = p.url() {
             println!("[HTTP] Player on {url}/watch/<video id>");
         }
+        // The manager a link names: the configured one, else the one running here, at
+        // the host this node advertises.
+        let here = roles.manager.as_ref().and_then(|m| {
+            let host = p.advertised().first()?.host_port();
+            let host = host.rsplit_once(':')?.0.to_string();
+            Some(format!("http://{host}:{}", m.local_addr().port()))
+        });
+        let manager = crate::share::manager_url(&cfg).map(str::to_string).or(here);
+        crate::share::print_links(p, manager.as_deref());
     }
     shutdown_signal().await;
     info!("stopping");

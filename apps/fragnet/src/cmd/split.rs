@@ -1,6 +1,8 @@
 //! `fragnet split` and the summary it prints.
 
-use anyhow::{Result, anyhow};
+use anyhow::{Result, anyhow, bail};
+use fragnet_core::PeerAddr;
+use fragnet_core::link::{BadLink, Link};
 use fragnet_core::ratelimit::{human_bytes, parse_bytes};
 use fragnet_core::split::{SplitOptions, split};
 
@@ -55,6 +57,29 @@ pub async fn run(a: SplitArgs) -> Result<()> {
         "  written to {}/ (manifest.json + fragments)",
         a.out.display()
     );
+    let link = Link {
+        video: manifest.video_id(),
+        manager: a
+            .manager
+            .as_deref()
+            .map(|m| m.trim_end_matches('/').to_string()),
+        peers: a
+            .peer
+            .iter()
+            .map(|p| PeerAddr::parse(p, "tcp"))
+            .collect::<Result<_, _>>()
+            .map_err(|e| anyhow!("--peer: {e}"))?,
+    };
+    // Checked as a friend's `fetch`/`watch` will check it.
+    let text = link.to_string();
+    match Link::parse(&text) {
+        Ok(_) => println!("  share link {text}"),
+        Err(BadLink::NoLocation) => println!(
+            "  share link: seed it (fragnet peer --seed {}) and the node prints one with its addresses, or split with --manager URL / --peer ADDR",
+            a.out.display()
+        ),
+        Err(e) => bail!("the share link would not work: {e}"),
+    }
     Ok(())
 }
 

@@ -17,7 +17,9 @@ use utoipa_axum::routes;
 use super::PageParams;
 use super::fragments::{DEFAULT_PAGE, page_limit};
 use crate::error::{ApiError, ApiResult, ErrorBody, ErrorCode};
-use crate::extract::{ApiQuery, fragment_index, read_body, video_id};
+use crate::extract::{
+    ApiQuery, VideoIdOrPrefix, fragment_index, read_body, registered_video, video_id,
+};
 use crate::state::AppState;
 
 /// One page of videos.
@@ -152,20 +154,25 @@ async fn add_video(
 
 /// Get a video's manifest.
 ///
-/// Exactly the canonical bytes the id is the BLAKE3 of, so a client can check it.
+/// Exactly the canonical bytes the id is the BLAKE3 of, so a client can check it. A
+/// unique prefix of the id (at least 8 hex digits) answers for its video; a prefix that
+/// matches several is a 409 listing them in `details.matches`.
 #[utoipa::path(
     get,
     path = "/videos/{id}",
     tag = "videos",
-    params(("id" = VideoId, Path, description = "The video id")),
+    params(("id" = VideoIdOrPrefix, Path, description = "The video id, or a unique prefix of it (at least 8 lowercase hex digits, as fragnet prints short ids), which answers for the one video it matches")),
     responses(
         (status = 200, description = "The manifest, in canonical form", body = Manifest),
-        (status = 400, description = "A malformed video id", body = ErrorBody),
+        (status = 400, description = "A malformed or too short video id", body = ErrorBody),
         (status = 404, description = "No such video", body = ErrorBody),
+        (status = 409, description = "A short id that matches several videos", body = ErrorBody),
     )
 )]
 async fn get_video(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
-    let m = state.registry.video_manifest(video_id(&id)?)?;
+    let m = state
+        .registry
+        .video_manifest(registered_video(&state, &id)?)?;
     Ok((
         [(header::CONTENT_TYPE, "application/json")],
         m.canonical_bytes(),
@@ -182,7 +189,7 @@ async fn get_video(State(state): State<AppState>, Path(id): Path<String>) -> Api
     path = "/videos/{id}/fragments/{index}/peers",
     tag = "videos",
     params(
-        ("id" = VideoId, Path, description = "The video id"),
+        ("id" = VideoIdOrPrefix, Path, description = "The video id, or a unique prefix of it (at least 8 lowercase hex digits, as fragnet prints short ids), which answers for the one video it matches"),
         ("index" = u32, Path, description = "The fragment index, from 0"),
         PeersParams,
     ),
@@ -190,6 +197,7 @@ async fn get_video(State(state): State<AppState>, Path(id): Path<String>) -> Api
         (status = 200, description = "Holders of the fragment", body = Holders),
         (status = 400, description = "A malformed id, index or limit", body = ErrorBody),
         (status = 404, description = "No such video or fragment", body = ErrorBody),
+        (status = 409, description = "A short id that matches several videos", body = ErrorBody),
     )
 )]
 async fn fragment_peers(
@@ -197,7 +205,7 @@ async fn fragment_peers(
     Path((id, index)): Path<(String, String)>,
     ApiQuery(p): ApiQuery<PeersParams>,
 ) -> ApiResult<Response> {
-    let video = video_id(&id)?;
+    let video = registered_video(&state, &id)?;
     let index = fragment_index(&index)?;
     let limit = p.limit.map_or(DEFAULT_LOCATE, |l| l as usize);
     if limit > MAX_LOCATE {
