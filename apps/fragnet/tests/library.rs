@@ -66,6 +66,13 @@ fn add(d: &Path, file: &str, to: &str) -> String {
         out.contains(&format!("player     http://{to}/watch/")),
         "{out}"
     );
+    // The link a friend needs, made by the node from its own addresses.
+    let link = after(
+        &out.lines().map(str::to_string).collect::<Vec<_>>(),
+        "share link ",
+    );
+    let link = fragnet_core::Link::parse(link.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert!(!link.peers.is_empty() || link.manager.is_some(), "{out}");
     after(
         &out.lines().map(str::to_string).collect::<Vec<_>>(),
         "video id",

@@ -126,6 +126,22 @@ pub async fn add(sources: &config::Sources, a: AddArgs) -> Result<()> {
     );
     println!("  video id   {}", added.video);
     println!("  player     {base}{}", added.player);
+    // The node knows its own reachable addresses and manager: it makes the link.
+    let link = async {
+        let r = client
+            .get(format!("{base}/videos/{}/link", added.video))
+            .send()
+            .await
+            .ok()?;
+        let v: serde_json::Value = r.error_for_status().ok()?.json().await.ok()?;
+        v["link"].as_str().map(str::to_string)
+    };
+    match link.await {
+        Some(l) => println!("  share link {l}"),
+        None => println!(
+            "  share link none: the node advertises no address others can dial (set --advertise) and no manager"
+        ),
+    }
     Ok(())
 }
 
