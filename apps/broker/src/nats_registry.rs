@@ -371,6 +371,45 @@ impl NatsRegistry {
         self.ttl
     }
 
+    /// Registers a video by manifest; returns its id and whether it was new to the
+    /// registry (not only to this replica).
+    pub async fn insert_video(
+        &self,
+        manifest: &Manifest,
+    ) -> Result<(VideoId, bool), RegistryError> {
+        let id = check_manifest(manifest, None)?;
+        if self.view.has_video(id) {
+            return Ok((id, false));
+        }
+        let bytes = manifest.canonical_bytes();
+        if bytes.len() > self.max_manifest {
+            return Err(RegistryError::Invalid(format!(
+                "the manifest is {} bytes; this NATS registry takes at most {} (the server's max_payload bounds it)",
+                bytes.len(),
+                self.max_manifest
+            )));
+        }
+        if self.view.stats().videos as usize >= self.config.max_videos {
+            return Err(RegistryError::Full(format!(
+                "{} videos registered (the limit)",
+                self.config.max_videos
+            )));
+        }
+        match self.manifests.create(id.to_string(), bytes.into()).await {
+            Ok(revision) => {
+                self.applied(Bucket::Manifests, revision).await?;
+                Ok((id, true))
+            }
+            // Registered meanwhile (through another registry): the same bytes, by id.
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                let (_, revision) = self.fragment_count(id).await?;
+                self.applied(Bucket::Manifests, revision).await?;
+                Ok((id, false))
+            }
+            Err(e) => Err(unavailable("write", e)),
+        }
+    }
+
     /// Waits until the replica has applied `revision` of `bucket`.
     async fn applied(&self, bucket: Bucket, revision: u64) -> Result<(), RegistryError> {
         let mut rx = self.applied[bucket as usize].subscribe();
@@ -563,33 +602,7 @@ impl Registry for NatsRegistry {
     }
 
     async fn add_video(&self, manifest: &Manifest) -> Result<VideoId, RegistryError> {
-        let id = check_manifest(manifest, None)?;
-        if self.view.has_video(id) {
-            return Ok(id);
-        }
-        let bytes = manifest.canonical_bytes();
-        if bytes.len() > self.max_manifest {
-            return Err(RegistryError::Invalid(format!(
-                "the manifest is {} bytes; this NATS registry takes at most {} (the server's max_payload bounds it)",
-                bytes.len(),
-                self.max_manifest
-            )));
-        }
-        if self.view.stats().videos as usize >= self.config.max_videos {
-            return Err(RegistryError::Full(format!(
-                "{} videos registered (the limit)",
-                self.config.max_videos
-            )));
-        }
-        match self.manifests.create(id.to_string(), bytes.into()).await {
-            Ok(revision) => self.applied(Bucket::Manifests, revision).await?,
-            // Registered meanwhile (through another registry): the same bytes, by id.
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
-                self.fragment_count(id).await?;
-            }
-            Err(e) => return Err(unavailable("write", e)),
-        }
-        Ok(id)
+        self.insert_video(manifest).await.map(|(id, _)| id)
     }
 
     async fn videos(&self) -> Result<Vec<VideoInfo>, RegistryError> {
