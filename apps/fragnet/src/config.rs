@@ -1102,6 +1102,7 @@ mod tests {
                 listen: Some("127.0.0.1:0".into()),
                 data_dir: Some(dir.path().join("m")),
                 ttl_secs: Some(2.5),
+                registry: Some(fragnet_manager::ManagerBackend::Nats),
             },
             broker: BrokerOverrides {
                 addr: Some("b:1".into()),
@@ -1133,6 +1134,7 @@ mod tests {
         assert_eq!(c.manager.listen, "127.0.0.1:0");
         assert_eq!(c.manager.data_dir, dir.path().join("m"));
         assert_eq!(c.manager.ttl_secs, 2.5);
+        assert_eq!(c.manager.registry, fragnet_manager::ManagerBackend::Nats);
         assert_eq!(c.broker.addr.as_deref(), Some("b:1"));
         assert_eq!(c.broker.token_file, Some(dir.path().join("bt")));
         assert_eq!(c.broker.listen, "127.0.0.1:1");
@@ -1209,7 +1211,7 @@ mod tests {
                 "registry = \"etcd\"",
                 "registry",
                 "etcd",
-                "one of `http`, `memory`, `none`",
+                "one of `http`, `memory`, `none`, `nats`",
             ),
             (
                 "pubsub = \"kafka\"",
