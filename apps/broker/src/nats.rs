@@ -182,7 +182,21 @@ pub(crate) async fn connect_client(
     if let Some(t) = token {
         options = options.token(t.expose().to_string());
     }
-    async_nats::connect_with_options(config.url.as_str(), options)
+    // A cluster is several URLs, comma-separated: the client picks one and fails over.
+    let servers = config
+        .url
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| {
+            u.parse::<async_nats::ServerAddr>()
+                .map_err(|e| BrokerError::Config(format!("nats url {u:?}: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if servers.is_empty() {
+        return Err(BrokerError::Config("nats url is empty".into()));
+    }
+    async_nats::connect_with_options(servers, options)
         .await
         .map_err(|e| {
             let reason = e.to_string();

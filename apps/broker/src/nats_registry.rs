@@ -190,11 +190,33 @@ struct BucketSpec {
     replicas: usize,
 }
 
+/// [`open_bucket`], retried until `deadline`: a NATS cluster that has just started has no
+/// JetStream leader for a moment, and the replicas of a compose file start together.
+async fn bucket_until(
+    js: &jetstream::Context,
+    spec: BucketSpec,
+    deadline: tokio::time::Instant,
+) -> Result<kv::Store, RegistryError> {
+    loop {
+        match open_bucket(js, &spec).await {
+            Ok(store) => return Ok(store),
+            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+            Err(e) => {
+                debug!(bucket = %spec.name, error = %e, "bucket not ready; retrying");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+}
+
 /// Opens a bucket, creating it when missing. The stream is created here with the
 /// key-value conventions (`KV_<bucket>`, subjects `$KV.<bucket>.>`, rollup, direct get)
 /// rather than with `create_key_value`, which first reads the account's JetStream
 /// information in a shape nats-server 2.9 (Debian's) does not send.
-async fn bucket(js: &jetstream::Context, spec: BucketSpec) -> Result<kv::Store, RegistryError> {
+async fn open_bucket(
+    js: &jetstream::Context,
+    spec: &BucketSpec,
+) -> Result<kv::Store, RegistryError> {
     if let Ok(store) = js.get_key_value(&spec.name).await {
         return Ok(store);
     }
@@ -281,6 +303,9 @@ impl NatsRegistry {
             max_value,
             replicas: config.replicas,
         };
+        // JetStream may need a moment after a cluster starts: retry for the write timeout.
+        let deadline = tokio::time::Instant::now() + write_timeout;
+        let bucket = |js, spec| bucket_until(js, spec, deadline);
         let nodes = bucket(
             &js,
             spec("nodes", "fragnet registry: live nodes", ttl, 4096),
