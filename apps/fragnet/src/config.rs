@@ -571,6 +571,11 @@ pub const BUILTIN_PROFILES: &[(&str, &str)] = &[
         include_str!("../../../configs/leecher-nats.toml"),
     ),
     ("manager", include_str!("../../../configs/manager.toml")),
+    (
+        "manager-nats",
+        include_str!("../../../configs/manager-nats.toml"),
+    ),
+    ("peer-nats", include_str!("../../../configs/peer-nats.toml")),
     ("broker", include_str!("../../../configs/broker.toml")),
     (
         "all-in-one",
