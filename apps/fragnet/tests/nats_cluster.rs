@@ -2,7 +2,8 @@
 //! routes on loopback), two `fragnet manager --registry nats` replicas, a seeder and
 //! leechers registered through either manager. One NATS server is killed mid-swarm
 //! and the swarm still completes; a manager is killed and the other still answers
-//! with everything, and a node that joins afterwards still finds the video.
+//! with everything, and a node that joins afterwards on the NATS registry directly (no
+//! manager) still finds the video.
 
 mod common;
 
@@ -63,7 +64,7 @@ fn manager(dir: &Path, name: &str, nats: &str) -> (Proc, String) {
     (m, after(&lines, "REST API on http://"))
 }
 
-fn peer(dir: &Path, name: &str, extra: &[&str]) -> Proc {
+fn peer(dir: &Path, name: &str, extra: &[&str], env: &[(&str, &str)]) -> Proc {
     let mut args = vec![
         "peer",
         "--listen",
@@ -75,11 +76,9 @@ fn peer(dir: &Path, name: &str, extra: &[&str]) -> Proc {
         "--no-console",
     ];
     args.extend_from_slice(extra);
-    let mut p = spawn(
-        dir,
-        &args,
-        &[("FRAGNET_RECONCILE_SECS", "1"), ("FRAGNET_PUBSUB", "none")],
-    );
+    let mut env = env.to_vec();
+    env.extend([("FRAGNET_RECONCILE_SECS", "1"), ("FRAGNET_PUBSUB", "none")]);
+    let mut p = spawn(dir, &args, &env);
     wait_for_line(&mut p, "Node listening", 20);
     p
 }
@@ -153,13 +152,13 @@ fn a_swarm_completes_when_a_nats_server_and_a_manager_die() {
     let rate = ["--max-upload-rate", "2MB"];
     let mut seeder_args = vec!["--seed", "fragments", "--manager", u1.as_str()];
     seeder_args.extend_from_slice(&rate);
-    let _seeder = peer(d, "seeder", &seeder_args);
+    let _seeder = peer(d, "seeder", &seeder_args, &[]);
     let mut leechers = Vec::new();
     for i in 0..4 {
         let via = if i % 2 == 0 { &u1 } else { &u2 };
         let mut args = vec!["--manager", via.as_str(), "--want", "all"];
         args.extend_from_slice(&rate);
-        leechers.push(peer(d, &format!("leech-{i}"), &args));
+        leechers.push(peer(d, &format!("leech-{i}"), &args, &[]));
     }
     // Mid-swarm: every node registered through its manager, not every leecher done.
     eventually(30, "all five nodes registered", || {
@@ -175,12 +174,17 @@ fn a_swarm_completes_when_a_nats_server_and_a_manager_die() {
     eventually(10, "both managers see the finished swarm", || {
         (complete(&a1, "leech-")? == 4).then_some(())
     });
-    // A manager dies: the other still has everything, and a node joining through it
-    // finds the video.
+    // A manager dies: the other still has everything, and a node joining on the NATS
+    // registry directly (no manager) finds the video and shows up in the manager.
     drop(m1);
-    let mut late = vec!["--manager", u2.as_str(), "--want", "all"];
+    let mut late = vec!["--want", "all"];
     late.extend_from_slice(&rate);
-    let _late = peer(d, "late", &late);
+    let _late = peer(
+        d,
+        "late",
+        &late,
+        &[("FRAGNET_REGISTRY", "nats"), ("FRAGNET_NATS__URL", &nats)],
+    );
     eventually(60, "the late node holds the whole video", || {
         (complete(&a2, "late")? == 1).then_some(())
     });
