@@ -671,10 +671,11 @@ impl Mirror {
         let Some(h) = self.holdings.get(&node).and_then(|m| m.get(&video)) else {
             return;
         };
-        if self.epochs.get(&node) == Some(&h.epoch) && view.has_video(video) {
-            if let Err(e) = view.set_have(node, video, &h.have) {
-                debug!(%node, %video, error = %e, "holding not applied");
-            }
+        if self.epochs.get(&node) == Some(&h.epoch)
+            && view.has_video(video)
+            && let Err(e) = view.set_have(node, video, &h.have)
+        {
+            debug!(%node, %video, error = %e, "holding not applied");
         }
     }
 
