@@ -143,6 +143,9 @@ enum Bucket {
     Manifests = 2,
 }
 
+/// How long a write waits for the replica before the watches are opened again.
+const STALL: Duration = Duration::from_secs(2);
+
 /// The last revision the replica applied, per bucket.
 type Applied = [watch::Sender<u64>; 3];
 
@@ -153,6 +156,8 @@ pub struct NatsRegistry {
     manifests: kv::Store,
     view: Arc<MemoryRegistry>,
     applied: Arc<Applied>,
+    /// Tells the follower to open its watches again (a write it did not see in time).
+    rewatch: Arc<tokio::sync::Notify>,
     ttl: Duration,
     config: NatsRegistryConfig,
     max_manifest: usize,
@@ -353,12 +358,14 @@ impl NatsRegistry {
         }));
         let applied: Arc<Applied> = Arc::new(std::array::from_fn(|_| watch::channel(0).0));
         let (synced_tx, mut synced_rx) = watch::channel(false);
+        let rewatch = Arc::new(tokio::sync::Notify::new());
         let follower = tokio::spawn(follow(
             js.clone(),
             [nodes.clone(), holdings.clone(), manifests.clone()],
             view.clone(),
             applied.clone(),
             synced_tx,
+            rewatch.clone(),
         ));
         let endpoint = format!("NATS {}", nats.url);
         let loaded = tokio::time::timeout(write_timeout, synced_rx.wait_for(|s| *s)).await;
@@ -376,6 +383,7 @@ impl NatsRegistry {
             manifests,
             view,
             applied,
+            rewatch,
             ttl,
             config,
             max_manifest,
@@ -438,7 +446,19 @@ impl NatsRegistry {
     /// Waits until the replica has applied `revision` of `bucket`.
     async fn applied(&self, bucket: Bucket, revision: u64) -> Result<(), RegistryError> {
         let mut rx = self.applied[bucket as usize].subscribe();
-        match tokio::time::timeout(self.write_timeout, rx.wait_for(|&r| r >= revision)).await {
+        // A watch whose consumer was lost with a server may stall without an error:
+        // when a write does not show within a moment, open the watches again.
+        let soon = STALL.min(self.write_timeout);
+        if let Ok(Ok(_)) = tokio::time::timeout(soon, rx.wait_for(|&r| r >= revision)).await {
+            return Ok(());
+        }
+        warn!(
+            ?bucket,
+            revision, "the registry watch is behind; opening it again"
+        );
+        self.rewatch.notify_one();
+        let rest = self.write_timeout.saturating_sub(soon);
+        match tokio::time::timeout(rest, rx.wait_for(|&r| r >= revision)).await {
             Ok(Ok(_)) => Ok(()),
             _ => Err(RegistryError::Unavailable(format!(
                 "{}: the write was stored but this registry's replica did not see it within {:?}",
@@ -789,6 +809,7 @@ async fn follow(
     view: Arc<MemoryRegistry>,
     applied: Arc<Applied>,
     synced: watch::Sender<bool>,
+    rewatch: Arc<tokio::sync::Notify>,
 ) {
     let mirror = Arc::new(Mutex::new(Mirror::default()));
     let mut current = [false; 3];
@@ -815,7 +836,12 @@ async fn follow(
         if watches.len() == 3 {
             synced.send_replace(current.iter().all(|c| *c));
             let mut all = futures::stream::select_all(watches);
-            while let Some((i, entry)) = all.next().await {
+            loop {
+                let next = tokio::select! {
+                    n = all.next() => n,
+                    _ = rewatch.notified() => break,
+                };
+                let Some((i, entry)) = next else { break };
                 let entry = match entry {
                     Ok(e) => e,
                     Err(e) => {
