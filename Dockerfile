@@ -12,6 +12,9 @@ ARG RUNTIME_BASE=debian:bookworm-slim
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY . .
+# nats-server for docker-compose.nats.yml: Debian's package, copied into the image.
+RUN apt-get update && apt-get install -y --no-install-recommends nats-server \
+ && rm -rf /var/lib/apt/lists/*
 RUN cargo build --release --locked -p fragnet \
  && mkdir -p /out/volume/data \
  && cp target/release/fragnet /out/fragnet \
@@ -20,6 +23,7 @@ RUN cargo build --release --locked -p fragnet \
 
 FROM ${RUNTIME_BASE}
 COPY --from=build /out/fragnet /usr/local/bin/fragnet
+COPY --from=build /usr/sbin/nats-server /usr/local/bin/nats-server
 COPY configs/ /etc/fragnet/configs/
 COPY media/demo.mp4 /usr/share/fragnet/demo.mp4
 COPY --from=build /out/demo-fragments /usr/share/fragnet/demo-fragments

@@ -7,6 +7,10 @@
 # still spreading (the seeder's upload is throttled so there is a "midway"), checks
 # that peer1 and peer2 still complete and that the killed peer expires from the
 # manager, prints a summary, and always removes everything (`down -v`).
+# Then the same for the NATS-backed variant (docker-compose.nats.yml: nats-server,
+# two manager replicas on the registry in JetStream key-value, peers registered
+# through either), which also checks that both managers answer alike and that
+# killing one loses nothing (docs/scaling.md).
 #
 #   scripts/compose-demo.sh
 #
@@ -14,18 +18,31 @@
 # python3. Exits non-zero on any failure, after printing the containers' logs.
 # Tunables (environment): FRAGNET_IMAGE (default fragnet:latest), FRAGNET_SEEDER_RATE
 # (default 200KB per second), FRAGNET_COMPOSE_PROJECT (default fragnet-demo-ci),
-# FRAGNET_DEMO_TIMEOUT (seconds for the whole distribution, default 240).
+# FRAGNET_DEMO_TIMEOUT (seconds for the whole distribution, default 240),
+# FRAGNET_COMPOSE_VARIANTS ("default nats", the default; or either alone).
+# Internal: FRAGNET_COMPOSE_FILE and FRAGNET_SKIP_BUILD=1 (the nats run reuses the image).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+variants="${FRAGNET_COMPOSE_VARIANTS:-default nats}"
+compose_file="${FRAGNET_COMPOSE_FILE:-}"
+if [ -z "$compose_file" ]; then
+  case " $variants " in
+    *" default "*) compose_file=docker-compose.yml ;;
+    *) compose_file=docker-compose.nats.yml ;;
+  esac
+fi
+nats_variant=0
+[ "$compose_file" = docker-compose.nats.yml ] && nats_variant=1
 project="${FRAGNET_COMPOSE_PROJECT:-fragnet-demo-ci}"
+[ "$nats_variant" -eq 1 ] && project="${project%-nats}-nats"
 export FRAGNET_IMAGE="${FRAGNET_IMAGE:-fragnet:latest}"
 # Slow enough that the swarm is still busy when peer3 is killed (the clip is 1.5 MB),
 # fast enough that the demo stays short.
 export FRAGNET_SEEDER_RATE="${FRAGNET_SEEDER_RATE:-200KB}"
 # Published ports on loopback, on whatever host ports are free (CI machines run other
 # services on 5001 and 8001-8004); `compose port` tells which.
-export FRAGNET_BIND=127.0.0.1 FRAGNET_MANAGER_PORT= FRAGNET_SEEDER_HTTP_PORT= \
+export FRAGNET_BIND=127.0.0.1 FRAGNET_MANAGER_PORT= FRAGNET_MANAGER2_PORT= FRAGNET_SEEDER_HTTP_PORT= \
   FRAGNET_PEER1_HTTP_PORT= FRAGNET_PEER2_HTTP_PORT= FRAGNET_PEER3_HTTP_PORT=
 timeout_secs="${FRAGNET_DEMO_TIMEOUT:-240}"
 peers=(peer1 peer2 peer3)
@@ -43,7 +60,11 @@ elif command -v docker-compose >/dev/null 2>&1; then
 else
   die "neither 'docker compose' nor 'docker-compose' is installed"
 fi
-dc+=(-p "$project" -f docker-compose.yml)
+dc+=(-p "$project" -f "$compose_file")
+say "variant: $compose_file"
+if [ "$nats_variant" -eq 1 ]; then
+  command -v nats-server >/dev/null || die "nats-server is not installed (apt-get install nats-server): the image carries it"
+fi
 for tool in docker cargo curl python3; do
   command -v "$tool" >/dev/null || die "$tool is not installed"
 done
@@ -71,9 +92,10 @@ trap 'exit 130' INT TERM
 # A previous run that was killed hard may have left containers and volumes behind.
 "${dc[@]}" down -v --remove-orphans --timeout 5 >/dev/null 2>&1 || true
 
+bin="${CARGO_TARGET_DIR:-target}/release/fragnet"
+if [ "${FRAGNET_SKIP_BUILD:-0}" != 1 ]; then
 say "cargo build --release --locked -p fragnet"
 cargo build --release --locked -p fragnet
-bin="${CARGO_TARGET_DIR:-target}/release/fragnet"
 [ -x "$bin" ] || die "no binary at $bin"
 
 say "building the base image fragnet-base:local (no registry)"
@@ -86,11 +108,19 @@ if command -v strip >/dev/null; then strip --strip-debug "$staging/fragnet"; fi
 cp -r configs "$staging/configs"
 cp media/demo.mp4 "$staging/demo.mp4"
 mkdir -p "$staging/volume/data"
+# The NATS-backed variant runs nats-server from the same image: Debian's binary, copied.
+if command -v nats-server >/dev/null; then
+  cp "$(command -v nats-server)" "$staging/nats-server"
+else
+  say "nats-server is not installed: the image will not carry it (the nats variant needs it)"
+  printf '#!/bin/false\n' > "$staging/nats-server"
+fi
 "$bin" -q split media/demo.mp4 --fragments "$fragments" --out "$staging/demo-fragments" >/dev/null
 docker build -q --build-arg BASE=fragnet-base:local -f docker/Dockerfile.prebuilt \
   -t "$FRAGNET_IMAGE" "$staging" >/dev/null
+fi
 
-say "up -d (manager and broker first, healthy, then the seeder and the peers)"
+say "up -d (the services first, healthy, then the seeder and the peers)"
 "${dc[@]}" up -d --no-build
 up_at=$SECONDS
 
@@ -192,6 +222,34 @@ while :; do
 done
 say "every remaining peer holds all $fragments fragments"
 
+if [ "$nats_variant" -eq 1 ]; then
+  # Two replicas, one registry: the same answers (but for the clocks and the order
+  # of random samples), then one dies and the other still has everything.
+  port2="$("${dc[@]}" port manager2 5001 | tail -n1)"
+  manager2="http://$port2"
+  # The killed peer is left out: it expires on its own clock meanwhile.
+  listing() {
+    curl -fsS --max-time 5 "$1/nodes?limit=1000" | python3 -c '
+import json, sys
+print(sorted((n["name"], n["fragments"]) for n in json.load(sys.stdin)["nodes"] if n["name"] != sys.argv[1]))' "$victim"
+    curl -fsS --max-time 5 "$1/videos" | python3 -c '
+import json, sys
+print(json.load(sys.stdin))'
+  }
+  same=0 a="" b=""
+  for _ in $(seq 1 20); do
+    a="$(listing "$manager")" && b="$(listing "$manager2")" && [ "$a" = "$b" ] && { same=1; break; }
+    sleep 1
+  done
+  [ "$same" -eq 1 ] || die "manager and manager2 answer differently: $a vs $b"
+  say "manager and manager2 answer alike"
+  say "docker kill manager2"
+  docker kill "$("${dc[@]}" ps -q manager2)" >/dev/null
+  after_kill="$(listing "$manager")" || die "manager stopped answering when manager2 died"
+  [ "$after_kill" = "$a" ] || die "manager lost state when manager2 died: $after_kill vs $a"
+  say "manager still answers with everything"
+fi
+
 say "waiting for $victim to expire from the manager (its TTL)"
 while :; do
   [ $((SECONDS - up_at - killed_at)) -lt 90 ] || die "$victim is still listed by the manager 90 s after it was killed"
@@ -217,7 +275,8 @@ for p in "${peers[@]}"; do
 done
 
 # The survivors are still healthy by their own healthchecks.
-for s in manager broker seeder "${peers[@]}"; do
+if [ "$nats_variant" -eq 1 ]; then services=(nats manager seeder); else services=(manager broker seeder); fi
+for s in "${services[@]}" "${peers[@]}"; do
   [ "$s" = "$victim" ] && continue
   h="$(docker inspect -f '{{.State.Health.Status}}' "$("${dc[@]}" ps -q "$s")")"
   [ "$h" = healthy ] || die "$s is $h"
@@ -240,3 +299,14 @@ for p in "${peers[@]}"; do
 done
 echo "total:          $((SECONDS - t0))s (of which distribution $((SECONDS - up_at))s)"
 echo
+
+# The NATS-backed variant next, on the same image, once this stack is gone.
+if [ "$nats_variant" -eq 0 ]; then
+  case " $variants " in
+    *" nats "*)
+      "${dc[@]}" down -v --remove-orphans --timeout 5 >/dev/null 2>&1 || true
+      say "next: the NATS-backed variant"
+      FRAGNET_COMPOSE_FILE=docker-compose.nats.yml FRAGNET_SKIP_BUILD=1 "$0"
+      ;;
+  esac
+fi

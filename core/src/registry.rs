@@ -14,8 +14,13 @@
 //! holds again (after a registry restart or an expiry).
 //!
 //! Implementations: [`MemoryRegistry`] here (embedded use, tests, and the manager's
-//! state) and the HTTP client of the manager in `fragnet-manager`. The behaviour suite
-//! in [`conformance`] (feature `conformance`) runs against both.
+//! state), the HTTP client of the manager in `fragnet-manager`, and the NATS JetStream
+//! key-value registry in `fragnet-broker`. The behaviour suite in [`conformance`]
+//! (feature `conformance`) runs against each.
+//!
+//! [`Registry::changes`] is a change feed: every node that joins, changes or leaves,
+//! every announcement and every new video, as it happens (the manager's dashboard
+//! follows it instead of polling).
 
 use std::sync::Arc;
 
@@ -314,7 +319,53 @@ pub enum RegistryError {
     Protocol(String),
 }
 
-/// The registry plugin: `memory` (embedded) or `http` (the manager's REST API).
+/// One change to the registry's state, as [`Registry::changes`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RegistryChange {
+    /// A node registered for the first time (or again, after it expired or left), or
+    /// changed its name or addresses. Heartbeats that change nothing are not reported.
+    Node {
+        /// The node as others see it now.
+        node: NodeRecord,
+    },
+    /// A node left: deregistered, or expired (no heartbeat within the TTL).
+    NodeLeft {
+        /// The node.
+        node: NodeId,
+        /// True when it expired rather than deregistered.
+        expired: bool,
+    },
+    /// A node announced its have-set for a video (empty: it withdrew the video).
+    Announced {
+        /// The node.
+        node: NodeId,
+        /// The video.
+        video: VideoId,
+        /// The fragments it holds now, ascending.
+        #[cfg_attr(feature = "openapi", schema(value_type = Vec<u32>))]
+        have: Vec<FragmentIndex>,
+    },
+    /// A video was registered.
+    Video {
+        /// The video.
+        video: VideoId,
+        /// The manifest's name.
+        name: String,
+    },
+}
+
+/// The receiving end of a change feed. A receiver that falls more than its capacity
+/// behind gets [`tokio::sync::broadcast::error::RecvError::Lagged`]: it lost changes and
+/// should re-read the state it follows.
+pub type RegistryChanges = tokio::sync::broadcast::Receiver<RegistryChange>;
+
+/// Changes a feed holds for a slow receiver before it lags.
+pub const CHANGE_FEED_CAPACITY: usize = 4096;
+
+/// The registry plugin: `memory` (embedded), `http` (the manager's REST API) or `nats`
+/// (JetStream key-value).
 #[async_trait]
 pub trait Registry: Send + Sync + 'static {
     /// Registers a node or refreshes its lease (a heartbeat is the same call). The
@@ -359,6 +410,12 @@ pub trait Registry: Send + Sync + 'static {
 
     /// Every live node, in id order.
     async fn nodes(&self) -> Result<Vec<NodeInfo>, RegistryError>;
+
+    /// A feed of changes from now on, when this implementation has one (the HTTP client
+    /// has none: its manager serves the feed as server-sent events).
+    fn changes(&self) -> Option<RegistryChanges> {
+        None
+    }
 }
 
 /// Fragment indices, accepting integral floats (`7.0`): JSON Schema's `integer` does,

@@ -6,6 +6,8 @@
 //! - [`client`]: [`BrokerPubSub`], the [`PubSub`](fragnet_core::PubSub) plugin `broker`:
 //!   publish waits for the broker's `PONG`, subscriptions reconnect and re-subscribe.
 //! - [`nats`]: [`NatsPubSub`], the plugin `nats`, for a real NATS server.
+//! - [`nats_registry`]: [`NatsRegistry`], the registry plugin `nats` (JetStream
+//!   key-value), which the manager can also serve from as a stateless replica.
 //! - [`commands`]: what `fragnet subscribe` and `fragnet notify` do, over any plugin.
 //! - [`token`]: the shared secret, from the environment or a file.
 //!
@@ -14,6 +16,7 @@
 pub mod client;
 pub mod commands;
 pub mod nats;
+pub mod nats_registry;
 pub mod server;
 pub mod token;
 pub mod wire;
@@ -21,6 +24,7 @@ pub mod wire;
 pub use client::{BrokerClientConfig, BrokerPubSub};
 pub use commands::{OutputFormat, PubSubKind, notify, subscribe};
 pub use nats::{NatsConfig, NatsPubSub};
+pub use nats_registry::{NatsRegistry, NatsRegistryConfig};
 pub use server::{BrokerCollector, BrokerConfig, BrokerHandle, BrokerLimits, BrokerStats, spawn};
 pub use token::AuthToken;
 

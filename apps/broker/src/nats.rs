@@ -91,55 +91,9 @@ impl NatsPubSub {
     /// Connects to the server (failing if it is not there or refuses the token).
     pub async fn connect(config: &NatsConfig) -> Result<Self, BrokerError> {
         let endpoint = format!("NATS {}", config.url);
-        let token = AuthToken::resolve(config.token.as_ref(), config.token_file.as_deref())?;
-        let connect_timeout = seconds("nats.connect_timeout_secs", config.connect_timeout_secs)?;
         let reply_timeout = seconds("nats.reply_timeout_secs", config.reply_timeout_secs)?;
         let stats = Arc::new(SubscriptionStats::default());
-        let counters = stats.clone();
-        let mut options = async_nats::ConnectOptions::new()
-            .connection_timeout(connect_timeout)
-            .event_callback(move |event| {
-                let counters = counters.clone();
-                async move {
-                    match event {
-                        Event::Connected => info!("NATS connected"),
-                        Event::SlowConsumer(sid) => {
-                            counters.lost.fetch_add(1, Ordering::Relaxed);
-                            warn!(sid, "NATS subscription fell behind; messages dropped");
-                        }
-                        other => warn!(event = %other, "NATS"),
-                    }
-                }
-            });
-        if let Some(t) = token {
-            options = options.token(t.expose().to_string());
-        }
-        let client = async_nats::connect_with_options(config.url.as_str(), options)
-            .await
-            .map_err(|e| {
-                let reason = e.to_string();
-                match e.kind() {
-                    ConnectErrorKind::AuthorizationViolation | ConnectErrorKind::Authentication => {
-                        PubSubError::Rejected {
-                            endpoint: endpoint.clone(),
-                            reason,
-                        }
-                    }
-                    ConnectErrorKind::TimedOut => PubSubError::Timeout {
-                        endpoint: endpoint.clone(),
-                        what: "connection".into(),
-                        after: connect_timeout,
-                    },
-                    ConnectErrorKind::ServerParse => {
-                        return BrokerError::Config(format!("nats url {:?}: {reason}", config.url));
-                    }
-                    _ => PubSubError::Unreachable {
-                        endpoint: endpoint.clone(),
-                        reason,
-                    },
-                }
-                .into()
-            })?;
+        let client = connect_client(config, stats.clone()).await?;
         let inbox = client.new_inbox();
         let echo_sub =
             client
@@ -197,6 +151,77 @@ impl NatsPubSub {
             }),
         }
     }
+}
+
+/// Connects an async-nats client (used by the pub/sub plugin and the NATS registry):
+/// token, timeout, and events logged and counted in `stats`. Fails if the server is not
+/// there or refuses the token.
+pub(crate) async fn connect_client(
+    config: &NatsConfig,
+    stats: Arc<SubscriptionStats>,
+) -> Result<async_nats::Client, BrokerError> {
+    let endpoint = format!("NATS {}", config.url);
+    let token = AuthToken::resolve(config.token.as_ref(), config.token_file.as_deref())?;
+    let connect_timeout = seconds("nats.connect_timeout_secs", config.connect_timeout_secs)?;
+    let counters = stats.clone();
+    let mut options = async_nats::ConnectOptions::new()
+        .connection_timeout(connect_timeout)
+        .event_callback(move |event| {
+            let counters = counters.clone();
+            async move {
+                match event {
+                    Event::Connected => info!("NATS connected"),
+                    Event::SlowConsumer(sid) => {
+                        counters.lost.fetch_add(1, Ordering::Relaxed);
+                        warn!(sid, "NATS subscription fell behind; messages dropped");
+                    }
+                    other => warn!(event = %other, "NATS"),
+                }
+            }
+        });
+    if let Some(t) = token {
+        options = options.token(t.expose().to_string());
+    }
+    // A cluster is several URLs, comma-separated: the client picks one and fails over.
+    let servers = config
+        .url
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| {
+            u.parse::<async_nats::ServerAddr>()
+                .map_err(|e| BrokerError::Config(format!("nats url {u:?}: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if servers.is_empty() {
+        return Err(BrokerError::Config("nats url is empty".into()));
+    }
+    async_nats::connect_with_options(servers, options)
+        .await
+        .map_err(|e| {
+            let reason = e.to_string();
+            match e.kind() {
+                ConnectErrorKind::AuthorizationViolation | ConnectErrorKind::Authentication => {
+                    PubSubError::Rejected {
+                        endpoint: endpoint.clone(),
+                        reason,
+                    }
+                }
+                ConnectErrorKind::TimedOut => PubSubError::Timeout {
+                    endpoint: endpoint.clone(),
+                    what: "connection".into(),
+                    after: connect_timeout,
+                },
+                ConnectErrorKind::ServerParse => {
+                    return BrokerError::Config(format!("nats url {:?}: {reason}", config.url));
+                }
+                _ => PubSubError::Unreachable {
+                    endpoint: endpoint.clone(),
+                    reason,
+                },
+            }
+            .into()
+        })
 }
 
 #[async_trait]

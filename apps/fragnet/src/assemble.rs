@@ -109,8 +109,25 @@ pub struct InProcess {
 }
 
 /// The registry plugin the configuration asks for.
-pub fn registry(cfg: &Config, here: &InProcess) -> Result<Option<Arc<dyn Registry>>> {
+pub async fn registry(cfg: &Config, here: &InProcess) -> Result<Option<Arc<dyn Registry>>> {
     match cfg.registry {
+        RegistryKind::Nats => {
+            let nc = cfg.nats_config("registry = \"nats\"")?;
+            let r = fragnet_broker::NatsRegistry::connect(
+                &nc,
+                fragnet_broker::NatsRegistryConfig {
+                    bucket_prefix: cfg.nats.buckets.clone(),
+                    ttl_secs: cfg.manager.ttl_secs,
+                    replicas: cfg.nats.replicas,
+                    max_nodes: cfg.manager.limits.max_nodes,
+                    max_videos: cfg.manager.limits.max_videos,
+                    ..Default::default()
+                },
+            )
+            .await
+            .with_context(|| format!("opening the registry in NATS at {}", nc.url))?;
+            Ok(Some(Arc::new(r)))
+        }
         RegistryKind::None => Ok(None),
         RegistryKind::Memory => here
             .registry
@@ -136,18 +153,10 @@ pub async fn pubsub(cfg: &Config, here: &InProcess) -> Result<Option<Arc<dyn Pub
             anyhow!("pubsub = \"local\" works only inside one process (fragnet run, fragnet demo)")
         }),
         PubSubKind::Nats => {
-            let url = cfg.nats.url.clone().ok_or_else(|| {
-                anyhow!("pubsub = \"nats\" needs nats.url (e.g. nats://127.0.0.1:4222)")
-            })?;
-            let mut nc = fragnet_broker::NatsConfig::new(url.clone());
-            if let Some(t) = cfg.nats_token()? {
-                nc.token = Some(
-                    fragnet_broker::AuthToken::new(&t).map_err(|e| anyhow!("nats token: {e}"))?,
-                );
-            }
+            let nc = cfg.nats_config("pubsub = \"nats\"")?;
             let ps = fragnet_broker::NatsPubSub::connect(&nc)
                 .await
-                .with_context(|| format!("connecting to NATS at {url}"))?;
+                .with_context(|| format!("connecting to NATS at {}", nc.url))?;
             Ok(Some(Arc::new(ps)))
         }
         PubSubKind::Broker => match &cfg.broker.addr {
@@ -273,7 +282,7 @@ pub async fn start_node(
         seeded.push(video);
     }
     let transports = transports(&local.identity, cfg)?;
-    let registry = registry(cfg, &start.here)?;
+    let registry = registry(cfg, &start.here).await?;
     let pubsub = pubsub(cfg, &start.here).await?;
     let mut builder = Node::builder(local.identity.clone(), local.store.clone(), transports)
         .name(display_name(cfg, &listen))

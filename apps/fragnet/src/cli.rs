@@ -280,6 +280,13 @@ pub struct ManagerArgs {
     /// Seconds after its last heartbeat a node expires.
     #[arg(long, value_name = "SECS")]
     pub ttl: Option<f64>,
+    /// Where the registry lives: `memory` (this process, manifests in --data) or `nats`
+    /// (JetStream key-value at --nats, shared by any number of managers).
+    #[arg(long, value_name = "KIND", value_parser = ["memory", "nats"])]
+    pub registry: Option<String>,
+    /// The NATS server for --registry nats, e.g. nats://127.0.0.1:4222.
+    #[arg(long, value_name = "URL")]
+    pub nats: Option<String>,
 }
 
 /// `fragnet broker`.
@@ -519,7 +526,14 @@ impl ManagerArgs {
                 data_dir: self.data.clone(),
                 token_file: self.token_file.clone(),
                 ttl_secs: self.ttl,
+                registry: self.registry.as_deref().map(|r| match r {
+                    "nats" => fragnet_manager::ManagerBackend::Nats,
+                    _ => fragnet_manager::ManagerBackend::Memory,
+                }),
                 ..ManagerOverrides::default()
+            },
+            nats: NatsOverrides {
+                url: self.nats.clone(),
             },
             ..Overrides::default()
         }

@@ -119,14 +119,18 @@ pub enum RegistryKind {
     Memory,
     /// `none`: static peers only.
     None,
+    /// `nats`: the registry in NATS JetStream key-value at `nats.url`, directly (the
+    /// same buckets NATS-backed managers serve).
+    Nats,
 }
 
 impl RegistryKind {
-    /// The configuration value: `http`, `memory` or `none`.
+    /// The configuration value: `http`, `memory`, `nats` or `none`.
     pub const fn as_str(self) -> &'static str {
         match self {
             RegistryKind::Http => "http",
             RegistryKind::Memory => "memory",
+            RegistryKind::Nats => "nats",
             RegistryKind::None => "none",
         }
     }
@@ -203,6 +207,9 @@ pub struct ManagerSection {
     pub ttl_secs: f64,
     /// Manager role: bounds on what it accepts.
     pub limits: fragnet_manager::ManagerLimits,
+    /// Manager role: where the registry lives, `memory` (this process) or `nats`
+    /// (JetStream key-value at `nats.url`, shared by every manager replica).
+    pub registry: fragnet_manager::ManagerBackend,
 }
 
 impl Default for ManagerSection {
@@ -215,6 +222,7 @@ impl Default for ManagerSection {
             data_dir: PathBuf::from("fragnet-data/manager"),
             ttl_secs: 15.0,
             limits: fragnet_manager::ManagerLimits::default(),
+            registry: fragnet_manager::ManagerBackend::Memory,
         }
     }
 }
@@ -252,15 +260,33 @@ impl Default for BrokerSection {
 }
 
 /// `nats.*` keys.
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NatsSection {
-    /// The NATS server, e.g. `nats://127.0.0.1:4222`.
+    /// The NATS server(s), e.g. `nats://127.0.0.1:4222` (comma-separated for a cluster).
     pub url: Option<String>,
     /// Token (secret: prefer `token_file` or `FRAGNET_NATS__TOKEN`).
     pub token: Option<String>,
     /// File holding the token.
     pub token_file: Option<PathBuf>,
+    /// The registry's bucket name prefix (`registry = "nats"`, `manager.registry =
+    /// "nats"`): everything sharing it shares the registry. Default `fragnet`.
+    pub buckets: String,
+    /// Copies of each registry bucket in a NATS cluster, used when the buckets are
+    /// created (3 in a cluster of three: losing a server loses nothing). Default 1.
+    pub replicas: usize,
+}
+
+impl Default for NatsSection {
+    fn default() -> Self {
+        NatsSection {
+            url: None,
+            token: None,
+            token_file: None,
+            buckets: "fragnet".into(),
+            replicas: 1,
+        }
+    }
 }
 
 /// `stream.*` keys.
@@ -539,6 +565,9 @@ pub struct ManagerOverrides {
     /// `manager.ttl_secs`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ttl_secs: Option<f64>,
+    /// `manager.registry`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub registry: Option<fragnet_manager::ManagerBackend>,
 }
 
 /// `broker.*` keys the command line set.
@@ -592,6 +621,11 @@ pub const BUILTIN_PROFILES: &[(&str, &str)] = &[
         include_str!("../../../configs/leecher-nats.toml"),
     ),
     ("manager", include_str!("../../../configs/manager.toml")),
+    (
+        "manager-nats",
+        include_str!("../../../configs/manager-nats.toml"),
+    ),
+    ("peer-nats", include_str!("../../../configs/peer-nats.toml")),
     ("broker", include_str!("../../../configs/broker.toml")),
     (
         "all-in-one",
@@ -828,6 +862,22 @@ impl Config {
     pub fn broker_token(&self) -> Result<Option<String>> {
         let b = &self.broker;
         resolve_secret("broker", b.token.as_deref(), b.token_file.as_deref())
+    }
+
+    /// How to reach NATS (`nats.url` and its token); `why` names what needs it.
+    pub fn nats_config(&self, why: &str) -> Result<fragnet_broker::NatsConfig> {
+        let url =
+            self.nats.url.clone().ok_or_else(|| {
+                anyhow::anyhow!("{why} needs nats.url (e.g. nats://127.0.0.1:4222)")
+            })?;
+        let mut nc = fragnet_broker::NatsConfig::new(url);
+        if let Some(t) = self.nats_token()? {
+            nc.token = Some(
+                fragnet_broker::AuthToken::new(&t)
+                    .map_err(|e| anyhow::anyhow!("nats token: {e}"))?,
+            );
+        }
+        Ok(nc)
     }
 
     /// The token for NATS (`nats.token` or `nats.token_file`), if any.
@@ -1250,6 +1300,7 @@ mod tests {
                 listen: Some("127.0.0.1:0".into()),
                 data_dir: Some(dir.path().join("m")),
                 ttl_secs: Some(2.5),
+                registry: Some(fragnet_manager::ManagerBackend::Nats),
             },
             broker: BrokerOverrides {
                 addr: Some("b:1".into()),
@@ -1283,6 +1334,7 @@ mod tests {
         assert_eq!(c.manager.listen, "127.0.0.1:0");
         assert_eq!(c.manager.data_dir, dir.path().join("m"));
         assert_eq!(c.manager.ttl_secs, 2.5);
+        assert_eq!(c.manager.registry, fragnet_manager::ManagerBackend::Nats);
         assert_eq!(c.broker.addr.as_deref(), Some("b:1"));
         assert_eq!(c.broker.token_file, Some(dir.path().join("bt")));
         assert_eq!(c.broker.listen, "127.0.0.1:1");
@@ -1361,7 +1413,7 @@ mod tests {
                 "registry = \"etcd\"",
                 "registry",
                 "etcd",
-                "one of `http`, `memory`, `none`",
+                "one of `http`, `memory`, `none`, `nats`",
             ),
             (
                 "pubsub = \"kafka\"",

@@ -478,6 +478,8 @@ fn profiles_load_and_show_their_sources() {
         "leecher-quic",
         "leecher-nats",
         "manager",
+        "manager-nats",
+        "peer-nats",
         "broker",
         "all-in-one",
     ] {

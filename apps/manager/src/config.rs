@@ -27,6 +27,29 @@ pub struct ManagerConfig {
     pub token_file: Option<PathBuf>,
     /// Size and count limits.
     pub limits: ManagerLimits,
+    /// Where the registry lives: `memory` (this process; manifests in `data_dir`) or
+    /// `nats` (JetStream key-value buckets on the NATS server at `nats.url`, shared by
+    /// any number of managers, each a stateless replica).
+    pub registry: ManagerBackend,
+    /// The NATS server, for `registry = "nats"`.
+    pub nats: fragnet_broker::NatsConfig,
+    /// `registry = "nats"`: the buckets' name prefix (managers sharing it share the
+    /// registry).
+    pub nats_buckets: String,
+    /// `registry = "nats"`: copies of each bucket in a NATS cluster (3 in a cluster of
+    /// three, so that losing a server loses nothing); used when the buckets are created.
+    pub nats_replicas: usize,
+}
+
+/// Where the manager's registry lives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ManagerBackend {
+    /// In this process.
+    #[default]
+    Memory,
+    /// In NATS JetStream key-value.
+    Nats,
 }
 
 /// Bounds on what the manager accepts and keeps.
@@ -70,6 +93,10 @@ impl Default for ManagerConfig {
             token: None,
             token_file: None,
             limits: ManagerLimits::default(),
+            registry: ManagerBackend::Memory,
+            nats: fragnet_broker::NatsConfig::default(),
+            nats_buckets: "fragnet".into(),
+            nats_replicas: 1,
         }
     }
 }
@@ -83,6 +110,10 @@ impl std::fmt::Debug for ManagerConfig {
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("token_file", &self.token_file)
             .field("limits", &self.limits)
+            .field("registry", &self.registry)
+            .field("nats", &self.nats)
+            .field("nats_buckets", &self.nats_buckets)
+            .field("nats_replicas", &self.nats_replicas)
             .finish()
     }
 }

@@ -2,7 +2,10 @@
 //!
 //! The manager keeps who is in the swarm, how to reach them, which videos exist and who
 //! holds which fragment, in a [`fragnet_core::MemoryRegistry`]; it persists manifests in
-//! its data directory (node holdings are soft state that heartbeats rebuild) and serves
+//! its data directory (node holdings are soft state that heartbeats rebuild). With
+//! `registry = "nats"` it keeps nothing of its own: the registry lives in NATS
+//! JetStream key-value ([`fragnet_broker::NatsRegistry`]), reads come from its replica
+//! there, and any number of managers serve the same answers. Either way it serves
 //! the REST API described by [`openapi`], with Swagger UI at `/apidocs` (served from the
 //! binary) and the document at `/openapi.json`.
 //!
@@ -40,9 +43,9 @@ mod server;
 mod state;
 
 pub use client::HttpRegistry;
-pub use config::{ManagerConfig, ManagerLimits};
+pub use config::{ManagerBackend, ManagerConfig, ManagerLimits};
 
-use state::{AppState, Shared};
+use state::{AppState, Backend, Shared};
 
 /// Why the manager could not start.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +61,9 @@ pub enum ManagerError {
         /// Why.
         source: std::io::Error,
     },
+    /// The NATS registry could not be reached or opened.
+    #[error("manager registry in NATS: {0}")]
+    Nats(String),
     /// The data directory could not be created or read.
     #[error("manager data directory {path}: {source}")]
     DataDir {
@@ -79,6 +85,8 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 pub struct ManagerHandle {
     addr: SocketAddr,
     registry: Arc<MemoryRegistry>,
+    /// The shared registry, with `registry = "nats"`.
+    nats: Option<Arc<fragnet_broker::NatsRegistry>>,
     cancel: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -102,10 +110,19 @@ impl ManagerHandle {
         format!("http://{a}")
     }
 
-    /// The registry the manager serves (embedded use: a `demo` can hand it to peers as
-    /// a [`fragnet_core::Registry`] directly).
+    /// The registry's state as the manager reads it: the registry itself with
+    /// `registry = "memory"`, this manager's replica with `registry = "nats"`.
     pub fn registry(&self) -> Arc<MemoryRegistry> {
         self.registry.clone()
+    }
+
+    /// The registry as a plugin, for peers in the same process (`fragnet run`,
+    /// `fragnet demo`): writes through it reach every replica.
+    pub fn plugin(&self) -> Arc<dyn fragnet_core::Registry> {
+        match &self.nats {
+            Some(n) => n.clone(),
+            None => self.registry.clone(),
+        }
     }
 
     /// Stops accepting, lets in-flight requests finish (up to 5 s), returns.
@@ -142,6 +159,76 @@ pub async fn spawn(
     let ttl = config.ttl()?;
     let request_timeout = config.request_timeout()?;
     let token = config.resolve_token()?;
+    let (registry, backend, videos) = match config.registry {
+        ManagerBackend::Memory => memory_backend(&config, ttl).await?,
+        ManagerBackend::Nats => {
+            let nats = fragnet_broker::NatsRegistry::connect(
+                &config.nats,
+                fragnet_broker::NatsRegistryConfig {
+                    bucket_prefix: config.nats_buckets.clone(),
+                    ttl_secs: ttl.as_secs_f64(),
+                    replicas: config.nats_replicas,
+                    max_nodes: config.limits.max_nodes,
+                    max_videos: config.limits.max_videos,
+                    max_manifest_bytes: config.limits.max_manifest_bytes,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| ManagerError::Nats(format!("{} ({})", e, config.nats.url)))?;
+            let view = nats.view();
+            let videos = view.stats().videos as usize;
+            (view, Backend::Nats(Arc::new(nats)), videos)
+        }
+    };
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ManagerError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ManagerError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let cancel = cancel.child_token();
+    let state: AppState = Arc::new(Shared {
+        registry: registry.clone(),
+        backend,
+        video_writes: tokio::sync::Mutex::new(()),
+        metrics: metrics::Metrics::default(),
+        token,
+        limits: config.limits.clone(),
+        request_timeout,
+        started: Instant::now(),
+        dashboard: dashboard::Live::new(cancel.clone()),
+    });
+    info!(%addr, videos, ttl_secs = ttl.as_secs_f64(), auth = state.token.is_some(), registry = ?config.registry, "manager listening; Swagger UI at /apidocs");
+    let nats = match &state.backend {
+        Backend::Nats(n) => Some(n.clone()),
+        Backend::Memory { .. } => None,
+    };
+    let task = tokio::spawn(server::serve(
+        listener,
+        router(state),
+        config.limits.max_connections,
+        request_timeout,
+        cancel.clone(),
+    ));
+    Ok(ManagerHandle {
+        addr,
+        registry,
+        nats,
+        cancel,
+        task,
+    })
+}
+
+/// The in-process registry, with the manifests persisted in the data directory loaded.
+async fn memory_backend(
+    config: &ManagerConfig,
+    ttl: std::time::Duration,
+) -> Result<(Arc<MemoryRegistry>, Backend, usize), ManagerError> {
     let data_err = |source| ManagerError::DataDir {
         path: config.data_dir.clone(),
         source,
@@ -156,7 +243,6 @@ pub async fn spawn(
     .await
     .map_err(|e| data_err(std::io::Error::other(e)))?
     .map_err(data_err)?;
-
     let registry = Arc::new(MemoryRegistry::new(MemoryRegistryConfig {
         ttl,
         max_nodes: config.limits.max_nodes,
@@ -167,40 +253,6 @@ pub async fn spawn(
             warn!(video = %m.video_id(), error = %e, "persisted manifest not loaded");
         }
     }
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| ManagerError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| ManagerError::Bind {
-        addr: config.listen,
-        source,
-    })?;
-    let cancel = cancel.child_token();
-    let state: AppState = Arc::new(Shared {
-        registry: registry.clone(),
-        manifests,
-        video_writes: tokio::sync::Mutex::new(()),
-        metrics: metrics::Metrics::default(),
-        token,
-        limits: config.limits.clone(),
-        request_timeout,
-        started: Instant::now(),
-        dashboard: dashboard::Live::new(cancel.clone()),
-    });
-    info!(%addr, videos = loaded.len(), ttl_secs = ttl.as_secs_f64(), auth = state.token.is_some(), data_dir = %config.data_dir.display(), "manager listening; Swagger UI at /apidocs");
-    let task = tokio::spawn(server::serve(
-        listener,
-        router(state),
-        config.limits.max_connections,
-        request_timeout,
-        cancel.clone(),
-    ));
-    Ok(ManagerHandle {
-        addr,
-        registry,
-        cancel,
-        task,
-    })
+    info!(data_dir = %config.data_dir.display(), videos = loaded.len(), "manifests loaded");
+    Ok((registry, Backend::Memory { manifests }, loaded.len()))
 }

@@ -153,3 +153,99 @@ async fn dashboard_page_and_live_events() {
     .await;
     let _ = end; // ended cleanly or with a closed connection: both are an end
 }
+
+async fn open_events(m: &TestManager) -> Events {
+    let resp = within(
+        10,
+        "events",
+        m.client.get(m.url("/dashboard/events")).send(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 200);
+    Events {
+        resp,
+        buf: String::new(),
+    }
+}
+
+/// An announcement reaches an open event stream within a second: the stream follows
+/// the registry's change feed.
+async fn announcement_reaches_the_stream_within_a_second(m: &TestManager) {
+    let mut events = open_events(m).await;
+    events.next_snapshot().await;
+    let manifest = test_manifest("live.mp4", 4);
+    let video = manifest.video_id().to_string();
+    assert_eq!(
+        m.post_raw("/videos", manifest.canonical_bytes()).await.0,
+        201
+    );
+    let (node, reg) = reg_json(7);
+    assert_eq!(m.put(&format!("/nodes/{node}"), &reg).await.0, 201);
+    events
+        .until(|s| s["nodes"].as_array().is_some_and(|n| n.len() == 1))
+        .await;
+    let (s, _) = m
+        .put(
+            &format!("/nodes/{node}/fragments"),
+            &json!({"video": video, "have": [3]}),
+        )
+        .await;
+    assert_eq!(s, 204);
+    within(1, "the announcement on the event stream", async {
+        events.until(|s| holdings(s, &node, &video) == [3]).await
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_follow_the_memory_registry() {
+    let m = TestManager::start(|_| {}).await;
+    announcement_reaches_the_stream_within_a_second(&m).await;
+    m.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_follow_the_nats_registry() {
+    let nats = common::NatsServer::start().await;
+    let m = common::nats_manager(&nats.url, |_| {}).await;
+    announcement_reaches_the_stream_within_a_second(&m).await;
+    // Through another replica: its write reaches this one's stream by the KV watch.
+    let other = common::nats_manager(&nats.url, |_| {}).await;
+    let mut events = open_events(&m).await;
+    events.next_snapshot().await;
+    let (node, reg) = reg_json(8);
+    assert_eq!(other.put(&format!("/nodes/{node}"), &reg).await.0, 201);
+    within(1, "a node registered through another manager", async {
+        events
+            .until(|s| {
+                s["nodes"]
+                    .as_array()
+                    .is_some_and(|n| n.iter().any(|n| n["id"] == node))
+            })
+            .await
+    })
+    .await;
+    other.stop().await;
+    m.stop().await;
+}
+
+/// A node that stops heartbeating leaves the stream when it expires, with nothing
+/// else happening: the stream wakes at the next possible expiry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_reaches_the_stream() {
+    let m = TestManager::start(|c| c.ttl_secs = 1.0).await;
+    let mut events = open_events(&m).await;
+    let (node, reg) = reg_json(9);
+    assert_eq!(m.put(&format!("/nodes/{node}"), &reg).await.0, 201);
+    events
+        .until(|s| s["nodes"].as_array().is_some_and(|n| n.len() == 1))
+        .await;
+    within(3, "the expiry on the event stream", async {
+        events
+            .until(|s| s["nodes"].as_array().is_some_and(|n| n.is_empty()))
+            .await
+    })
+    .await;
+    m.stop().await;
+}

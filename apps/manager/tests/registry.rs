@@ -46,6 +46,11 @@ fn make_http(ttl: Duration) -> BoxFuture<'static, Subject> {
 
 mod memory {
     fragnet_core::registry_conformance!(crate::make_memory);
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn change_feed() {
+        fragnet_core::registry::conformance::change_feed(crate::make_memory).await;
+    }
 }
 
 mod http {

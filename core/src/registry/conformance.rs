@@ -402,6 +402,59 @@ pub async fn expiry(make: MakeRegistry) {
     s.shutdown.await;
 }
 
+/// The change feed, for implementations that have one ([`Registry::changes`]): a new
+/// node, a new video, an announcement and a departure each reach a follower within a
+/// second, in order. Not in [`registry_conformance!`](crate::registry_conformance): the
+/// HTTP client has no feed of its own (the manager serves its feed over SSE).
+pub async fn change_feed(make: MakeRegistry) {
+    use super::RegistryChange;
+    let s = make(Duration::from_secs(30)).await;
+    let r = &s.registry;
+    let mut feed = r.changes().expect("this registry has a change feed");
+    let mut next = async || {
+        within(1, "a change on the feed", feed.recv())
+            .await
+            .expect("the feed is open and keeps up")
+    };
+    let (a, ra) = test_node(1);
+    within(T, "register", r.register(a, &ra)).await.unwrap();
+    match next().await {
+        RegistryChange::Node { node } => assert_eq!((node.id, node.name), (a, ra.name.clone())),
+        other => panic!("expected the new node, got {other:?}"),
+    }
+    let m = test_manifest("feed.mp4", 3);
+    let vid = within(T, "add", r.add_video(&m)).await.unwrap();
+    assert_eq!(
+        next().await,
+        RegistryChange::Video {
+            video: vid,
+            name: "feed.mp4".into()
+        }
+    );
+    within(T, "heartbeat", r.register(a, &ra)).await.unwrap();
+    within(T, "announce", r.announce(a, vid, &[2, 0]))
+        .await
+        .unwrap();
+    assert_eq!(
+        next().await,
+        RegistryChange::Announced {
+            node: a,
+            video: vid,
+            have: vec![0, 2]
+        },
+        "a heartbeat that changes nothing is not a change"
+    );
+    within(T, "deregister", r.deregister(a)).await.unwrap();
+    assert_eq!(
+        next().await,
+        RegistryChange::NodeLeft {
+            node: a,
+            expired: false
+        }
+    );
+    s.shutdown.await;
+}
+
 /// Runs the registry behaviour suite against `$make` (a [`MakeRegistry`]).
 #[macro_export]
 macro_rules! registry_conformance {

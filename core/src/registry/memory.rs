@@ -5,6 +5,9 @@
 //! sweeps first. Heartbeats only move deadlines later and a new node's deadline is
 //! never earlier than `now + ttl`, so between sweeps `next_expiry` stays a lower bound
 //! and no answer ever contains an expired node.
+//!
+//! Every change is also sent on a broadcast channel ([`Registry::changes`]); nobody
+//! listening costs one failed send.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -16,11 +19,13 @@ use async_trait::async_trait;
 use indexmap::IndexMap;
 use tokio::time::Instant;
 
+use tokio::sync::broadcast;
+
 use super::{
-    FragmentCursor, FragmentEntry, FragmentPage, FragmentQuery, Holders, Holding, Lease,
-    MAX_LOCATE, MAX_PAGE, MAX_SAMPLE, NodeDetail, NodeInfo, NodeRecord, NodeRegistration, Registry,
-    RegistryError, VideoInfo, check_manifest, normalize_have, sample_positions,
-    validate_registration,
+    CHANGE_FEED_CAPACITY, FragmentCursor, FragmentEntry, FragmentPage, FragmentQuery, Holders,
+    Holding, Lease, MAX_LOCATE, MAX_PAGE, MAX_SAMPLE, NodeDetail, NodeInfo, NodeRecord,
+    NodeRegistration, Registry, RegistryChange, RegistryChanges, RegistryError, VideoInfo,
+    check_manifest, normalize_have, sample_positions, validate_registration,
 };
 use crate::ids::{FragmentIndex, NodeId, VideoId};
 use crate::manifest::Manifest;
@@ -92,6 +97,7 @@ struct State {
 pub struct MemoryRegistry {
     config: MemoryRegistryConfig,
     state: RwLock<State>,
+    changes: broadcast::Sender<RegistryChange>,
 }
 
 impl std::fmt::Debug for MemoryRegistry {
@@ -126,7 +132,7 @@ impl State {
         true
     }
 
-    fn sweep(&mut self, now: Instant, ttl: Duration) -> usize {
+    fn sweep(&mut self, now: Instant, ttl: Duration) -> Vec<NodeId> {
         let expired: Vec<NodeId> = self
             .nodes
             .iter()
@@ -142,7 +148,7 @@ impl State {
             .map(|n| n.last_seen + ttl)
             .min()
             .unwrap_or(now + ttl);
-        expired.len()
+        expired
     }
 
     fn record(&self, id: &NodeId) -> Option<NodeRecord> {
@@ -292,6 +298,7 @@ impl MemoryRegistry {
         MemoryRegistry {
             config,
             state: RwLock::new(state),
+            changes: broadcast::channel(CHANGE_FEED_CAPACITY).0,
         }
     }
 
@@ -317,18 +324,46 @@ impl MemoryRegistry {
         let mut g = self.state.write().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         if now >= g.next_expiry {
-            let n = g.sweep(now, self.config.ttl);
-            if n > 0 {
-                tracing::info!(expired = n, "nodes expired: no heartbeat within the TTL");
-            }
+            let expired = g.sweep(now, self.config.ttl);
+            self.report_expired(&expired);
         }
         g
+    }
+
+    fn report_expired(&self, expired: &[NodeId]) {
+        if !expired.is_empty() {
+            tracing::info!(
+                expired = expired.len(),
+                "nodes expired: no heartbeat within the TTL"
+            );
+        }
+        for &node in expired {
+            self.emit(RegistryChange::NodeLeft {
+                node,
+                expired: true,
+            });
+        }
+    }
+
+    fn emit(&self, change: RegistryChange) {
+        // An error only means that nobody is listening.
+        let _ = self.changes.send(change);
     }
 
     /// Removes expired nodes now (answers never include them anyway); returns how many.
     pub fn sweep(&self) -> usize {
         let mut g = self.state.write().unwrap_or_else(|e| e.into_inner());
-        g.sweep(Instant::now(), self.config.ttl)
+        let expired = g.sweep(Instant::now(), self.config.ttl);
+        self.report_expired(&expired);
+        expired.len()
+    }
+
+    /// The earliest moment a live node can expire, if any node is registered: a
+    /// follower of [`Registry::changes`] that wants to see expiries looks again then
+    /// (expiry needs no sweeper, so it happens when someone looks).
+    pub fn next_expiry(&self) -> Option<Instant> {
+        let g = self.state.read().unwrap_or_else(|e| e.into_inner());
+        (!g.nodes.is_empty()).then_some(g.next_expiry)
     }
 
     /// Counts of live nodes, videos and holdings.
@@ -347,6 +382,18 @@ impl MemoryRegistry {
         id: NodeId,
         node: &NodeRegistration,
     ) -> Result<Lease, RegistryError> {
+        self.register_node_at(id, node, Instant::now())
+    }
+
+    /// Registers or refreshes a node whose last heartbeat was at `seen` (not later than
+    /// now). A replica of a registry kept elsewhere uses it, so that a node expires at
+    /// the same moment whenever the replica learnt of it.
+    pub fn register_node_at(
+        &self,
+        id: NodeId,
+        node: &NodeRegistration,
+        seen: Instant,
+    ) -> Result<Lease, RegistryError> {
         validate_registration(node)?;
         let record = NodeRecord {
             id,
@@ -359,11 +406,15 @@ impl MemoryRegistry {
             .expect("a node record always serializes")
             .into();
         let mut g = self.write();
-        let now = Instant::now();
+        let now = seen.min(Instant::now());
         let state = &mut *g;
+        // A heartbeat from the past moves the earliest expiry earlier: keep it a lower bound.
+        state.next_expiry = state.next_expiry.min(now + self.config.ttl);
+        let mut changed = None;
         let new = match state.nodes.get_mut(&id) {
             Some(n) => {
                 if n.json != json {
+                    changed = Some(record.clone());
                     // The holder sets carry the record too: refresh it where the node holds.
                     for (video, have) in &n.holdings {
                         if let Some(v) = state.videos.get_mut(video) {
@@ -375,7 +426,7 @@ impl MemoryRegistry {
                     n.record = record;
                     n.json = json;
                 }
-                n.last_seen = now;
+                n.last_seen = n.last_seen.max(now);
                 false
             }
             None => {
@@ -385,6 +436,7 @@ impl MemoryRegistry {
                         self.config.max_nodes
                     )));
                 }
+                changed = Some(record.clone());
                 state.nodes.insert(
                     id,
                     NodeEntry {
@@ -398,6 +450,10 @@ impl MemoryRegistry {
                 true
             }
         };
+        drop(g);
+        if let Some(node) = changed {
+            self.emit(RegistryChange::Node { node });
+        }
         let ttl = self.config.ttl;
         Ok(Lease {
             ttl_ms: ttl.as_millis() as u64,
@@ -409,6 +465,10 @@ impl MemoryRegistry {
     /// Removes a node and its holdings.
     pub fn remove_node(&self, id: NodeId) -> Result<(), RegistryError> {
         if self.write().remove_node(&id) {
+            self.emit(RegistryChange::NodeLeft {
+                node: id,
+                expired: false,
+            });
             Ok(())
         } else {
             Err(RegistryError::UnknownNode(id))
@@ -461,8 +521,17 @@ impl MemoryRegistry {
         }
         node.fragments = node.fragments - old.len() as u64 + new.len() as u64;
         state.held = state.held - old.len() as u64 + new.len() as u64;
+        let changed = old != new;
         if !new.is_empty() {
-            node.holdings.insert(video, new);
+            node.holdings.insert(video, new.clone());
+        }
+        drop(g);
+        if changed {
+            self.emit(RegistryChange::Announced {
+                node: id,
+                video,
+                have: new,
+            });
         }
         Ok(())
     }
@@ -555,6 +624,11 @@ impl MemoryRegistry {
                 nodes: 0,
             },
         );
+        drop(g);
+        self.emit(RegistryChange::Video {
+            video: id,
+            name: manifest.name.clone(),
+        });
         Ok((id, true))
     }
 
@@ -762,6 +836,10 @@ impl Registry for MemoryRegistry {
             .values()
             .map(|n| g.node_info(n, now, self.config.ttl))
             .collect())
+    }
+
+    fn changes(&self) -> Option<RegistryChanges> {
+        Some(self.changes.subscribe())
     }
 }
 

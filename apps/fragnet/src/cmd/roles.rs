@@ -28,6 +28,15 @@ pub fn manager_config(cfg: &Config) -> Result<fragnet_manager::ManagerConfig> {
         token: cfg.manager_token()?,
         token_file: None,
         limits: m.limits.clone(),
+        registry: m.registry,
+        nats: match m.registry {
+            fragnet_manager::ManagerBackend::Nats => {
+                cfg.nats_config("manager.registry = \"nats\"")?
+            }
+            fragnet_manager::ManagerBackend::Memory => fragnet_broker::NatsConfig::default(),
+        },
+        nats_buckets: cfg.nats.buckets.clone(),
+        nats_replicas: cfg.nats.replicas,
     })
 }
 
@@ -249,9 +258,7 @@ impl Roles {
             cfg.broker.addr = Some(b.local_addr().to_string().replace("0.0.0.0", "127.0.0.1"));
         }
         let here = InProcess {
-            registry: manager
-                .as_ref()
-                .map(|m| m.registry() as Arc<dyn fragnet_core::Registry>),
+            registry: manager.as_ref().map(|m| m.plugin()),
             pubsub: Some(Arc::new(LocalPubSub::new(1024))),
         };
         let peer = if has(Role::Peer) {

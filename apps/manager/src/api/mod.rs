@@ -71,6 +71,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(videos::router())
         .merge(nodes::router())
         .merge(health::router())
+        .merge(crate::dashboard::api_router())
 }
 
 /// 404 for any path that is not a route.

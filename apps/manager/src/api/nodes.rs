@@ -102,7 +102,7 @@ async fn put_node(
     JsonBody(reg): JsonBody<NodeRegistration>,
 ) -> ApiResult<Response> {
     let id = node_id(&id)?;
-    let lease = state.registry.register_node(id, &reg)?;
+    let lease = state.register(id, &reg).await?;
     if lease.new {
         tracing::info!(node = %id, name = %reg.name, "node registered");
     }
@@ -133,7 +133,7 @@ async fn delete_node(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let id = node_id(&id)?;
-    state.registry.remove_node(id)?;
+    state.deregister(id).await?;
     tracing::info!(node = %id, "node deregistered");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -165,7 +165,7 @@ async fn put_fragments(
     JsonBody(a): JsonBody<Announcement>,
 ) -> ApiResult<StatusCode> {
     let id = node_id(&id)?;
-    state.registry.set_have(id, a.video, &a.have)?;
+    state.announce(id, a.video, &a.have).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -20,7 +20,7 @@ use crate::error::{ApiError, ApiResult, ErrorBody, ErrorCode};
 use crate::extract::{
     ApiQuery, VideoIdOrPrefix, fragment_index, read_body, registered_video, video_id,
 };
-use crate::state::AppState;
+use crate::state::{AppState, Backend};
 
 /// One page of videos.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -115,6 +115,28 @@ async fn add_video(
         e => ApiError::invalid(e.to_string()),
     })?;
     let id = check_manifest(&manifest, p.id)?;
+    let manifests = match &state.backend {
+        Backend::Memory { manifests } => manifests.clone(),
+        Backend::Nats(nats) => {
+            // The bucket is the durable copy; every replica serves it.
+            let (_, new) = nats.insert_video(&manifest).await?;
+            if new {
+                tracing::info!(video = %id, name = %manifest.name, fragments = manifest.fragment_count, "video registered");
+            }
+            let status = if new {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            let info = state.registry.video(id)?;
+            return Ok((
+                status,
+                [(header::LOCATION, format!("/videos/{id}"))],
+                Json(info),
+            )
+                .into_response());
+        }
+    };
     let _one_at_a_time = state.video_writes.lock().await;
     if state.registry.has_video(id) {
         return Ok((StatusCode::OK, Json(state.registry.video(id)?)).into_response());
@@ -127,7 +149,7 @@ async fn add_video(
         .into());
     }
     // Durable first: a 201 means the manifest survives a restart.
-    let dir = state.manifests.clone();
+    let dir = manifests.clone();
     let m = manifest.clone();
     tokio::task::spawn_blocking(move || dir.save(&m))
         .await
@@ -135,11 +157,11 @@ async fn add_video(
         .map_err(|e| {
             ApiError::internal(format!(
                 "saving the manifest in {}: {e}",
-                state.manifests.path().display()
+                manifests.path().display()
             ))
         })?;
     if let Err(e) = state.registry.insert_video(&manifest, Some(id)) {
-        let _ = state.manifests.remove(id);
+        let _ = manifests.remove(id);
         return Err(e.into());
     }
     tracing::info!(video = %id, name = %manifest.name, fragments = manifest.fragment_count, "video registered");

@@ -145,3 +145,79 @@ pub fn reg_json(i: u32) -> (String, Value) {
     let (id, reg) = test_node(i);
     (id.to_string(), serde_json::to_value(reg).unwrap())
 }
+
+/// A real `nats-server -js` on a loopback port of its own choosing, with its store in
+/// a temporary directory; killed when dropped. Fails (does not skip) when the binary
+/// is missing.
+pub struct NatsServer {
+    pub url: String,
+    child: std::process::Child,
+    _store: TempDir,
+}
+
+impl NatsServer {
+    pub async fn start() -> NatsServer {
+        use std::io::BufRead;
+        let store = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", "-1", "-js", "-sd"])
+            .arg(store.path())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot run nats-server ({e}); install it: apt-get install nats-server")
+            });
+        // nats-server logs to stderr; a thread reads it to the end so it never blocks.
+        let stderr = child.stderr.take().unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        let url = within(15, "nats-server ready", async {
+            let mut url = None;
+            loop {
+                let line = rx
+                    .recv()
+                    .await
+                    .expect("nats-server exited before it was ready");
+                if let Some((_, a)) = line.split_once("Listening for client connections on ") {
+                    url = Some(format!("nats://{}", a.trim()));
+                }
+                if line.contains("Server is ready") {
+                    return url.expect("nats-server logged its port");
+                }
+            }
+        })
+        .await;
+        NatsServer {
+            url,
+            child,
+            _store: store,
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A manager that serves the registry in the NATS server at `url`.
+pub async fn nats_manager(url: &str, tweak: impl FnOnce(&mut ManagerConfig)) -> TestManager {
+    let url = url.to_string();
+    TestManager::start(move |c| {
+        c.registry = fragnet_manager::ManagerBackend::Nats;
+        c.nats = fragnet_broker::NatsConfig::new(url);
+        tweak(c);
+    })
+    .await
+}
