@@ -59,7 +59,7 @@ what they hold with `PUT /nodes/{id}/fragments`, and find holders with \
         (name = "nodes", description = "Registration, heartbeat and announcements"),
         (name = "service", description = "Health and metrics"),
     ),
-    components(schemas(ErrorBody, ErrorCode, crate::extract::VideoIdOrPrefix)),
+    components(schemas(ErrorBody, ErrorCode, crate::extract::VideoIdOrPrefix, crate::dashboard::Snapshot)),
     modifiers(&BearerAuth)
 )]
 struct ApiDoc;
