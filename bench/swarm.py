@@ -19,30 +19,12 @@ BENCHMARKS.md by hand, with this command.
 import argparse, os, re, shutil, subprocess, sys, tempfile, time, urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NH = os.path.join(ROOT, "..", "shared", "tools", "netns-hosts")
-ENV = dict(os.environ, FNH_PREFIX="fb", FNH_NET="10.215.0")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from netns import Hosts, NH, metric, scrape  # noqa: E402
 
-
-def nh(*args, check=True, capture=False):
-    return subprocess.run([NH, *args], env=ENV, check=check, text=True,
-                          capture_output=capture).stdout
-
-
-def addr(i):
-    return nh("addr", str(i), capture=True).strip()
-
-
-def metric(text, name):
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name) and not line.startswith("#"):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
-def scrape(host, port):
-    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5) as r:
-        return r.read().decode()
+HOSTS = Hosts("fb", "10.215.0")
+ENV = HOSTS.env
+nh, addr = HOSTS.nh, HOSTS.addr
 
 
 def run_once(bin_, n, size_mb, rate, transport, keep, chunk="1MiB"):

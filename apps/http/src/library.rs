@@ -229,7 +229,11 @@ pub(crate) async fn add(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<(StatusCode, axum::Json<Added>)> {
-    guard(&app, peer, &headers)?;
+    let mut data = body.into_data_stream();
+    if let Err(e) = guard(&app, peer, &headers) {
+        drain(&mut data).await;
+        return Err(e);
+    }
     let lib = library(&app)?.clone();
     let name = file_name(&params.name)?;
     let max = app.config.max_upload;
@@ -239,6 +243,7 @@ pub(crate) async fn add(
         .and_then(|v| v.parse::<u64>().ok())
         && len > max
     {
+        drain(&mut data).await;
         return Err(too_large(max));
     }
     let staging = lib.staging().map_err(library_error)?;
@@ -250,7 +255,6 @@ pub(crate) async fn add(
         )
     })?;
     let mut received = 0u64;
-    let mut data = body.into_data_stream();
     while let Some(piece) = data.next().await {
         let piece = piece.map_err(|e| {
             err(
@@ -260,6 +264,7 @@ pub(crate) async fn add(
         })?;
         received += piece.len() as u64;
         if received > max {
+            drain(&mut data).await;
             return Err(too_large(max));
         }
         file.write_all(&piece).await.map_err(|e| {
@@ -303,6 +308,27 @@ pub(crate) async fn add(
         }),
     ))
 }
+
+/// Reads and drops what is left of a refused upload, up to [`DRAIN_LIMIT`] bytes and
+/// [`DRAIN_TIME`]: a client still sending its body when the refusal goes out and the
+/// connection closes sees a broken connection instead of the 413 that says why.
+/// Larger bodies are cut off (the bound protects the node, not the client's message).
+async fn drain(data: &mut axum::body::BodyDataStream) {
+    let mut left = DRAIN_LIMIT;
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        while left > 0
+            && let Some(Ok(piece)) = data.next().await
+        {
+            left = left.saturating_sub(piece.len() as u64);
+        }
+    })
+    .await;
+}
+
+/// Most bytes of a refused upload read before answering.
+const DRAIN_LIMIT: u64 = 4 << 20;
+/// Longest time spent reading a refused upload before answering.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn too_large(max: u64) -> LibraryApiError {
     err(
