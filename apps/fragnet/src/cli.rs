@@ -132,6 +132,9 @@ pub struct JoinArgs {
     /// The reassembled file.
     #[arg(long, short)]
     pub out: PathBuf,
+    /// Replace the output file if it exists.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Flags shared by roles that run a node.

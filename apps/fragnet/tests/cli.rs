@@ -71,6 +71,18 @@ fn split_then_join_and_refuse_another_video() {
     let j = fragnet(d, &["join", "fragments", "--out", "copy.mp4"]);
     assert!(j.status.success(), "{}", text(&j));
     assert!(std::fs::read(d.join("copy.mp4")).unwrap() == std::fs::read(sample()).unwrap());
+    // An existing file is not replaced unless --force, and is left as it was.
+    std::fs::write(d.join("mine.txt"), b"keep me").unwrap();
+    let j = fragnet(d, &["join", "fragments", "--out", "mine.txt"]);
+    assert!(
+        !j.status.success() && text(&j).contains("--force"),
+        "{}",
+        text(&j)
+    );
+    assert_eq!(std::fs::read(d.join("mine.txt")).unwrap(), b"keep me");
+    let j = fragnet(d, &["join", "fragments", "--out", "mine.txt", "--force"]);
+    assert!(j.status.success(), "{}", text(&j));
+    assert!(std::fs::read(d.join("mine.txt")).unwrap() == std::fs::read(sample()).unwrap());
     // Another video into the same directory is refused unless --force.
     std::fs::write(d.join("other.bin"), vec![7u8; 5000]).unwrap();
     let o = fragnet(d, &["split", "other.bin"]);

@@ -47,6 +47,14 @@ fn locate(source: &str, data: Option<&Path>) -> Result<PathBuf> {
 
 /// Reassembles and verifies.
 pub async fn run(a: JoinArgs) -> Result<()> {
+    // Checked first, so nothing is fetched or hashed for a join that would be refused.
+    // (The file is still replaced atomically, by a rename, when --force allows it.)
+    if !a.force && std::fs::symlink_metadata(&a.out).is_ok() {
+        anyhow::bail!(
+            "{} exists; pass --force to replace it, or choose another --out",
+            a.out.display()
+        );
+    }
     let dir = locate(&a.source, a.data.as_deref())?;
     let out = a.out.clone();
     let bar = bytes_bar(0, "joining");
