@@ -74,6 +74,22 @@ impl Identity {
                 Ok(Self::from_key_pair(&kp))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // A link whose target is gone (an unmounted volume, a moved file) reads as
+                // "not found" too: making a new key would silently give the node another
+                // identity, so refuse instead.
+                if let Ok(meta) = std::fs::symlink_metadata(&path)
+                    && meta.file_type().is_symlink()
+                {
+                    let target = std::fs::read_link(&path)
+                        .map(|t| t.display().to_string())
+                        .unwrap_or_else(|_| "?".into());
+                    return Err(IdentityError::BadKey {
+                        path,
+                        reason: format!(
+                            "a symbolic link to {target}, which does not exist; restore it, or remove the link to make a new identity"
+                        ),
+                    });
+                }
                 let id = Self::generate();
                 let io = |action, path: &Path| {
                     let path = path.to_path_buf();
@@ -129,6 +145,32 @@ impl std::fmt::Debug for Identity {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_dangling_key_link_is_refused_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join(KEY_FILE);
+        std::os::unix::fs::symlink(dir.path().join("gone/node.key"), &link).unwrap();
+        let e = Identity::load_or_create(dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("does not exist"), "{e}");
+        // The link is left alone: no new key was written over it.
+        assert!(
+            std::fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        // Restoring the target brings the same identity back.
+        let first = Identity::generate();
+        std::fs::create_dir_all(dir.path().join("gone")).unwrap();
+        std::fs::write(dir.path().join("gone/node.key"), first.key_pem()).unwrap();
+        assert_eq!(
+            Identity::load_or_create(dir.path()).unwrap().node_id(),
+            first.node_id()
+        );
+    }
 
     #[test]
     fn stable_across_restarts_and_private() {
