@@ -5,7 +5,6 @@ mod common;
 use std::io::Write;
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use common::*;
 
@@ -376,24 +375,6 @@ fn quic_is_one_key_away() {
     assert!(h.status.success(), "{}", text(&h));
 }
 
-/// A plain HTTP/1.1 request over a TCP socket; returns (status, headers, body).
-fn http(addr: &str, path: &str, extra: &str) -> (u16, String, Vec<u8>) {
-    use std::io::Read;
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Connection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut all = Vec::new();
-    s.read_to_end(&mut all).unwrap();
-    let split = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-    let head = String::from_utf8_lossy(&all[..split]).into_owned();
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, head, all[split + 4..].to_vec())
-}
-
 /// `fragnet peer --http`: a node holding nothing plays a video its peer offers; the
 /// player's range request starts the download and gets verified bytes.
 #[test]
@@ -454,11 +435,11 @@ fn peer_http_streams_a_video_it_does_not_hold_yet() {
         .next()
         .unwrap()
         .to_string();
-    let (status, _, body) = http(&addr, "/health", "");
+    let (status, _, body) = http_raw(&addr, "/health", "");
     assert_eq!(status, 200);
     assert!(String::from_utf8_lossy(&body).contains("\"status\":\"ok\""));
     let stream = format!("/videos/{id}/stream");
-    let (status, head, body) = http(&addr, &stream, "Range: bytes=0-99\r\n");
+    let (status, head, body) = http_raw(&addr, &stream, "Range: bytes=0-99\r\n");
     assert_eq!(status, 206, "{head}");
     assert!(
         head.to_ascii_lowercase()
@@ -466,14 +447,14 @@ fn peer_http_streams_a_video_it_does_not_hold_yet() {
         "{head}"
     );
     assert_eq!(body, original[..100]);
-    let (status, head, body) = http(&addr, &stream, "");
+    let (status, head, body) = http_raw(&addr, &stream, "");
     assert_eq!(status, 200, "{head}");
     assert!(
         head.to_ascii_lowercase()
             .contains("content-type: video/mp4")
     );
     assert!(body == original, "the streamed video equals the original");
-    let (status, _, page) = http(&addr, &format!("/watch/{id}"), "");
+    let (status, _, page) = http_raw(&addr, &format!("/watch/{id}"), "");
     assert_eq!(status, 200);
     assert!(String::from_utf8_lossy(&page).contains("<video"));
 }

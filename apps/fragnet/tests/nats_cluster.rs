@@ -83,27 +83,6 @@ fn peer(dir: &Path, name: &str, extra: &[&str], env: &[(&str, &str)]) -> Proc {
     p
 }
 
-/// (name, fragments held) of every live node, from a manager.
-fn nodes(manager: &str) -> Option<Vec<(String, u64)>> {
-    let (status, body) = http_get(manager, "/nodes")?;
-    if status != 200 {
-        return None;
-    }
-    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
-    Some(
-        v["nodes"]
-            .as_array()?
-            .iter()
-            .map(|n| {
-                (
-                    n["name"].as_str().unwrap_or("").to_string(),
-                    n["fragments"].as_u64().unwrap_or(0),
-                )
-            })
-            .collect(),
-    )
-}
-
 fn complete(manager: &str, prefix: &str) -> Option<usize> {
     Some(
         nodes(manager)?

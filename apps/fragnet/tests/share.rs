@@ -32,29 +32,16 @@ fn link_after(out: &str, prefix: &str) -> String {
     l.split_whitespace().next().unwrap().to_string()
 }
 
-/// A plain HTTP/1.1 GET; returns (status, body bytes).
+/// A plain HTTP/1.1 GET of a response with a length (not chunked); (status, body).
 fn get(addr: &str, path: &str) -> (u16, Vec<u8>) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(std::time::Duration::from_secs(60)))
-        .unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut all = Vec::new();
-    s.read_to_end(&mut all).unwrap();
-    let split = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-    let head = String::from_utf8_lossy(&all[..split]).into_owned();
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let (status, head, body) = http_raw(addr, path, "");
     assert!(
         !head
             .to_ascii_lowercase()
             .contains("transfer-encoding: chunked"),
         "{head}"
     );
-    (status, all[split + 4..].to_vec())
+    (status, body)
 }
 
 #[test]

@@ -47,27 +47,6 @@ fn http_of(p: &mut Proc) -> String {
         .to_string()
 }
 
-/// Node records from the manager: (name, fragments held).
-fn nodes(manager: &str) -> Option<Vec<(String, u64)>> {
-    let (status, body) = http_get(manager, "/nodes")?;
-    if status != 200 {
-        return None;
-    }
-    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
-    Some(
-        v["nodes"]
-            .as_array()?
-            .iter()
-            .map(|n| {
-                (
-                    n["name"].as_str().unwrap_or("").to_string(),
-                    n["fragments"].as_u64().unwrap_or(0),
-                )
-            })
-            .collect(),
-    )
-}
-
 /// Joins a node's copy and checks it against the sample.
 fn assert_copy(dir: &Path, data: &str, video: &str) {
     let out = format!("{data}.mp4");

@@ -43,6 +43,20 @@ impl AdminService {
     }
 }
 
+/// What the HTTP side (player or admin listener) sees of a running node.
+fn state_of(node: &NodeParts) -> HttpState {
+    HttpState {
+        store: node.store.clone(),
+        node_id: node.node_id,
+        name: node.name.clone(),
+        serve: Some(node.serve.clone()),
+        downloads: Some(node.engine.clone()),
+        events: node.events.clone(),
+        library: Some(node.library.clone()),
+        advertised: node.advertised.clone(),
+    }
+}
+
 #[async_trait]
 impl NodeService for AdminService {
     async fn start(
@@ -50,16 +64,7 @@ impl NodeService for AdminService {
         node: NodeParts,
         cancel: CancellationToken,
     ) -> Result<Box<dyn RunningService>, ServiceError> {
-        let state = HttpState {
-            store: node.store.clone(),
-            node_id: node.node_id,
-            name: node.name.clone(),
-            serve: Some(node.serve.clone()),
-            downloads: Some(node.engine.clone()),
-            events: node.events.clone(),
-            library: Some(node.library.clone()),
-            advertised: node.advertised.clone(),
-        };
+        let state = state_of(&node);
         let health = serde_json::json!({
             "status": "ok",
             "node_id": node.node_id,
@@ -82,16 +87,7 @@ impl NodeService for HttpService {
         node: NodeParts,
         cancel: CancellationToken,
     ) -> Result<Box<dyn RunningService>, ServiceError> {
-        let state = HttpState {
-            store: node.store.clone(),
-            node_id: node.node_id,
-            name: node.name.clone(),
-            serve: Some(node.serve.clone()),
-            downloads: Some(node.engine.clone()),
-            events: node.events.clone(),
-            library: Some(node.library.clone()),
-            advertised: node.advertised.clone(),
-        };
+        let state = state_of(&node);
         let handle = crate::spawn(self.config, state, cancel).await?;
         let port = handle.local_addr().port();
         let host = if node.host.contains(':') {

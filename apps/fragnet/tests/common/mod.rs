@@ -264,3 +264,43 @@ pub fn eventually<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) ->
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// A plain HTTP/1.1 GET with `extra` header lines (each ending in `\r\n`), read to the
+/// end: (status, response head, body bytes). No chunked decoding: for responses with a
+/// length, such as a video stream.
+pub fn http_raw(addr: &str, path: &str, extra: &str) -> (u16, String, Vec<u8>) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).unwrap();
+    let split = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&all[..split]).into_owned();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, head, all[split + 4..].to_vec())
+}
+
+/// (name, fragments held) of every live node, from a manager's `GET /nodes`.
+pub fn nodes(manager: &str) -> Option<Vec<(String, u64)>> {
+    let (status, body) = http_get(manager, "/nodes")?;
+    if status != 200 {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+    Some(
+        v["nodes"]
+            .as_array()?
+            .iter()
+            .map(|n| {
+                (
+                    n["name"].as_str().unwrap_or("").to_string(),
+                    n["fragments"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect(),
+    )
+}
