@@ -275,6 +275,7 @@ plays while the video downloads. The player page is at `/watch/{id}`. Errors are
         library::unpin,
         videos,
         video,
+        video_link,
         stream_doc,
         health
     ),
@@ -437,8 +438,22 @@ async fn video(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response 
     }
 }
 
-/// The share link to a video through this node (its dialable addresses and its
-/// manager), for the player's "copy link".
+/// The share link to a video through this node.
+///
+/// `{"link": "fragnet://<id>?manager=…&peer=…"}` from the node's dialable advertised
+/// addresses (QUIC first) and its manager; what the player's "copy link" shows and
+/// `fragnet add` prints. `fragnet fetch LINK` and `fragnet watch LINK` take it.
+#[utoipa::path(
+    get,
+    path = "/videos/{id}/link",
+    tag = "videos",
+    params(("id" = String, Path, description = "Video id (64 lowercase hex)")),
+    responses(
+        (status = 200, description = "`{\"link\": \"fragnet://…\"}`"),
+        (status = 400, description = "Malformed id"),
+        (status = 404, description = "This node has no address another machine can dial and no manager"),
+    )
+)]
 async fn video_link(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
     let video = match video_id(&id) {
         Ok(v) => v,

@@ -304,6 +304,7 @@ async fn library_writes_need_the_token_when_one_is_set_and_uploads_are_bounded()
         "/library/{id}",
         "/library/{id}/pin",
         "/videos/{id}",
+        "/videos/{id}/link",
     ] {
         assert!(
             spec["paths"][path].is_object(),
