@@ -18,6 +18,7 @@
 //! Core opens no concrete socket and knows no HTTP framework and no CLI.
 
 pub mod addr;
+pub mod admission;
 pub mod avail;
 pub mod discovery;
 pub mod engine;
