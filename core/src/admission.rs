@@ -224,7 +224,7 @@ mod tests {
         drop(p);
         assert_eq!(a.open(), 0);
         assert_eq!(a.open_from(ip("10.0.0.1")), 0);
-        a.try_admit(ip("10.0.0.2")).unwrap();
+        let _p = a.try_admit(ip("10.0.0.2")).unwrap();
     }
 
     #[test]
